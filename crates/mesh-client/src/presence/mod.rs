@@ -1,0 +1,1 @@
+//! User-level presence: one entry per person, not per connection.
