@@ -65,6 +65,9 @@ struct Args {
     /// Malformed frames tolerated per connection per minute before closing it (1008).
     #[arg(long, env = "MESH_MAX_BAD_FRAMES", default_value_t = 100)]
     max_bad_frames: u32,
+    /// Requests per second allowed per connection (0 = unlimited).
+    #[arg(long, env = "MESH_MAX_REQUESTS_PER_SECOND", default_value_t = 0)]
+    max_requests_per_second: u32,
 }
 
 /// Reads `500ms`, `30s`, `2m`, `1h`; a bare number is milliseconds.
@@ -106,7 +109,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_state_bytes(args.max_state_bytes)
         .max_rooms_per_connection(args.max_rooms)
         .max_queued_bytes(args.max_queued_bytes)
-        .max_bad_frames(args.max_bad_frames);
+        .max_bad_frames(args.max_bad_frames)
+        .max_requests_per_second(args.max_requests_per_second);
     for pattern in &args.track {
         builder = builder.track_presence(pattern, TrackOptions { ttl, guard: None });
     }
