@@ -147,7 +147,7 @@ enum Ending {
 }
 
 impl Ending {
-    /// The close frame to send, if any is worth sending.
+    /// The close frame to send; `None` answers the peer's own close.
     fn close_frame(self) -> Option<CloseFrame> {
         let (code, reason) = match self {
             Ending::PeerGone | Ending::SlowConsumer => return None,
@@ -256,18 +256,17 @@ impl Connection {
             tracing::info!(id = %self.id, %peer, ?ending, "connection closed by server");
         }
 
-        // Stop receiving pushes first, so the writer can finish once our own
-        // outbox handle is gone.
+        // Stop receiving pushes, then end the writer: a slow consumer's
+        // writer may be stuck on a full socket, so it is stopped outright;
+        // otherwise the close frame is the last message it sends.
         for room in &self.subscriptions {
             shared.subscribers.remove(room, &self.id);
         }
         if ending == Ending::SlowConsumer {
             writer.abort();
-        } else if let Some(frame) = ending.close_frame() {
-            self.outbox.push(Message::Close(Some(frame)));
+        } else {
+            self.outbox.push(Message::Close(ending.close_frame()));
         }
-        let (closed_outbox, _) = Outbox::new(0);
-        drop(std::mem::replace(&mut self.outbox, closed_outbox));
         self.cleanup().await;
         if tokio::time::timeout(WRITER_GRACE, &mut writer)
             .await
