@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{Barrier, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -309,13 +309,13 @@ impl Client {
         }
     }
 
-    async fn recv_text(&mut self) -> Result<String, BoxError> {
+    async fn recv_text(&mut self) -> Result<Utf8Bytes, BoxError> {
         loop {
             match tokio::time::timeout(PHASE_TIMEOUT, self.rx.next()).await {
                 Err(_) => return Err("timed out waiting for the server".into()),
                 Ok(None) => return Err("server closed the connection".into()),
                 Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(Some(Ok(Message::Text(text)))) => return Ok(text.to_string()),
+                Ok(Some(Ok(Message::Text(text)))) => return Ok(text),
                 Ok(Some(Ok(_))) => continue,
             }
         }
