@@ -311,8 +311,16 @@ async fn presence_ttl_lapses_without_pongs(kind: BackendKind) {
         .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
         .await;
     assert_eq!(snap["present"], json!([a.id]));
-    // The connection itself is still open: only its presence lapsed.
+    // The connection itself is still open: only its presence lapsed, and
+    // joining again brings it back.
     quiet.sync().await;
+    assert_eq!(quiet.publish("r", json!({"x": 1})).await, json!(false));
+    quiet.join("r").await;
+    assert_update(&a.next_update().await, "join", &quiet.id, "r");
+    // Joining again while present announces nothing: the next update `a`
+    // sees is `quiet` lapsing again, not a join of its own.
+    a.join("r").await;
+    assert_update(&a.next_update().await, "leave", &quiet.id, "r");
     server.shutdown().await;
 }
 
