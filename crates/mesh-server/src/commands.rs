@@ -54,13 +54,21 @@ pub(crate) async fn dispatch(conn: &mut Connection, name: &str, payload: Value) 
         }
         _ => match conn.server.shared.commands.get(name) {
             Some(handler) => {
-                handler(CommandRequest {
+                let run = handler(CommandRequest {
                     connection_id: conn.id.clone(),
                     command: name.to_string(),
                     payload,
                     server: conn.server.clone(),
-                })
-                .await
+                });
+                // Embedder code may wait on anything; it must not hold up a
+                // shutdown.
+                tokio::select! {
+                    reply = run => reply,
+                    _ = crate::server::stopped(&mut conn.shutdown) => Err(ErrorPayload::new(
+                        ErrorCode::Server,
+                        "server shutting down",
+                    )),
+                }
             }
             None => Err(ErrorPayload::new(
                 ErrorCode::NotFound,

@@ -779,7 +779,16 @@ async fn peer_vanishing_mid_request_is_cleaned_up(kind: BackendKind) {
     let gone = tokio::time::timeout(WAIT, gone_rx.recv()).await.unwrap();
     assert_eq!(gone.as_deref(), Some(id.as_str()));
     assert!(server.handle().room_members("r").await.unwrap().is_empty());
-    server.shutdown().await;
+
+    // A handler that never finishes does not hold up shutdown.
+    let mut stuck = Peer::connect(&server.url()).await;
+    stuck
+        .send(mesh_protocol::Frame::request(1, "app/slow", json!({})))
+        .await;
+    tokio::time::timeout(WAIT, started_rx.recv()).await.unwrap();
+    tokio::time::timeout(WAIT, server.shutdown()).await.unwrap();
+    let reply = stuck.reply_to(1, "app/slow").await;
+    assert_eq!(error_code(&reply).as_deref(), Some("ESERVER"));
 }
 
 async fn latency_is_measured(kind: BackendKind) {
