@@ -229,8 +229,7 @@ impl Client {
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .write_buffer_size(0);
-        let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
         let (tx, rx) = ws.split();
         let mut client = Client { tx, rx, next_id: 1 };
         // Connected means: the id was assigned.
@@ -475,7 +474,10 @@ fn print_latency(sorted: &[u64]) {
 async fn steady(args: &Args, rate: u64) -> Result<(), BoxError> {
     let n = args.clients;
     let (clients, connect_time) = connect_all(args, n).await?;
-    println!("connect: {n} clients in {:.3} s", connect_time.as_secs_f64());
+    println!(
+        "connect: {n} clients in {:.3} s",
+        connect_time.as_secs_f64()
+    );
     // Each publish reaches all n clients: publishes/s = rate / n, spread
     // over the clients in turn.
     let publishes_per_sec = (rate as f64 / n as f64).max(1.0);
@@ -556,7 +558,10 @@ async fn idle(args: &Args, m: usize) -> Result<(), BoxError> {
     // Let the server settle its buffers after the handshakes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (after, peak) = rss_kib(pid).ok_or("cannot read server RSS")?;
-    println!("idle: {m} connections in {:.3} s", connect_time.as_secs_f64());
+    println!(
+        "idle: {m} connections in {:.3} s",
+        connect_time.as_secs_f64()
+    );
     println!(
         "server RSS: {:.1} MiB before, {:.1} MiB after (peak {:.1} MiB): {:.2} KiB per idle connection",
         before as f64 / 1024.0,

@@ -129,6 +129,8 @@ pub(crate) struct Inner {
     /// Set when Redis may have lost or missed what this instance wrote;
     /// the maintenance task then resynchronises.
     pub(crate) needs_resync: AtomicBool,
+    /// Counts completed resynchronisations, for whoever wants to know.
+    pub(crate) resyncs: watch::Sender<u64>,
 }
 
 impl RedisBackend {
@@ -169,6 +171,7 @@ impl RedisBackend {
             sinks: RwLock::new(Vec::new()),
             mirror: Mutex::new(Mirror::default()),
             needs_resync: AtomicBool::new(false),
+            resyncs: watch::Sender::new(0),
         });
         inner.heartbeat().await?;
         let (stop, stopped) = watch::channel(());
@@ -183,6 +186,12 @@ impl RedisBackend {
     /// This instance's id in the cluster registry.
     pub fn instance_id(&self) -> &str {
         &self.inner.instance
+    }
+
+    /// How many times this instance resynchronised with Redis after an
+    /// outage; `changed()` on the receiver waits for the next one.
+    pub fn resyncs(&self) -> watch::Receiver<u64> {
+        self.inner.resyncs.subscribe()
     }
 }
 

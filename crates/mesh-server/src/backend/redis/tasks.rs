@@ -350,6 +350,7 @@ async fn resync(inner: &Inner, registration_lost: bool) -> BackendResult<()> {
         announced = announcements.len(),
         "resynchronised with redis"
     );
+    inner.resyncs.send_modify(|n| *n += 1);
     Ok(())
 }
 
