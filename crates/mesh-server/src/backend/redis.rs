@@ -129,6 +129,9 @@ pub(crate) struct Inner {
     /// Set when Redis may have lost or missed what this instance wrote;
     /// the maintenance task then resynchronises.
     pub(crate) needs_resync: AtomicBool,
+    /// Whether the listener is subscribed right now. A resync waits for
+    /// it, so that after a resync no update from others can be missed.
+    pub(crate) subscribed: AtomicBool,
     /// Counts completed resynchronisations, for whoever wants to know.
     pub(crate) resyncs: watch::Sender<u64>,
 }
@@ -156,7 +159,12 @@ impl RedisBackend {
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(config.response_timeout))
-            .set_max_delay(Duration::from_secs(2));
+            // Fail fast while Redis is away: requests get a clear error at
+            // once instead of waiting through many reconnect attempts; the
+            // maintenance task keeps retrying with its own backoff.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -171,6 +179,7 @@ impl RedisBackend {
             sinks: RwLock::new(Vec::new()),
             mirror: Mutex::new(Mirror::default()),
             needs_resync: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             resyncs: watch::Sender::new(0),
         });
         inner.heartbeat().await?;
@@ -459,7 +468,8 @@ impl Backend for RedisBackend {
             .run::<i64>(&inner.invocation(&scripts::LEAVE, &[room, conn]))
             .await
         {
-            Ok(removed) => Ok(removed == 1),
+            // After Redis lost its data, the mirror still knows.
+            Ok(removed) => Ok(removed == 1 || was_local == Some(true)),
             Err(BackendError::Unavailable(_)) if was_local.is_some() => {
                 inner.mirror().defer(Pending::Leave {
                     room: room.to_string(),
@@ -527,7 +537,7 @@ impl Backend for RedisBackend {
             .run::<i64>(&inner.invocation(&scripts::MARK_ABSENT, &[room, conn]))
             .await
         {
-            Ok(was) => Ok(was == 1),
+            Ok(was) => Ok(was == 1 || was_local == Some(true)),
             Err(BackendError::Unavailable(_)) if was_local.is_some() => {
                 inner.mirror().defer(Pending::Absent {
                     room: room.to_string(),
@@ -577,7 +587,7 @@ impl Backend for RedisBackend {
             .run::<i64>(&inner.invocation(&scripts::CLEAR_STATE, &[room, conn]))
             .await
         {
-            Ok(was) => Ok(was == 1),
+            Ok(was) => Ok(was == 1 || was_local == Some(true)),
             Err(BackendError::Unavailable(_)) if was_local.is_some() => {
                 inner.mirror().defer(Pending::ClearState {
                     room: room.to_string(),

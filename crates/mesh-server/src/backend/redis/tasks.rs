@@ -88,6 +88,9 @@ async fn listen(
                         inner.needs_resync.store(true, Ordering::Relaxed);
                     }
                 }
+                if let Some(inner) = inner.upgrade() {
+                    inner.subscribed.store(true, Ordering::Relaxed);
+                }
                 down = false;
                 backoff = MIN_BACKOFF;
                 let mut messages = pubsub.into_on_message();
@@ -105,6 +108,7 @@ async fn listen(
                 }
                 tracing::warn!(%instance, "redis pub/sub connection lost; reconnecting");
                 if let Some(inner) = inner.upgrade() {
+                    inner.subscribed.store(false, Ordering::Relaxed);
                     inner.needs_resync.store(true, Ordering::Relaxed);
                 }
             }
@@ -260,6 +264,11 @@ async fn purge(inner: &Inner) -> BackendResult<Duration> {
 /// told it left, so the restored presence is announced again. After Redis
 /// lost everything nobody was told anything, and nothing is announced.
 async fn resync(inner: &Inner, registration_lost: bool) -> BackendResult<()> {
+    if !inner.subscribed.load(Ordering::Relaxed) {
+        return Err(BackendError::Unavailable(
+            "redis pub/sub not connected yet".into(),
+        ));
+    }
     let mut getdel = ::redis::cmd("GETDEL");
     getdel.arg(inner.keys.instance_swept(&inner.instance));
     let swept: Option<String> = inner.query(&getdel).await?;
