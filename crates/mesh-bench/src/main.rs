@@ -178,6 +178,18 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// CPU time (user + system) a process has used so far.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields overall, in clock ticks (100 per second on
+    // Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 fn report_rss(args: &Args) {
     if let Some((rss, peak)) = args.server_pid.and_then(rss_kib) {
         println!(
@@ -206,12 +218,67 @@ struct Incoming<'a> {
     payload: IncomingPayload,
 }
 
-#[derive(Deserialize, Default)]
+/// The fields of a presence update; any other payload (a string id, a
+/// number, `true`) reads as empty.
+#[derive(Default)]
 struct IncomingPayload {
-    #[serde(default, rename = "type")]
     kind: Option<String>,
-    #[serde(default)]
     state: Option<BenchState>,
+}
+
+impl<'de> Deserialize<'de> for IncomingPayload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = IncomingPayload;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any payload")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = IncomingPayload::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "type" => out.kind = map.next_value()?,
+                        // Other clients' states, or `null`, are not ours.
+                        "state" => {
+                            out.state = map
+                                .next_value::<serde_json::Value>()
+                                .ok()
+                                .and_then(|v| serde_json::from_value(v).ok())
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IncomingPayload::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(IncomingPayload::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(IncomingPayload::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(IncomingPayload::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(IncomingPayload::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(IncomingPayload::default())
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(IncomingPayload::default())
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The state every benchmark client publishes: who, which one, and when
@@ -423,6 +490,7 @@ async fn burst(args: &Args) -> Result<(), BoxError> {
     barrier.wait().await;
     let join_time = join_start.elapsed();
     report_rss(args);
+    let cpu_before = args.server_pid.and_then(cpu_time);
     let burst_start = Instant::now();
     barrier.wait().await;
 
@@ -457,6 +525,14 @@ async fn burst(args: &Args) -> Result<(), BoxError> {
         deliveries as f64 / burst_time.as_secs_f64()
     );
     print_latency(&latencies);
+    if let (Some(before), Some(after)) = (cpu_before, args.server_pid.and_then(cpu_time)) {
+        let cpu = after.saturating_sub(before);
+        println!(
+            "server CPU in the burst: {:.2} s ({:.0} deliveries per CPU-second)",
+            cpu.as_secs_f64(),
+            deliveries as f64 / cpu.as_secs_f64().max(0.01)
+        );
+    }
     report_rss(args);
     drop(clients);
     Ok(())

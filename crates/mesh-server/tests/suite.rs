@@ -741,8 +741,11 @@ async fn latency_is_measured(kind: BackendKind) {
     ))
     .await;
     let latency = a.next_push(command::LATENCY).await;
-    let ms = latency.payload.as_f64().expect("latency is a number");
-    assert!((0.0..10_000.0).contains(&ms), "{ms}");
+    let ms = latency
+        .payload
+        .as_u64()
+        .expect("latency is whole milliseconds");
+    assert!(ms < 10_000, "{ms}");
     server.shutdown().await;
 }
 
@@ -773,6 +776,59 @@ async fn rooms_per_connection_limit(kind: BackendKind) {
         .unwrap();
     rooms.sort();
     assert_eq!(rooms, vec!["three", "two"]);
+    server.shutdown().await;
+}
+
+async fn oversized_frame_beyond_hard_limit_closes(kind: BackendKind) {
+    let server = kind
+        .builder()
+        .await
+        .max_frame_bytes(1024)
+        .track_presence(".*", TrackOptions::default())
+        .bind()
+        .await
+        .unwrap();
+    let mut a = Peer::connect(&server.url()).await;
+    a.subscribe("r").await;
+    let mut big = Peer::connect(&server.url()).await;
+    big.join("r").await;
+    assert_update(&a.next_update().await, "join", &big.id, "r");
+    // Over four times the frame limit the server does not even read it.
+    big.send_text("x".repeat(10 * 1024)).await;
+    let frame = big.closed().await;
+    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1009));
+    assert_update(&a.next_update().await, "leave", &big.id, "r");
+    a.sync().await;
+    server.shutdown().await;
+}
+
+async fn request_rate_is_limited(kind: BackendKind) {
+    let server = kind
+        .builder()
+        .await
+        .max_requests_per_second(5)
+        .bind()
+        .await
+        .unwrap();
+    let mut a = Peer::connect(&server.url()).await;
+    // Sent back to back, far faster than 5 per second.
+    for id in 1..=20 {
+        a.send(mesh_protocol::Frame::request(id, command::NOOP, json!({})))
+            .await;
+    }
+    let mut limited = 0;
+    for id in 1..=20 {
+        let reply = a.reply_to(id, command::NOOP).await;
+        if id <= 5 {
+            assert_eq!(reply, json!(true), "the burst allowance is honoured");
+        } else if error_code(&reply).as_deref() == Some("ERATELIMIT") {
+            limited += 1;
+        }
+    }
+    assert!(
+        limited >= 10,
+        "only {limited} of 15 over the limit were refused"
+    );
     server.shutdown().await;
 }
 
@@ -1005,6 +1061,8 @@ suite!(
     latency_is_measured,
     rooms_per_connection_limit,
     slow_consumer_is_dropped,
+    oversized_frame_beyond_hard_limit_closes,
+    request_rate_is_limited,
     origin_allow_list_and_healthz,
     graceful_shutdown_cleans_up,
     instances_share_presence,
