@@ -8,7 +8,7 @@ mod common;
 use common::redis::{self as test_redis, RedisServer};
 use common::{assert_update, Peer, WAIT};
 use mesh_protocol::{command, PresenceUpdate};
-use mesh_server::{Backend, RedisBackend, RunningServer, Server, TrackOptions};
+use mesh_server::{RedisBackend, RunningServer, Server, TrackOptions};
 use serde_json::json;
 use std::process::Stdio;
 use std::sync::Arc;

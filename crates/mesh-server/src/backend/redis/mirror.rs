@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const MAX_BACKLOG: usize = 10_000;
 
 /// One local connection as Redis should know it.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct LocalConn {
     pub(crate) rooms: HashSet<String>,
     /// Present rooms and their presence TTL.

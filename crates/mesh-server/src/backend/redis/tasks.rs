@@ -11,7 +11,7 @@
 //! Both hold only a weak reference to the backend and stop when it is
 //! dropped.
 
-use super::mirror::Pending;
+use super::mirror::{LocalConn, Pending};
 use super::{scripts, Inner};
 use crate::backend::{BackendError, BackendResult};
 use futures_util::StreamExt;
@@ -297,44 +297,25 @@ async fn resync(inner: &Inner, registration_lost: bool) -> BackendResult<()> {
     }
 
     let mut announcements = Vec::new();
-    for (conn, written) in &snapshot {
-        announcements.extend(inner.write_conn(conn, written, announce).await?);
-        // What changed locally while we wrote: undo removals we raced with.
-        let current = inner.mirror().conns.get(conn).cloned();
-        let Some(current) = current else {
-            replay(inner, &Pending::Drop { conn: conn.clone() }).await?;
-            continue;
-        };
-        for room in written.rooms.difference(&current.rooms) {
-            replay(
-                inner,
-                &Pending::Leave {
-                    room: room.clone(),
-                    conn: conn.clone(),
-                },
-            )
-            .await?;
-        }
-        for room in written.present.keys() {
-            if !current.present.contains_key(room) {
-                replay(
-                    inner,
-                    &Pending::Absent {
-                        room: room.clone(),
-                        conn: conn.clone(),
-                    },
-                )
-                .await?;
-            } else if written.states.contains_key(room) && !current.states.contains_key(room) {
-                replay(
-                    inner,
-                    &Pending::ClearState {
-                        room: room.clone(),
-                        conn: conn.clone(),
-                    },
-                )
-                .await?;
+    for (conn, local) in &snapshot {
+        let mut written = local.clone();
+        // The connection keeps working while we write; write again until
+        // what we wrote is what it has (writes are idempotent), undoing
+        // removals we raced with.
+        for _ in 0..3 {
+            announcements.extend(inner.write_conn(conn, &written, announce).await?);
+            let current = inner.mirror().conns.get(conn).cloned();
+            let Some(current) = current else {
+                replay(inner, &Pending::Drop { conn: conn.clone() }).await?;
+                break;
+            };
+            for removal in removals(conn, &written, &current) {
+                replay(inner, &removal).await?;
             }
+            if current == written {
+                break;
+            }
+            written = current;
         }
     }
 
@@ -361,6 +342,26 @@ async fn resync(inner: &Inner, registration_lost: bool) -> BackendResult<()> {
     );
     inner.resyncs.send_modify(|n| *n += 1);
     Ok(())
+}
+
+/// What `before` had and `after` no longer has, as removals.
+fn removals(conn: &str, before: &LocalConn, after: &LocalConn) -> Vec<Pending> {
+    let mut out = Vec::new();
+    let item = |room: &String| (room.clone(), conn.to_string());
+    for room in before.rooms.difference(&after.rooms) {
+        let (room, conn) = item(room);
+        out.push(Pending::Leave { room, conn });
+    }
+    for room in before.present.keys() {
+        if !after.present.contains_key(room) {
+            let (room, conn) = item(room);
+            out.push(Pending::Absent { room, conn });
+        } else if before.states.contains_key(room) && !after.states.contains_key(room) {
+            let (room, conn) = item(room);
+            out.push(Pending::ClearState { room, conn });
+        }
+    }
+    out
 }
 
 /// Applies one removal that could not reach Redis when it happened.
