@@ -40,7 +40,7 @@ use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Where the Redis backend connects and how it paces its background work.
 #[derive(Debug, Clone)]
@@ -134,6 +134,8 @@ pub(crate) struct Inner {
     pub(crate) subscribed: AtomicBool,
     /// Counts completed resynchronisations, for whoever wants to know.
     pub(crate) resyncs: watch::Sender<u64>,
+    /// Updates for the other instances, in order, to the publisher task.
+    pub(crate) outgoing: mpsc::UnboundedSender<PresenceUpdate>,
 }
 
 impl RedisBackend {
@@ -168,6 +170,7 @@ impl RedisBackend {
         let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
             .map_err(|e| unavailable(&e))?;
+        let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             instance: format!("{:016x}", rand::random::<u64>()),
             keys: Keys {
@@ -181,10 +184,11 @@ impl RedisBackend {
             needs_resync: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             resyncs: watch::Sender::new(0),
+            outgoing,
         });
         inner.heartbeat().await?;
         let (stop, stopped) = watch::channel(());
-        tasks::spawn(&inner, stopped).await?;
+        tasks::spawn(&inner, stopped, outgoing_rx).await?;
         tracing::info!(instance = %inner.instance, prefix = %inner.keys.prefix, "redis backend ready");
         Ok(RedisBackend {
             inner,
@@ -285,15 +289,22 @@ impl Inner {
         }
     }
 
-    /// Sends an update to the other instances only.
-    pub(crate) async fn publish_remote(&self, update: &PresenceUpdate) -> BackendResult<()> {
-        let json = serde_json::to_string(update)
-            .map_err(|e| BackendError::Other(format!("encoding an update: {e}")))?;
-        let message = format!("{}|{json}", self.instance);
-        let mut cmd = ::redis::cmd("PUBLISH");
-        cmd.arg(self.keys.updates_channel()).arg(message);
-        let _: i64 = self.query(&cmd).await?;
-        Ok(())
+    /// Sends updates to the other instances only, in one round trip.
+    pub(crate) async fn publish_remote(&self, updates: &[PresenceUpdate]) -> BackendResult<()> {
+        let channel = self.keys.updates_channel();
+        let mut pipe = ::redis::pipe();
+        for update in updates {
+            let json = serde_json::to_string(update)
+                .map_err(|e| BackendError::Other(format!("encoding an update: {e}")))?;
+            pipe.cmd("PUBLISH")
+                .arg(&channel)
+                .arg(format!("{}|{json}", self.instance))
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))
     }
 
     /// Writes one local connection to Redis; see [`tasks`] for when.
@@ -421,16 +432,12 @@ impl Backend for RedisBackend {
     async fn publish(&self, update: PresenceUpdate) -> BackendResult<()> {
         let inner = &self.inner;
         inner.deliver_local(&update);
-        match inner.publish_remote(&update).await {
-            Ok(()) => Ok(()),
-            // Local subscribers have it; the others get it once Redis is back.
-            Err(BackendError::Unavailable(e)) => {
-                tracing::debug!(error = %e, "update queued until redis is back");
-                inner.mirror().defer_update(update);
-                Ok(())
-            }
-            Err(e) => Err(e),
+        // The publisher task sends it on, batching with others; the caller
+        // does not wait for Redis.
+        if let Err(unsent) = inner.outgoing.send(update) {
+            inner.mirror().defer_update(unsent.0);
         }
+        Ok(())
     }
 
     async fn connection_opened(&self, conn: &str) -> BackendResult<()> {

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// Longest pause between two attempts to reach Redis.
@@ -33,7 +33,11 @@ const SWEPT_MARKER_TTL_S: u64 = 3600;
 
 /// Starts both tasks; returns once the listener is subscribed, so that no
 /// update published after the backend is built can be missed.
-pub(super) async fn spawn(inner: &Arc<Inner>, stopped: watch::Receiver<()>) -> BackendResult<()> {
+pub(super) async fn spawn(
+    inner: &Arc<Inner>,
+    stopped: watch::Receiver<()>,
+    outgoing: mpsc::UnboundedReceiver<PresenceUpdate>,
+) -> BackendResult<()> {
     let (ready_tx, ready_rx) = oneshot::channel();
     tokio::spawn(listen(
         Arc::downgrade(inner),
@@ -50,7 +54,32 @@ pub(super) async fn spawn(inner: &Arc<Inner>, stopped: watch::Receiver<()>) -> B
         Err(_) => return Err(BackendError::Other("redis listener ended".into())),
     }
     tokio::spawn(maintain(Arc::downgrade(inner), stopped));
+    tokio::spawn(publish(Arc::downgrade(inner), outgoing));
     Ok(())
+}
+
+/// Most updates sent in one pipeline.
+const PUBLISH_BATCH: usize = 256;
+
+/// Owns the sending of this instance's updates to the others: whatever is
+/// queued goes out as one pipeline, in order. What Redis does not take
+/// waits in the mirror for the next resync. Ends when the backend is gone
+/// (its sender dropped).
+async fn publish(inner: Weak<Inner>, mut outgoing: mpsc::UnboundedReceiver<PresenceUpdate>) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while outgoing.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if let Err(e) = inner.publish_remote(&batch).await {
+            tracing::debug!(error = %e, count = batch.len(), "updates queued until redis is back");
+            let mut mirror = inner.mirror();
+            for update in batch.drain(..) {
+                mirror.defer_update(update);
+            }
+        }
+        batch.clear();
+    }
 }
 
 /// Resolves when the backend was dropped.
@@ -320,10 +349,10 @@ async fn resync(inner: &Inner, registration_lost: bool) -> BackendResult<()> {
     }
 
     let unsent: Vec<PresenceUpdate> = inner.mirror().unsent.drain(..).collect();
-    for (done, update) in unsent.iter().enumerate() {
-        if let Err(e) = inner.publish_remote(update).await {
+    for (done, chunk) in unsent.chunks(PUBLISH_BATCH).enumerate() {
+        if let Err(e) = inner.publish_remote(chunk).await {
             let mut mirror = inner.mirror();
-            for update in unsent[done..].iter().rev() {
+            for update in unsent[done * PUBLISH_BATCH..].iter().rev() {
                 mirror.unsent.push_front(update.clone());
             }
             return Err(e);
@@ -331,7 +360,9 @@ async fn resync(inner: &Inner, registration_lost: bool) -> BackendResult<()> {
     }
     for update in &announcements {
         inner.deliver_local(update);
-        inner.publish_remote(update).await?;
+    }
+    for chunk in announcements.chunks(PUBLISH_BATCH) {
+        inner.publish_remote(chunk).await?;
     }
     tracing::info!(
         instance = %inner.instance,
