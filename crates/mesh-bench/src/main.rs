@@ -45,6 +45,10 @@ struct Args {
     /// Server URL (ignored with --spawn-server).
     #[arg(long, default_value = "ws://127.0.0.1:3000")]
     url: String,
+    /// Another instance of the same cluster (repeatable): clients are spread
+    /// over `--url` and these in turn, as behind a load balancer.
+    #[arg(long = "also-url")]
+    also_url: Vec<String>,
     /// Spawn the `mesh-server` binary found next to this one on a free port.
     #[arg(long)]
     spawn_server: bool,
@@ -98,6 +102,9 @@ async fn run(mut args: Args) -> Result<(), BoxError> {
         server = Some(spawned);
     }
     println!("server: {} (pid {:?})", args.url, args.server_pid);
+    for url in &args.also_url {
+        println!("server: {url}");
+    }
     let result = if let Some(m) = args.idle {
         idle(&args, m).await
     } else if let Some(rate) = args.rate {
@@ -374,8 +381,9 @@ async fn connect_all(args: &Args, n: usize) -> Result<(Vec<Client>, Duration), B
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let url = args.url.clone();
+    let urls: Vec<&String> = std::iter::once(&args.url).chain(&args.also_url).collect();
+    for i in 0..n {
+        let url = urls[i % urls.len()].clone();
         let permits = permits.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;

@@ -81,6 +81,11 @@ pub(crate) async fn serve(
         return;
     }
     let id = shared.new_connection_id();
+    if let Err(e) = shared.backend.connection_opened(&id).await {
+        tracing::warn!(%peer, error = %e, "could not register the connection");
+        let _ = handshake::respond(&mut stream, 503, "backend unavailable\n").await;
+        return;
+    }
     if shared.config.metadata_from_query && !head.query.is_empty() {
         let metadata: Map<String, Value> = head
             .query
@@ -92,6 +97,7 @@ pub(crate) async fn serve(
             .await
         {
             tracing::warn!(%peer, error = %e, "could not attach query metadata");
+            let _ = shared.backend.remove_metadata(&id).await;
             let _ = handshake::respond(&mut stream, 503, "backend unavailable\n").await;
             return;
         }

@@ -1105,6 +1105,7 @@ macro_rules! for_backend {
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         for_backend!(Memory, memory, [$($test),*]);
+        for_backend!(Redis, redis, [$($test),*]);
     };
 }
 
