@@ -222,8 +222,12 @@ impl MeshClient {
 
     /// A snapshot of `room`'s presence: connection ids and states.
     pub async fn get_presence_state(&self, room: &str) -> Result<PresenceStateReply, ClientError> {
-        self.call_typed(command::GET_PRESENCE_STATE, room_payload(room), Effect::None)
-            .await
+        self.call_typed(
+            command::GET_PRESENCE_STATE,
+            room_payload(room),
+            Effect::None,
+        )
+        .await
     }
 
     /// Another connection's metadata (`Value::Null` when it has none).
@@ -352,9 +356,8 @@ fn to_payload<T: serde::Serialize>(payload: &T) -> Result<Value, ClientError> {
 
 /// Reads a reply payload as the type the command promises.
 fn parse_reply<T: DeserializeOwned>(command: &str, reply: Value) -> Result<T, ClientError> {
-    serde_json::from_value(reply.clone()).map_err(|e| {
-        ClientError::Protocol(format!("unexpected reply to {command}: {reply} ({e})"))
-    })
+    serde_json::from_value(reply.clone())
+        .map_err(|e| ClientError::Protocol(format!("unexpected reply to {command}: {reply} ({e})")))
 }
 
 #[cfg(test)]

@@ -74,7 +74,12 @@ pub fn classify(frame: Frame) -> Result<Incoming, IncomingError> {
         command::LATENCY_REQUEST => Incoming::LatencyRequest,
         command::ASSIGN_ID => match frame.payload {
             Value::String(id) if !id.is_empty() => Incoming::AssignId(id),
-            other => return Err(bad(command::ASSIGN_ID, format!("expected an id, got {other}"))),
+            other => {
+                return Err(bad(
+                    command::ASSIGN_ID,
+                    format!("expected an id, got {other}"),
+                ))
+            }
         },
         command::LATENCY => match frame.payload.as_f64() {
             // The reference server measures with Date.now(), but be lenient

@@ -128,7 +128,11 @@ mod tests {
         assert_eq!(cache.get("c"), Some(json!(3)));
         cache.remove("b");
         cache.insert("d", json!(4));
-        assert_eq!(cache.get("c"), Some(json!(3)), "removal must not skew eviction");
+        assert_eq!(
+            cache.get("c"),
+            Some(json!(3)),
+            "removal must not skew eviction"
+        );
     }
 
     #[test]

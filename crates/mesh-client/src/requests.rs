@@ -153,7 +153,10 @@ mod tests {
         table.purge_abandoned();
         assert_eq!(table.len(), 1);
         table.fail_all(ClientError::ConnectionLost);
-        assert_eq!(rx_kept.try_recv().unwrap(), Err(ClientError::ConnectionLost));
+        assert_eq!(
+            rx_kept.try_recv().unwrap(),
+            Err(ClientError::ConnectionLost)
+        );
         assert_eq!(table.len(), 0);
     }
 }
