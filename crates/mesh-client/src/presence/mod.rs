@@ -2,4 +2,4 @@
 
 pub mod engine;
 
-pub use engine::{Change, KeySource, PresenceEngine, StateKeyFn, User, UserEvent};
+pub use engine::{Change, KeySource, PresenceEngine, StateKey, StateKeyFn, User, UserEvent};
