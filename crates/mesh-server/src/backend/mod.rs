@@ -1,0 +1,156 @@
+//! Where rooms, presence, states and metadata live, and how presence updates
+//! reach every server instance.
+//!
+//! The server core never keeps shared state of its own: it asks a
+//! [`Backend`]. A backend may be shared by several server instances (the
+//! Redis backend is), so the trait assumes nothing about where a connection
+//! lives. Connections are named by opaque ids that are unique across
+//! instances, and presence updates go *through* the backend: an instance
+//! calls [`Backend::publish`], and the backend hands the update to the
+//! [`UpdateSink`] of every attached instance, which delivers it to its own
+//! local subscribers.
+//!
+//! Expiry (presence TTL and state `expireAfter`) is the backend's job too,
+//! because only the backend can make sure an expiry is announced exactly
+//! once across the cluster.
+
+pub mod memory;
+
+pub use memory::MemoryBackend;
+
+use async_trait::async_trait;
+use mesh_protocol::{PresenceUpdate, Strategy};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// A failed backend operation.
+#[derive(Debug, Clone, Error)]
+pub enum BackendError {
+    /// The backend cannot be reached (network, server down).
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// Any other failure, described.
+    #[error("backend error: {0}")]
+    Other(String),
+}
+
+/// Result of a backend operation.
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// Receives the presence updates a backend fans out to one server instance.
+///
+/// `deliver` runs on the backend's task and must not block: the server's
+/// sink encodes the update once and queues the bytes to each local
+/// subscriber.
+pub trait UpdateSink: Send + Sync + 'static {
+    /// Hands one update to the instance.
+    fn deliver(&self, update: &PresenceUpdate);
+}
+
+/// Storage and fan-out for rooms, presence, states and metadata.
+///
+/// Semantics every implementation follows (the memory backend is the
+/// reference):
+///
+/// * Room membership and presence are separate: a connection joins a room,
+///   and in a tracked room it is also marked present. Presence may carry a
+///   TTL; when it lapses the backend removes the presence and the state and
+///   publishes a `leave`, once.
+/// * A state may carry an expiry; when it lapses the backend removes it and
+///   publishes a `state` update with `state: null`, once. Replacing or
+///   clearing a state cancels its expiry.
+/// * Metadata of a connection and of a room are JSON values combined with a
+///   [`Strategy`].
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Registers an instance: every update published from now on, by any
+    /// instance, reaches `sink`.
+    async fn attach(&self, sink: Arc<dyn UpdateSink>) -> BackendResult<()>;
+
+    /// Sends an update to every attached instance.
+    async fn publish(&self, update: PresenceUpdate) -> BackendResult<()>;
+
+    /// Adds `conn` to `room`; `true` if it was not a member before.
+    async fn join_room(&self, room: &str, conn: &str) -> BackendResult<bool>;
+
+    /// Removes `conn` from `room`; `true` if it was a member.
+    async fn leave_room(&self, room: &str, conn: &str) -> BackendResult<bool>;
+
+    /// Every member of `room`.
+    async fn room_members(&self, room: &str) -> BackendResult<Vec<String>>;
+
+    /// Every room `conn` is a member of.
+    async fn connection_rooms(&self, conn: &str) -> BackendResult<Vec<String>>;
+
+    /// Marks `conn` present in `room`, with an optional TTL; `true` if it
+    /// was not present before.
+    async fn mark_present(
+        &self,
+        room: &str,
+        conn: &str,
+        ttl: Option<Duration>,
+    ) -> BackendResult<bool>;
+
+    /// Pushes back the TTL of a present connection; `false` if it is no
+    /// longer present (its TTL lapsed already).
+    async fn refresh_presence(&self, room: &str, conn: &str, ttl: Duration) -> BackendResult<bool>;
+
+    /// Removes `conn`'s presence and state from `room`; `true` if it was
+    /// present. The caller publishes the `leave`.
+    async fn mark_absent(&self, room: &str, conn: &str) -> BackendResult<bool>;
+
+    /// The connections present in `room`.
+    async fn present(&self, room: &str) -> BackendResult<Vec<String>>;
+
+    /// Stores `conn`'s state in `room`, replacing any earlier state and its
+    /// expiry. `false` (and nothing stored) when `conn` is not present.
+    async fn set_state(
+        &self,
+        room: &str,
+        conn: &str,
+        state: Value,
+        expire_after: Option<Duration>,
+    ) -> BackendResult<bool>;
+
+    /// Deletes `conn`'s state in `room`; `true` if there was one.
+    async fn clear_state(&self, room: &str, conn: &str) -> BackendResult<bool>;
+
+    /// Every state in `room`, by connection id.
+    async fn states(&self, room: &str) -> BackendResult<Map<String, Value>>;
+
+    /// Combines `value` with `conn`'s metadata; returns the stored result.
+    async fn set_metadata(
+        &self,
+        conn: &str,
+        value: Value,
+        strategy: Strategy,
+    ) -> BackendResult<Value>;
+
+    /// `conn`'s metadata, `None` when it has none.
+    async fn get_metadata(&self, conn: &str) -> BackendResult<Option<Value>>;
+
+    /// The metadata of several connections at once, in order.
+    async fn get_metadata_many(&self, conns: &[String]) -> BackendResult<Vec<Option<Value>>> {
+        let mut out = Vec::with_capacity(conns.len());
+        for conn in conns {
+            out.push(self.get_metadata(conn).await?);
+        }
+        Ok(out)
+    }
+
+    /// Deletes `conn`'s metadata (the connection closed).
+    async fn remove_metadata(&self, conn: &str) -> BackendResult<()>;
+
+    /// Combines `value` with `room`'s metadata; returns the stored result.
+    async fn set_room_metadata(
+        &self,
+        room: &str,
+        value: Value,
+        strategy: Strategy,
+    ) -> BackendResult<Value>;
+
+    /// `room`'s metadata, `None` when it has none.
+    async fn get_room_metadata(&self, room: &str) -> BackendResult<Option<Value>>;
+}

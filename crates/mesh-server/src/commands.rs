@@ -1,0 +1,400 @@
+//! The built-in commands, one function each, and custom-command dispatch.
+//!
+//! Every handler returns the reply payload or an [`ErrorPayload`]; the
+//! connection task turns either into the reply frame.
+
+use crate::connection::Connection;
+use crate::error::ServerError;
+use crate::hooks::CommandRequest;
+use crate::server::ServerHandle;
+use crate::tracking::{GuardRequest, TrackOptions};
+use mesh_protocol::payload::{
+    ConnectionMetadataRequest, PublishPresenceState, RoomRequest, SetMetadataRequest,
+};
+use mesh_protocol::{
+    command, now_millis, validate_room_name, ErrorCode, ErrorPayload, PresenceUpdate,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+type Reply = Result<Value, ErrorPayload>;
+
+/// Runs one command for `conn`.
+pub(crate) async fn dispatch(conn: &mut Connection, name: &str, payload: Value) -> Reply {
+    match name {
+        command::NOOP => Ok(json!(true)),
+        command::JOIN_ROOM => join_room(conn, room_of(payload)?).await,
+        command::LEAVE_ROOM => leave_room(conn, room_of(payload)?).await,
+        command::SUBSCRIBE_PRESENCE => subscribe_presence(conn, room_of(payload)?).await,
+        command::UNSUBSCRIBE_PRESENCE => unsubscribe_presence(conn, room_of(payload)?),
+        command::PUBLISH_PRESENCE_STATE => publish_presence_state(conn, parse(payload)?).await,
+        command::CLEAR_PRESENCE_STATE => clear_presence_state(conn, room_of(payload)?).await,
+        command::GET_PRESENCE_STATE => get_presence_state(conn, room_of(payload)?).await,
+        command::GET_CONNECTION_METADATA => get_connection_metadata(conn, parse(payload)?).await,
+        command::GET_MY_CONNECTION_METADATA => {
+            let metadata = conn
+                .server
+                .get_metadata(&conn.id)
+                .await
+                .map_err(server_error)?;
+            Ok(json!({ "metadata": metadata }))
+        }
+        command::SET_MY_CONNECTION_METADATA => set_my_metadata(conn, parse(payload)?).await,
+        command::GET_ROOM_METADATA => {
+            let room = room_of(payload)?;
+            let metadata = conn
+                .server
+                .get_room_metadata(&room)
+                .await
+                .map_err(server_error)?;
+            Ok(json!({ "metadata": metadata }))
+        }
+        _ => match conn.server.shared.commands.get(name) {
+            Some(handler) => {
+                handler(CommandRequest {
+                    connection_id: conn.id.clone(),
+                    command: name.to_string(),
+                    payload,
+                    server: conn.server.clone(),
+                })
+                .await
+            }
+            None => Err(ErrorPayload::new(
+                ErrorCode::NotFound,
+                format!("Command \"{name}\" not found"),
+            )),
+        },
+    }
+}
+
+fn parse<T: DeserializeOwned>(payload: Value) -> Result<T, ErrorPayload> {
+    serde_json::from_value(payload)
+        .map_err(|e| ErrorPayload::new(ErrorCode::Invalid, format!("invalid payload: {e}")))
+}
+
+/// Reads and checks the `roomName` of a room request.
+fn room_of(payload: Value) -> Result<String, ErrorPayload> {
+    let RoomRequest { room_name } = parse(payload)?;
+    check_room(&room_name)?;
+    Ok(room_name)
+}
+
+fn check_room(room: &str) -> Result<(), ErrorPayload> {
+    validate_room_name(room).map_err(|e| ErrorPayload::new(ErrorCode::Invalid, e))
+}
+
+fn server_error(e: ServerError) -> ErrorPayload {
+    tracing::warn!(error = %e, "command failed");
+    ErrorPayload::new(ErrorCode::Server, e.to_string())
+}
+
+fn backend_error(e: crate::backend::BackendError) -> ErrorPayload {
+    server_error(ServerError::Backend(e))
+}
+
+/// Size of a value's JSON encoding, without building the string.
+fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+fn check_size(value: &Value, max: usize, what: &str) -> Result<(), ErrorPayload> {
+    let len = json_len(value);
+    if len > max {
+        return Err(ErrorPayload::new(
+            ErrorCode::TooLarge,
+            format!("{what} is {len} bytes; the limit is {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Asks a tracked room's guard, if it has one.
+async fn guard_allows(
+    conn: &Connection,
+    room: &str,
+    track: &TrackOptions,
+) -> Result<bool, ErrorPayload> {
+    let Some(guard) = &track.guard else {
+        return Ok(true);
+    };
+    let metadata = conn
+        .server
+        .get_metadata(&conn.id)
+        .await
+        .map_err(server_error)?
+        .unwrap_or(Value::Null);
+    Ok(guard
+        .allows(GuardRequest {
+            connection_id: conn.id.clone(),
+            room_name: room.to_string(),
+            metadata,
+        })
+        .await)
+}
+
+async fn join_room(conn: &mut Connection, room: String) -> Reply {
+    let shared = conn.server.shared.clone();
+    if !conn.rooms.contains_key(&room) {
+        let max = shared.config.limits.max_rooms_per_connection;
+        if conn.rooms.len() >= max {
+            return Err(ErrorPayload::new(
+                ErrorCode::TooLarge,
+                format!("a connection may be in at most {max} rooms"),
+            ));
+        }
+        let track = shared.tracker.lookup(&room);
+        shared
+            .backend
+            .join_room(&room, &conn.id)
+            .await
+            .map_err(backend_error)?;
+        conn.rooms.insert(room.clone(), track.clone());
+        if let Some(track) = track {
+            let joined = shared
+                .backend
+                .mark_present(&room, &conn.id, track.ttl)
+                .await
+                .map_err(backend_error)?;
+            if joined {
+                conn.server
+                    .publish(PresenceUpdate::Join {
+                        connection_id: conn.id.clone(),
+                        room_name: room.clone(),
+                        timestamp: now_millis(),
+                    })
+                    .await
+                    .map_err(server_error)?;
+            }
+        }
+    }
+    let members = shared
+        .backend
+        .room_members(&room)
+        .await
+        .map_err(backend_error)?;
+    let present = conn
+        .server
+        .with_metadata(members)
+        .await
+        .map_err(server_error)?;
+    Ok(json!({ "success": true, "present": present }))
+}
+
+async fn leave_room(conn: &mut Connection, room: String) -> Reply {
+    let Some(track) = conn.rooms.remove(&room) else {
+        return Ok(json!({ "success": false }));
+    };
+    leave(&conn.server, &conn.id, &room, track.is_some())
+        .await
+        .map_err(server_error)?;
+    Ok(json!({ "success": true }))
+}
+
+/// Takes `conn` out of `room`; in a tracked room also removes its presence
+/// and state and announces the `leave`.
+pub(crate) async fn leave(
+    server: &ServerHandle,
+    conn: &str,
+    room: &str,
+    tracked: bool,
+) -> Result<(), ServerError> {
+    let backend = &server.shared.backend;
+    backend.leave_room(room, conn).await?;
+    if tracked && backend.mark_absent(room, conn).await? {
+        server
+            .publish(PresenceUpdate::Leave {
+                connection_id: conn.to_string(),
+                room_name: room.to_string(),
+                timestamp: now_millis(),
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+fn refused() -> Value {
+    json!({ "success": false, "present": [] })
+}
+
+async fn subscribe_presence(conn: &mut Connection, room: String) -> Reply {
+    let shared = conn.server.shared.clone();
+    let Some(track) = shared.tracker.lookup(&room) else {
+        return Ok(refused());
+    };
+    if !guard_allows(conn, &room, &track).await? {
+        return Ok(refused());
+    }
+    if !conn.subscriptions.contains(&room) {
+        let max = shared.config.limits.max_rooms_per_connection;
+        if conn.subscriptions.len() >= max {
+            return Err(ErrorPayload::new(
+                ErrorCode::TooLarge,
+                format!("a connection may subscribe to at most {max} rooms"),
+            ));
+        }
+        // Subscribe before taking the snapshot: an update racing with it is
+        // then delivered, never lost.
+        shared.subscribers.add(&room, &conn.id, conn.outbox.clone());
+        conn.subscriptions.insert(room.clone());
+    }
+    let ids = shared.backend.present(&room).await.map_err(backend_error)?;
+    let present = conn.server.with_metadata(ids).await.map_err(server_error)?;
+    let states = shared.backend.states(&room).await.map_err(backend_error)?;
+    Ok(json!({ "success": true, "present": present, "states": states }))
+}
+
+fn unsubscribe_presence(conn: &mut Connection, room: String) -> Reply {
+    let was = conn.subscriptions.remove(&room);
+    if was {
+        conn.server.shared.subscribers.remove(&room, &conn.id);
+    }
+    Ok(json!(was))
+}
+
+/// The tracking options of a room `conn` has joined, if it is tracked.
+fn joined_tracked(conn: &Connection, room: &str) -> Option<Arc<TrackOptions>> {
+    conn.rooms.get(room).cloned().flatten()
+}
+
+async fn publish_presence_state(conn: &mut Connection, req: PublishPresenceState) -> Reply {
+    check_room(&req.room_name)?;
+    let state = match req.state {
+        None | Some(Value::Null) => return Ok(json!(false)),
+        Some(state @ Value::Object(_)) => state,
+        Some(_) => {
+            return Err(ErrorPayload::new(
+                ErrorCode::Invalid,
+                "state must be a JSON object",
+            ))
+        }
+    };
+    let max = conn.server.shared.config.limits.max_state_bytes;
+    check_size(&state, max, "state")?;
+    let Some(track) = joined_tracked(conn, &req.room_name) else {
+        return Ok(json!(false));
+    };
+    if !guard_allows(conn, &req.room_name, &track).await? {
+        return Ok(json!(false));
+    }
+    let expire_after = req
+        .expire_after
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis);
+    let silent = req.silent.unwrap_or(false);
+    let update = (!silent).then(|| PresenceUpdate::State {
+        connection_id: conn.id.clone(),
+        room_name: req.room_name.clone(),
+        state: Some(state.clone()),
+        timestamp: now_millis(),
+    });
+    let stored = conn
+        .server
+        .shared
+        .backend
+        .set_state(&req.room_name, &conn.id, state, expire_after)
+        .await
+        .map_err(backend_error)?;
+    if !stored {
+        return Ok(json!(false));
+    }
+    if let Some(update) = update {
+        conn.server.publish(update).await.map_err(server_error)?;
+    }
+    Ok(json!(true))
+}
+
+async fn clear_presence_state(conn: &mut Connection, room: String) -> Reply {
+    if joined_tracked(conn, &room).is_none() {
+        return Ok(json!(false));
+    }
+    let cleared = conn
+        .server
+        .shared
+        .backend
+        .clear_state(&room, &conn.id)
+        .await
+        .map_err(backend_error)?;
+    if cleared {
+        conn.server
+            .publish(PresenceUpdate::State {
+                connection_id: conn.id.clone(),
+                room_name: room,
+                state: None,
+                timestamp: now_millis(),
+            })
+            .await
+            .map_err(server_error)?;
+    }
+    Ok(json!(cleared))
+}
+
+async fn get_presence_state(conn: &mut Connection, room: String) -> Reply {
+    let shared = conn.server.shared.clone();
+    let allowed = match shared.tracker.lookup(&room) {
+        Some(track) => guard_allows(conn, &room, &track).await?,
+        None => false,
+    };
+    if !allowed {
+        return Ok(json!({ "success": false, "present": [], "states": {} }));
+    }
+    let present = shared.backend.present(&room).await.map_err(backend_error)?;
+    let states = shared.backend.states(&room).await.map_err(backend_error)?;
+    Ok(json!({ "success": true, "present": present, "states": states }))
+}
+
+/// Whether `conn` may read `target`'s metadata: its own, or a connection
+/// in a room `conn` has joined or subscribes to (unless metadata is open).
+async fn may_see(conn: &Connection, target: &str) -> Result<bool, ErrorPayload> {
+    if target == conn.id || conn.server.shared.config.open_metadata {
+        return Ok(true);
+    }
+    let rooms = conn
+        .server
+        .shared
+        .backend
+        .connection_rooms(target)
+        .await
+        .map_err(backend_error)?;
+    Ok(rooms
+        .iter()
+        .any(|room| conn.rooms.contains_key(room) || conn.subscriptions.contains(room)))
+}
+
+async fn get_connection_metadata(conn: &mut Connection, req: ConnectionMetadataRequest) -> Reply {
+    if !may_see(conn, &req.connection_id).await? {
+        return Ok(json!({ "metadata": null }));
+    }
+    let metadata = conn
+        .server
+        .get_metadata(&req.connection_id)
+        .await
+        .map_err(server_error)?;
+    Ok(json!({ "metadata": metadata }))
+}
+
+async fn set_my_metadata(conn: &mut Connection, req: SetMetadataRequest) -> Reply {
+    let max = conn.server.shared.config.limits.max_state_bytes;
+    check_size(&req.metadata, max, "metadata")?;
+    let strategy = req.strategy();
+    conn.server
+        .set_metadata(&conn.id, req.metadata, strategy)
+        .await
+        .map_err(server_error)?;
+    Ok(json!({ "success": true }))
+}

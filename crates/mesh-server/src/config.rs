@@ -1,0 +1,86 @@
+//! Server settings and limits.
+
+use std::time::Duration;
+
+/// Bounds that protect the server from a single connection.
+///
+/// Going over one gets the request a clear error (or, for the last two,
+/// closes that connection) and disturbs nothing else.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame accepted, in bytes; a larger request is answered with
+    /// `ETOOLARGE`. Frames over four times this close the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Largest presence state or metadata value, in bytes of JSON.
+    pub max_state_bytes: usize,
+    /// Most rooms one connection may be in (and, separately, subscribed to).
+    pub max_rooms_per_connection: usize,
+    /// Most bytes queued to one connection; a consumer that falls this far
+    /// behind is disconnected rather than buffered without bound.
+    pub max_queued_bytes: usize,
+    /// Frames that are not a Mesh envelope tolerated per minute; past that
+    /// the connection is closed with 1008.
+    pub max_bad_frames: u32,
+    /// Time allowed for the HTTP handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: mesh_protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_state_bytes: mesh_protocol::DEFAULT_MAX_STATE_BYTES,
+            max_rooms_per_connection: mesh_protocol::DEFAULT_MAX_ROOMS_PER_CONNECTION,
+            max_queued_bytes: 1024 * 1024,
+            max_bad_frames: 100,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a running server was configured with.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) ping_interval: Duration,
+    pub(crate) max_missed_pongs: u32,
+    pub(crate) latency_interval: Duration,
+    pub(crate) metadata_from_query: bool,
+    pub(crate) open_metadata: bool,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ping_interval: Duration::from_secs(30),
+            max_missed_pongs: 1,
+            latency_interval: Duration::from_secs(5),
+            metadata_from_query: false,
+            open_metadata: false,
+            allowed_origins: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// How long a connection may go without a pong before it is closed:
+    /// one interval per tolerated missed pong, plus the one in flight.
+    pub(crate) fn liveness_window(&self) -> Duration {
+        self.ping_interval * (self.max_missed_pongs + 1)
+    }
+
+    /// Whether a browser `Origin` may connect. Requests without an
+    /// `Origin` (non-browser clients) always may.
+    pub(crate) fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(_) if self.allowed_origins.is_empty() => true,
+            Some(origin) => self
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin)),
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! One connection: the handshake, then a task that reads and answers
+//! frames, keeps the heartbeat, and cleans up when the socket goes.
+//!
+//! The connection task owns the reading half of the socket; a writer task
+//! owns the writing half and drains the connection's [`Outbox`]. Replies
+//! and presence pushes both go through the outbox, so they reach the client
+//! in the order they were produced.
+
+use crate::commands;
+use crate::fanout::{Outbox, OutboxState};
+use crate::handshake::{self, Request};
+use crate::hooks::{ConnectionInfo, DisconnectInfo};
+use crate::server::ServerHandle;
+use crate::tracking::TrackOptions;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use mesh_protocol::{command, DecodeError, ErrorCode, ErrorPayload, Frame, Strategy};
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Socket = WebSocketStream<TcpStream>;
+
+/// Longest we wait for a closing connection's last bytes to leave.
+const WRITER_GRACE: Duration = Duration::from_secs(2);
+/// Most bytes the writer batches before flushing.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// Whether `name` is a command the server handles itself.
+pub(crate) fn is_builtin(name: &str) -> bool {
+    name.starts_with("mesh/")
+        || [
+            command::PING,
+            command::PONG,
+            command::LATENCY,
+            command::LATENCY_REQUEST,
+            command::LATENCY_RESPONSE,
+        ]
+        .contains(&name)
+}
+
+/// Serves one accepted TCP connection from handshake to cleanup. `_done`
+/// is dropped when the connection is fully cleaned up, which is what
+/// graceful shutdown waits for.
+pub(crate) async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    server: ServerHandle,
+    shutdown: watch::Receiver<bool>,
+    _done: mpsc::Sender<()>,
+) {
+    let shared = &server.shared;
+    let request =
+        match handshake::read_request(&mut stream, shared.config.limits.handshake_timeout).await {
+            Ok(request) => request,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "handshake failed");
+                return;
+            }
+        };
+    let (head, key) = match request {
+        Request::Plain { status, body } => {
+            let _ = handshake::respond(&mut stream, status, body).await;
+            return;
+        }
+        Request::Upgrade { head, key } => (head, key),
+    };
+    if !shared.config.origin_allowed(head.header("origin")) {
+        tracing::info!(%peer, origin = ?head.header("origin"), "origin refused");
+        let _ = handshake::respond(&mut stream, 403, "origin not allowed\n").await;
+        return;
+    }
+    let id = shared.new_connection_id();
+    if shared.config.metadata_from_query && !head.query.is_empty() {
+        let metadata: Map<String, Value> = head
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        if let Err(e) = server
+            .set_metadata(&id, Value::Object(metadata), Strategy::Replace)
+            .await
+        {
+            tracing::warn!(%peer, error = %e, "could not attach query metadata");
+            let _ = handshake::respond(&mut stream, 503, "backend unavailable\n").await;
+            return;
+        }
+    }
+    if let Some(hook) = &shared.on_connection {
+        let info = ConnectionInfo {
+            id: id.clone(),
+            path: head.path.clone(),
+            query: head.query.clone(),
+            headers: head.headers.clone(),
+            server: server.clone(),
+        };
+        if let Err(refusal) = hook(info).await {
+            tracing::info!(%peer, status = refusal.status, reason = %refusal.reason, "connection refused by hook");
+            let _ = shared.backend.remove_metadata(&id).await;
+            let body = format!("{}\n", refusal.reason);
+            let _ = handshake::respond(&mut stream, refusal.status, &body).await;
+            return;
+        }
+    }
+    if let Err(e) = handshake::accept_upgrade(&mut stream, &key).await {
+        tracing::debug!(%peer, error = %e, "upgrade failed");
+        let _ = shared.backend.remove_metadata(&id).await;
+        return;
+    }
+    let socket = WebSocketStream::from_partially_read(
+        stream,
+        head.leftover,
+        Role::Server,
+        Some(shared.ws_config),
+    )
+    .await;
+    Connection::new(id, server.clone())
+        .run(socket, peer, shutdown)
+        .await;
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The peer closed or the socket failed.
+    PeerGone,
+    /// The server is shutting down.
+    Shutdown,
+    /// Too many missed pongs.
+    Unresponsive,
+    /// Too many frames that were not a Mesh envelope.
+    Garbage,
+    /// Its outgoing queue overflowed.
+    SlowConsumer,
+    /// A frame over the hard size limit.
+    Oversized,
+}
+
+impl Ending {
+    /// The close frame to send, if any is worth sending.
+    fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            Ending::PeerGone | Ending::SlowConsumer => return None,
+            Ending::Shutdown => (CloseCode::Away, "server shutting down"),
+            Ending::Unresponsive => (CloseCode::Away, "missed pongs"),
+            Ending::Garbage => (CloseCode::Policy, "too many malformed frames"),
+            Ending::Oversized => (CloseCode::Size, "frame too large"),
+        };
+        Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+/// The per-connection state the command handlers work on.
+pub(crate) struct Connection {
+    pub(crate) id: String,
+    pub(crate) server: ServerHandle,
+    pub(crate) outbox: Outbox,
+    outbox_rx: Option<mpsc::UnboundedReceiver<Message>>,
+    /// Joined rooms, with their tracking options when tracked.
+    pub(crate) rooms: HashMap<String, Option<Arc<TrackOptions>>>,
+    /// Rooms whose presence this connection is subscribed to.
+    pub(crate) subscriptions: HashSet<String>,
+    /// When the connection is considered dead without a pong.
+    alive_until: Instant,
+    latency_sent: Option<Instant>,
+    bad_frames: u32,
+    bad_window_start: Instant,
+}
+
+impl Connection {
+    fn new(id: String, server: ServerHandle) -> Self {
+        let (outbox, rx) = Outbox::new(server.shared.config.limits.max_queued_bytes);
+        let now = Instant::now();
+        Connection {
+            alive_until: now + server.shared.config.liveness_window(),
+            id,
+            server,
+            outbox,
+            outbox_rx: Some(rx),
+            rooms: HashMap::new(),
+            subscriptions: HashSet::new(),
+            latency_sent: None,
+            bad_frames: 0,
+            bad_window_start: now,
+        }
+    }
+
+    async fn run(mut self, socket: Socket, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+        let (sink, mut stream) = socket.split();
+        let Some(rx) = self.outbox_rx.take() else {
+            return;
+        };
+        let outbox_state = self.outbox.state();
+        let mut writer = tokio::spawn(write_loop(sink, rx, outbox_state.clone()));
+        let shared = self.server.shared.clone();
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(id = %self.id, %peer, "connected");
+        self.send(Frame::push(command::ASSIGN_ID, json!(self.id)));
+
+        let ending = self
+            .event_loop(&mut stream, &mut shutdown, &outbox_state)
+            .await;
+        tracing::debug!(id = %self.id, ?ending, "closing");
+        if ending != Ending::PeerGone && ending != Ending::Shutdown {
+            tracing::info!(id = %self.id, %peer, ?ending, "connection closed by server");
+        }
+
+        // Stop receiving pushes first, so the writer can finish once our own
+        // outbox handle is gone.
+        for room in &self.subscriptions {
+            shared.subscribers.remove(room, &self.id);
+        }
+        if ending == Ending::SlowConsumer {
+            writer.abort();
+        } else if let Some(frame) = ending.close_frame() {
+            self.outbox.push(Message::Close(Some(frame)));
+        }
+        let (closed_outbox, _) = Outbox::new(0);
+        drop(std::mem::replace(&mut self.outbox, closed_outbox));
+        self.cleanup().await;
+        if tokio::time::timeout(WRITER_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+        drop(stream);
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn event_loop(
+        &mut self,
+        stream: &mut SplitStream<Socket>,
+        shutdown: &mut watch::Receiver<bool>,
+        outbox_state: &OutboxState,
+    ) -> Ending {
+        let config = self.server.shared.config.clone();
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut latency = tokio::time::interval_at(
+            Instant::now() + config.latency_interval,
+            config.latency_interval,
+        );
+        latency.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let deadline = tokio::time::sleep_until(self.alive_until);
+        tokio::pin!(deadline);
+
+        loop {
+            if deadline.deadline() != self.alive_until {
+                deadline.as_mut().reset(self.alive_until);
+            }
+            tokio::select! {
+                biased;
+                _ = crate::server::stopped(shutdown) => return Ending::Shutdown,
+                _ = outbox_state.overflowed() => return Ending::SlowConsumer,
+                _ = &mut deadline => return Ending::Unresponsive,
+                _ = ping.tick() => {
+                    self.send(Frame::push(command::PING, json!({})));
+                }
+                _ = latency.tick() => {
+                    self.latency_sent = Some(Instant::now());
+                    self.send(Frame::push(command::LATENCY_REQUEST, json!({})));
+                }
+                msg = stream.next() => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(ending) = self.on_text(text.as_str()).await {
+                            return ending;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        if self.count_bad_frame() {
+                            return Ending::Garbage;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => return Ending::PeerGone,
+                    // Control frames: tungstenite answers pings itself.
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        use tokio_tungstenite::tungstenite::Error;
+                        return match e {
+                            Error::Capacity(_) => Ending::Oversized,
+                            Error::Protocol(_) | Error::Utf8(_) => Ending::Garbage,
+                            _ => Ending::PeerGone,
+                        };
+                    }
+                },
+            }
+        }
+    }
+
+    /// Counts a frame that is not a Mesh envelope; `true` when the
+    /// connection is over its allowance and must be closed.
+    fn count_bad_frame(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.bad_window_start) > Duration::from_secs(60) {
+            self.bad_window_start = now;
+            self.bad_frames = 0;
+        }
+        self.bad_frames += 1;
+        self.bad_frames > self.server.shared.config.limits.max_bad_frames
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<Ending> {
+        let max = self.server.shared.config.limits.max_frame_bytes;
+        match Frame::decode(text, max) {
+            Ok(frame) => {
+                self.on_frame(frame).await;
+                None
+            }
+            Err(DecodeError::TooLarge { id, len, max }) => {
+                if id.is_some() {
+                    let command = command_of(text);
+                    let error = ErrorPayload::new(
+                        ErrorCode::TooLarge,
+                        format!("frame is {len} bytes; the limit is {max}"),
+                    );
+                    self.send(Frame::error_reply(id, command, &error));
+                }
+                None
+            }
+            Err(e) => {
+                if let Some(id) = e.request_id() {
+                    let error = ErrorPayload::new(ErrorCode::Invalid, e.to_string());
+                    self.send(Frame::error_reply(Some(id), command_of(text), &error));
+                }
+                self.count_bad_frame().then_some(Ending::Garbage)
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) {
+        let Frame {
+            id,
+            command,
+            payload,
+        } = frame;
+        match command.as_str() {
+            command::PONG => self.on_pong().await,
+            command::LATENCY_RESPONSE => {
+                if let Some(sent) = self.latency_sent.take() {
+                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                    let ms = (ms * 100.0).round() / 100.0;
+                    self.send(Frame::push(command::LATENCY, json!(ms)));
+                }
+            }
+            _ => {
+                let result = commands::dispatch(self, &command, payload).await;
+                if let Some(id) = id {
+                    let payload = match result {
+                        Ok(value) => value,
+                        Err(error) => error.to_value(),
+                    };
+                    self.send(Frame::reply(Some(id), command, payload));
+                } else if let Err(error) = result {
+                    tracing::debug!(id = %self.id, %command, %error, "fire-and-forget command failed");
+                }
+            }
+        }
+    }
+
+    async fn on_pong(&mut self) {
+        self.alive_until = Instant::now() + self.server.shared.config.liveness_window();
+        let backend = &self.server.shared.backend;
+        for (room, track) in &self.rooms {
+            if let Some(ttl) = track.as_ref().and_then(|t| t.ttl) {
+                if let Err(e) = backend.refresh_presence(room, &self.id, ttl).await {
+                    tracing::warn!(id = %self.id, %room, error = %e, "presence refresh failed");
+                }
+            }
+        }
+    }
+
+    /// Queues a frame to this connection.
+    pub(crate) fn send(&self, frame: Frame) {
+        self.outbox.push_text(frame.encode());
+    }
+
+    /// Leaves every room (announcing it where tracked), drops the
+    /// connection's metadata and runs the disconnection hook.
+    async fn cleanup(&mut self) {
+        let shared = self.server.shared.clone();
+        let backend = &shared.backend;
+        for (room, track) in std::mem::take(&mut self.rooms) {
+            if let Err(e) = commands::leave(&self.server, &self.id, &room, track.is_some()).await {
+                tracing::warn!(id = %self.id, %room, error = %e, "leaving room on close failed");
+            }
+        }
+        self.subscriptions.clear();
+        let metadata = if shared.on_disconnection.is_some() {
+            backend.get_metadata(&self.id).await.ok().flatten()
+        } else {
+            None
+        };
+        if let Err(e) = backend.remove_metadata(&self.id).await {
+            tracing::warn!(id = %self.id, error = %e, "removing metadata failed");
+        }
+        if let Some(hook) = &shared.on_disconnection {
+            hook(DisconnectInfo {
+                id: self.id.clone(),
+                metadata,
+            })
+            .await;
+        }
+    }
+}
+
+/// The command of a frame we could not fully decode, for the error reply.
+fn command_of(text: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct CommandOnly {
+        #[serde(default)]
+        command: Option<Value>,
+    }
+    serde_json::from_str::<CommandOnly>(text)
+        .ok()
+        .and_then(|c| c.command)
+        .and_then(|c| c.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Drains the outbox into the socket, batching what is queued into one
+/// flush, then closes the socket once the outbox is closed.
+async fn write_loop(
+    mut sink: SplitSink<Socket, Message>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    state: Arc<OutboxState>,
+) {
+    while let Some(msg) = rx.recv().await {
+        let mut bytes = msg.len();
+        let mut closing = msg.is_close();
+        if sink.feed(msg).await.is_err() {
+            return;
+        }
+        while !closing && bytes < WRITE_BATCH_BYTES {
+            let Ok(msg) = rx.try_recv() else {
+                break;
+            };
+            bytes += msg.len();
+            closing = msg.is_close();
+            if sink.feed(msg).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+        state.drained(bytes);
+        if closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}

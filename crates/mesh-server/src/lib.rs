@@ -1,0 +1,60 @@
+//! A Mesh presence server: rooms, per-connection presence with states,
+//! connection metadata, and heartbeats, over the Mesh WebSocket protocol
+//! (see `mesh-protocol`). It accepts any Mesh client.
+//!
+//! ```no_run
+//! use mesh_server::{Server, TrackOptions};
+//! use std::time::Duration;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .addr("127.0.0.1:0".parse()?)
+//!     .track_presence(".*", TrackOptions { ttl: Some(Duration::from_secs(60)), guard: None })
+//!     .on_connection(|conn| async move {
+//!         // Look the user up from the handshake and attach who they are.
+//!         if let Some(user) = conn.query("userId").map(str::to_string) {
+//!             let _ = conn
+//!                 .set_metadata(serde_json::json!({ "userId": user, "role": "member" }))
+//!                 .await;
+//!         }
+//!         Ok(())
+//!     })
+//!     .bind()
+//!     .await?;
+//! println!("listening on {}", server.url());
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Layout, in the order a connection meets it:
+//!
+//! * [`server`]: the builder, the running server and its [`ServerHandle`].
+//! * `handshake`: HTTP request head, `GET /healthz`, `Origin` check, upgrade.
+//! * `connection`: the task that owns a socket: heartbeat, frames, cleanup.
+//! * `commands`: one function per built-in command.
+//! * `fanout`: per-connection bounded outboxes, and the subscriber registry
+//!   that encodes each presence update once for all local subscribers.
+//! * [`backend`]: the [`Backend`] trait and the [`MemoryBackend`].
+//! * [`tracking`]: tracked-room patterns, presence TTL and guards.
+//! * [`hooks`]: what embedders plug in (connection hooks, custom commands).
+
+#![warn(missing_docs)]
+
+pub mod backend;
+mod commands;
+mod config;
+mod connection;
+mod error;
+mod fanout;
+mod handshake;
+pub mod hooks;
+pub mod server;
+pub mod tracking;
+
+pub use backend::{Backend, BackendError, MemoryBackend, UpdateSink};
+pub use config::Limits;
+pub use error::ServerError;
+pub use hooks::{CommandRequest, ConnectionInfo, DisconnectInfo, Refusal};
+pub use server::{RunningServer, Server, ServerBuilder, ServerHandle};
+pub use tracking::{Guard, GuardRequest, TrackOptions};

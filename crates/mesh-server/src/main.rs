@@ -1,0 +1,156 @@
+//! `mesh-server`: a standalone Mesh presence server.
+
+use clap::Parser;
+use mesh_server::{Server, TrackOptions};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+/// A Mesh presence server (WebSocket). `GET /healthz` on the same port
+/// answers 200.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-server", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "MESH_ADDR", default_value = "127.0.0.1:3000")]
+    addr: SocketAddr,
+    /// Rooms with presence: an exact name or a regex matching the whole
+    /// name. Repeat for several patterns.
+    #[arg(
+        long = "track",
+        env = "MESH_TRACK",
+        value_delimiter = ',',
+        default_value = ".*"
+    )]
+    track: Vec<String>,
+    /// Presence TTL refreshed by pongs (e.g. 90s, 500ms); 0 = none.
+    #[arg(long, env = "MESH_PRESENCE_TTL", default_value = "0", value_parser = parse_duration)]
+    presence_ttl: Duration,
+    /// Heartbeat ping interval.
+    #[arg(long, env = "MESH_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// Consecutive missed pongs tolerated before a connection is closed.
+    #[arg(long, env = "MESH_MAX_MISSED_PONGS", default_value_t = 1)]
+    max_missed_pongs: u32,
+    /// Latency measurement interval.
+    #[arg(long, env = "MESH_LATENCY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    latency_interval: Duration,
+    /// Attach the URL query (userId, username, ...) to connections as metadata. For demos.
+    #[arg(long, env = "MESH_METADATA_FROM_QUERY")]
+    metadata_from_query: bool,
+    /// Answer mesh/get-connection-metadata about any connection, not only
+    /// those sharing a room with the asker.
+    #[arg(long, env = "MESH_OPEN_METADATA")]
+    open_metadata: bool,
+    /// Browser origins allowed to connect (repeat or comma-separate; `*` =
+    /// any). Default: any. Requests without Origin are always allowed.
+    #[arg(
+        long = "allow-origin",
+        env = "MESH_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    allow_origin: Vec<String>,
+    /// Largest frame in bytes.
+    #[arg(long, env = "MESH_MAX_FRAME_BYTES", default_value_t = mesh_protocol::DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+    /// Largest presence state or metadata in bytes.
+    #[arg(long, env = "MESH_MAX_STATE_BYTES", default_value_t = mesh_protocol::DEFAULT_MAX_STATE_BYTES)]
+    max_state_bytes: usize,
+    /// Most rooms per connection.
+    #[arg(long, env = "MESH_MAX_ROOMS", default_value_t = mesh_protocol::DEFAULT_MAX_ROOMS_PER_CONNECTION)]
+    max_rooms: usize,
+    /// Most bytes queued to one connection before it is dropped as a slow consumer.
+    #[arg(long, env = "MESH_MAX_QUEUED_BYTES", default_value_t = 1024 * 1024)]
+    max_queued_bytes: usize,
+    /// Malformed frames tolerated per connection per minute before closing it (1008).
+    #[arg(long, env = "MESH_MAX_BAD_FRAMES", default_value_t = 100)]
+    max_bad_frames: u32,
+}
+
+/// Reads `500ms`, `30s`, `2m`, `1h`; a bare number is milliseconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 30s, 2m)"))?;
+    match unit {
+        "" | "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("unknown unit in {s:?} (use ms, s, m or h)")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let ttl = (!args.presence_ttl.is_zero()).then_some(args.presence_ttl);
+    let mut builder = Server::builder()
+        .addr(args.addr)
+        .ping_interval(args.ping_interval)
+        .max_missed_pongs(args.max_missed_pongs)
+        .latency_interval(args.latency_interval)
+        .metadata_from_query(args.metadata_from_query)
+        .open_metadata(args.open_metadata)
+        .allow_origins(args.allow_origin)
+        .max_frame_bytes(args.max_frame_bytes)
+        .max_state_bytes(args.max_state_bytes)
+        .max_rooms_per_connection(args.max_rooms)
+        .max_queued_bytes(args.max_queued_bytes)
+        .max_bad_frames(args.max_bad_frames);
+    for pattern in &args.track {
+        builder = builder.track_presence(pattern, TrackOptions { ttl, guard: None });
+    }
+    let server = builder.bind().await?;
+    tracing::info!(url = %server.url(), tracked = ?args.track, "ready; Ctrl-C to stop");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}

@@ -1,0 +1,498 @@
+//! Building, running and stopping a server, and the handle embedders use
+//! to act on it.
+
+use crate::backend::{Backend, MemoryBackend};
+use crate::config::{Config, Limits};
+use crate::connection;
+use crate::error::ServerError;
+use crate::fanout::Subscribers;
+use crate::hooks::{
+    command_handler, connect_hook, disconnect_hook, CommandHandler, CommandRequest, ConnectHook,
+    ConnectionInfo, DisconnectHook, DisconnectInfo, Refusal,
+};
+use crate::tracking::{TrackOptions, Tracker};
+use mesh_protocol::payload::Member;
+use mesh_protocol::{ErrorPayload, PresenceUpdate, Strategy};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Entry point: `Server::builder()`.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A builder with the defaults: `127.0.0.1:3000`, ping every 30 s,
+    /// one missed pong tolerated, latency every 5 s, no tracked rooms, the
+    /// memory backend.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+}
+
+/// Configures and starts a server. See the crate docs for an example.
+pub struct ServerBuilder {
+    addr: SocketAddr,
+    config: Config,
+    tracker: Tracker,
+    errors: Vec<ServerError>,
+    backend: Option<Arc<dyn Backend>>,
+    on_connection: Option<ConnectHook>,
+    on_disconnection: Option<DisconnectHook>,
+    commands: HashMap<String, CommandHandler>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder {
+            addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            config: Config::default(),
+            tracker: Tracker::default(),
+            errors: Vec::new(),
+            backend: None,
+            on_connection: None,
+            on_disconnection: None,
+            commands: HashMap::new(),
+        }
+    }
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("addr", &self.addr)
+            .field("config", &self.config)
+            .field("tracker", &self.tracker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// Address to listen on; port 0 picks a free port.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// How often the server pings each connection (default 30 s).
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.config.ping_interval = interval;
+        self
+    }
+
+    /// Consecutive pongs a connection may miss before it is closed
+    /// (default 1): a silent peer is gone within
+    /// `ping_interval * (max_missed_pongs + 1)`.
+    pub fn max_missed_pongs(mut self, n: u32) -> Self {
+        self.config.max_missed_pongs = n;
+        self
+    }
+
+    /// How often the server measures each connection's round trip
+    /// (default 5 s).
+    pub fn latency_interval(mut self, interval: Duration) -> Self {
+        self.config.latency_interval = interval;
+        self
+    }
+
+    /// Tracks presence in rooms matching `pattern`: an exact room name, or
+    /// (when it contains regex metacharacters) a regular expression that
+    /// must match the whole name. The first matching pattern applies.
+    pub fn track_presence(mut self, pattern: &str, options: TrackOptions) -> Self {
+        if let Err(e) = self.tracker.add(pattern, options) {
+            self.errors.push(e);
+        }
+        self
+    }
+
+    /// Attaches every URL query parameter to a new connection's metadata,
+    /// as strings (`?userId=u1&username=Alice`). Meant for demos and tests.
+    pub fn metadata_from_query(mut self, on: bool) -> Self {
+        self.config.metadata_from_query = on;
+        self
+    }
+
+    /// Lets `mesh/get-connection-metadata` answer about any connection. By
+    /// default it answers only about connections sharing a room (joined or
+    /// presence-subscribed) with the asker, and `null` otherwise.
+    pub fn open_metadata(mut self, on: bool) -> Self {
+        self.config.open_metadata = on;
+        self
+    }
+
+    /// Browser origins allowed to connect (`*` for any). Empty (the
+    /// default) allows every origin; requests without `Origin` are always
+    /// allowed. Others get `403 Forbidden`.
+    pub fn allow_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Replaces all limits at once.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Largest frame accepted, in bytes (default 64 KiB).
+    pub fn max_frame_bytes(mut self, n: usize) -> Self {
+        self.config.limits.max_frame_bytes = n;
+        self
+    }
+
+    /// Largest presence state or metadata, in bytes (default 16 KiB).
+    pub fn max_state_bytes(mut self, n: usize) -> Self {
+        self.config.limits.max_state_bytes = n;
+        self
+    }
+
+    /// Most rooms per connection (default 64).
+    pub fn max_rooms_per_connection(mut self, n: usize) -> Self {
+        self.config.limits.max_rooms_per_connection = n;
+        self
+    }
+
+    /// Most bytes queued to one connection before it is dropped as a slow
+    /// consumer (default 1 MiB).
+    pub fn max_queued_bytes(mut self, n: usize) -> Self {
+        self.config.limits.max_queued_bytes = n;
+        self
+    }
+
+    /// Non-envelope frames tolerated per minute per connection (default 100).
+    pub fn max_bad_frames(mut self, n: u32) -> Self {
+        self.config.limits.max_bad_frames = n;
+        self
+    }
+
+    /// Uses `backend` instead of a fresh [`MemoryBackend`]; several
+    /// servers sharing one backend behave as one cluster.
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Runs `hook` for every new connection before it gets its id. The hook
+    /// sees the handshake (path, query, headers), may set metadata (see
+    /// [`ConnectionInfo::set_metadata`]), and may refuse the connection.
+    pub fn on_connection<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(ConnectionInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Refusal>> + Send + 'static,
+    {
+        self.on_connection = Some(connect_hook(hook));
+        self
+    }
+
+    /// Runs `hook` after a connection closed and was removed from every room.
+    pub fn on_disconnection<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(DisconnectInfo) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_disconnection = Some(disconnect_hook(hook));
+        self
+    }
+
+    /// Adds a custom command. Its handler's `Ok` value is the reply payload;
+    /// an `Err` is sent as an error reply. Built-in `mesh/` commands cannot
+    /// be overridden.
+    pub fn expose_command<F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(CommandRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, ErrorPayload>> + Send + 'static,
+    {
+        if connection::is_builtin(name) {
+            self.errors.push(ServerError::Config(format!(
+                "command {name:?} is built in and cannot be exposed"
+            )));
+        } else {
+            self.commands
+                .insert(name.to_string(), command_handler(handler));
+        }
+        self
+    }
+
+    /// Binds the address and starts serving in background tasks.
+    pub async fn bind(mut self) -> Result<RunningServer, ServerError> {
+        if let Some(e) = self.errors.pop() {
+            return Err(e);
+        }
+        if self.config.ping_interval.is_zero() || self.config.latency_interval.is_zero() {
+            return Err(ServerError::Config("intervals must be positive".into()));
+        }
+        let backend = match self.backend {
+            Some(b) => b,
+            None => Arc::new(MemoryBackend::new()),
+        };
+        let listener = TcpListener::bind(self.addr).await?;
+        let local_addr = listener.local_addr()?;
+        let limits = &self.config.limits;
+        // Small buffers keep idle connections cheap; tungstenite's own size
+        // limits sit above ours so that we can answer `ETOOLARGE` ourselves.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(8 * 1024)
+            .max_message_size(Some(limits.max_frame_bytes.saturating_mul(4)))
+            .max_frame_size(Some(limits.max_frame_bytes.saturating_mul(4)));
+        let subscribers = Arc::new(Subscribers::default());
+        backend.attach(subscribers.clone()).await?;
+        let shared = Arc::new(Shared {
+            instance_id: new_instance_id(),
+            next_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            config: self.config,
+            ws_config,
+            backend,
+            subscribers,
+            tracker: self.tracker,
+            on_connection: self.on_connection,
+            on_disconnection: self.on_disconnection,
+            commands: self.commands,
+        });
+        let handle = ServerHandle { shared };
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (done_tx, done_rx) = mpsc::channel(1);
+        let accept = tokio::spawn(accept_loop(listener, handle.clone(), shutdown_rx, done_tx));
+        tracing::info!(%local_addr, instance = %handle.shared.instance_id, "mesh server listening");
+        Ok(RunningServer {
+            handle,
+            local_addr,
+            shutdown_tx,
+            accept,
+            done_rx,
+        })
+    }
+}
+
+fn new_instance_id() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// State shared by every task of one server instance.
+pub(crate) struct Shared {
+    pub(crate) instance_id: String,
+    next_id: AtomicU64,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) config: Config,
+    pub(crate) ws_config: WebSocketConfig,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) subscribers: Arc<Subscribers>,
+    pub(crate) tracker: Tracker,
+    pub(crate) on_connection: Option<ConnectHook>,
+    pub(crate) on_disconnection: Option<DisconnectHook>,
+    pub(crate) commands: HashMap<String, CommandHandler>,
+}
+
+impl Shared {
+    /// A connection id unique across every instance sharing the backend.
+    pub(crate) fn new_connection_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.instance_id)
+    }
+}
+
+/// Resolves once the server is told to stop, or its [`RunningServer`] was
+/// dropped.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    handle: ServerHandle,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection::serve(
+                        stream,
+                        peer,
+                        handle.clone(),
+                        shutdown.clone(),
+                        done.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of
+                    // spinning, and keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A server serving in the background. Dropping it stops the server
+/// without waiting; [`RunningServer::shutdown`] stops it gracefully.
+pub struct RunningServer {
+    handle: ServerHandle,
+    local_addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    done_rx: mpsc::Receiver<()>,
+}
+
+impl fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningServer {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The WebSocket URL of the server, `ws://IP:PORT`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.local_addr)
+    }
+
+    /// A handle to act on the server.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Stops accepting, closes every connection with `1001 Going Away`,
+    /// and returns once each one is cleaned up (left its rooms, metadata
+    /// removed, `on_disconnection` run).
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = (&mut self.accept).await;
+        // Every connection task holds a sender; `None` means all are done.
+        while self.done_rx.recv().await.is_some() {}
+        tracing::info!(local_addr = %self.local_addr, "mesh server stopped");
+    }
+}
+
+/// A cheap, cloneable handle to a running server, for embedders: set and
+/// read metadata, look at rooms and presence.
+#[derive(Clone)]
+pub struct ServerHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("instance_id", &self.shared.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// This instance's id; connection ids start with it.
+    pub fn instance_id(&self) -> &str {
+        &self.shared.instance_id
+    }
+
+    /// Connections currently open on this instance.
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// The backend this server uses.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.shared.backend.clone()
+    }
+
+    /// Combines `value` with a connection's metadata; returns the result.
+    pub async fn set_metadata(
+        &self,
+        connection_id: &str,
+        value: Value,
+        strategy: Strategy,
+    ) -> Result<Value, ServerError> {
+        Ok(self
+            .shared
+            .backend
+            .set_metadata(connection_id, value, strategy)
+            .await?)
+    }
+
+    /// A connection's metadata; `None` when it has none or is unknown.
+    pub async fn get_metadata(&self, connection_id: &str) -> Result<Option<Value>, ServerError> {
+        Ok(self.shared.backend.get_metadata(connection_id).await?)
+    }
+
+    /// Every member of a room (ids).
+    pub async fn room_members(&self, room: &str) -> Result<Vec<String>, ServerError> {
+        Ok(self.shared.backend.room_members(room).await?)
+    }
+
+    /// The connections present in a tracked room, with their metadata.
+    pub async fn present_members(&self, room: &str) -> Result<Vec<Member>, ServerError> {
+        let ids = self.shared.backend.present(room).await?;
+        self.with_metadata(ids).await
+    }
+
+    /// The presence states of a room, by connection id.
+    pub async fn presence_states(&self, room: &str) -> Result<Map<String, Value>, ServerError> {
+        Ok(self.shared.backend.states(room).await?)
+    }
+
+    /// Combines `value` with a room's metadata; returns the result.
+    pub async fn set_room_metadata(
+        &self,
+        room: &str,
+        value: Value,
+        strategy: Strategy,
+    ) -> Result<Value, ServerError> {
+        Ok(self
+            .shared
+            .backend
+            .set_room_metadata(room, value, strategy)
+            .await?)
+    }
+
+    /// A room's metadata; `None` when it has none.
+    pub async fn get_room_metadata(&self, room: &str) -> Result<Option<Value>, ServerError> {
+        Ok(self.shared.backend.get_room_metadata(room).await?)
+    }
+
+    /// Whether `room` matches a tracked pattern.
+    pub fn is_tracked(&self, room: &str) -> bool {
+        self.shared.tracker.lookup(room).is_some()
+    }
+
+    /// Attaches metadata to ids: `[{id, metadata}]`.
+    pub(crate) async fn with_metadata(&self, ids: Vec<String>) -> Result<Vec<Member>, ServerError> {
+        let metadata = self.shared.backend.get_metadata_many(&ids).await?;
+        Ok(ids
+            .into_iter()
+            .zip(metadata)
+            .map(|(id, metadata)| Member {
+                id,
+                metadata: metadata.unwrap_or(Value::Null),
+            })
+            .collect())
+    }
+
+    /// Publishes a presence update through the backend.
+    pub(crate) async fn publish(&self, update: PresenceUpdate) -> Result<(), ServerError> {
+        Ok(self.shared.backend.publish(update).await?)
+    }
+}
