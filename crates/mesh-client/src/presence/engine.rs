@@ -49,7 +49,8 @@ pub type StateKeyFn = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
 /// How a group key is read out of a presence state.
 #[derive(Clone)]
 pub enum StateKey {
-    /// A top-level string field, e.g. `"userId"` (read without allocating).
+    /// A top-level field, e.g. `"userId"`: a string (read without
+    /// allocating) or a number.
     Field(Arc<str>),
     /// Any function of the state.
     Fn(StateKeyFn),
@@ -58,12 +59,19 @@ pub enum StateKey {
 impl StateKey {
     fn key_of<'a>(&self, state: &'a Value) -> Option<Cow<'a, str>> {
         match self {
-            StateKey::Field(name) => state
-                .get(&**name)
-                .and_then(Value::as_str)
-                .map(Cow::Borrowed),
+            StateKey::Field(name) => key_from_field(state.get(&**name)?),
             StateKey::Fn(f) => f(state).map(Cow::Owned),
         }
+    }
+}
+
+/// Reads a key from a field value: strings as they are, numbers in decimal
+/// (ids are often numeric); anything else is no key.
+pub fn key_from_field(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => None,
     }
 }
 
