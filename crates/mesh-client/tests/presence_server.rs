@@ -598,9 +598,13 @@ async fn the_user_list_is_coalesced() {
     let mut users = watcher.users();
     wait_users(&mut users, "lee", tabs_are(&[("lee", 1), ("watcher", 1)])).await;
     let start = Instant::now();
-    for n in 0..20 {
-        lee.publish(json!({"n": n})).await.unwrap();
-    }
+    // Publish while the list is being watched, so that every emission is seen.
+    let publisher = tokio::spawn(async move {
+        for n in 0..20 {
+            lee.publish(json!({"n": n})).await.unwrap();
+        }
+        lee
+    });
     let mut emissions = 0;
     within("the last state", async {
         loop {
@@ -617,6 +621,7 @@ async fn the_user_list_is_coalesced() {
     })
     .await;
     let elapsed = start.elapsed();
+    publisher.await.unwrap();
     // At most one emission per 300 ms (plus the one that may be due at once).
     let allowed = 1 + (elapsed.as_millis() / 300) as usize + 1;
     assert!(
