@@ -518,3 +518,36 @@ async fn wss_urls_are_supported() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn regular_pings_keep_the_link_past_the_dead_link_window() {
+    let mut server = ScriptedServer::start().await;
+    let options = ClientOptions {
+        ping_timeout: Duration::from_millis(500),
+        max_missed_pings: 1,
+        ..fast_options()
+    };
+    let (client, mut peer) = connect(&mut server, "a", options).await;
+    let mut events = client.events();
+    // 2.5 s of pings every 100 ms: well past the 1 s dead-link window. The
+    // sleep is the server's ping clock, not a synchronisation.
+    for _ in 0..25 {
+        peer.send_json(json!({"command": "ping", "payload": {}}))
+            .await;
+        let pong = within("pong", peer.recv())
+            .await
+            .expect("client still there");
+        assert_eq!(pong.command, "pong");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        events.try_recv().is_err(),
+        "the link must not have been dropped"
+    );
+    assert_eq!(*client.status().borrow(), Status::Online);
+    // Silence now: the link is declared dead.
+    assert_eq!(
+        next_event(&mut events, "disconnect").await,
+        ClientEvent::Disconnected
+    );
+}
