@@ -53,7 +53,7 @@ fn state_stream(n_conns: usize, len: usize) -> Vec<(String, Value)> {
 fn seeded_engine(n: usize) -> PresenceEngine {
     let (present, states) = snapshot(n);
     let mut engine = PresenceEngine::new(by_user_id());
-    engine.reset(&present, &states, 1);
+    engine.reset(&present, states, 1);
     engine.take_events();
     engine
 }
@@ -110,9 +110,9 @@ fn engine_benches(c: &mut Criterion) {
     group.bench_function("seed_10k_from_snapshot", |b| {
         let (present, states) = snapshot(CONNS);
         b.iter_batched(
-            || PresenceEngine::new(by_user_id()),
-            |mut engine| {
-                engine.reset(&present, &states, 1);
+            || (PresenceEngine::new(by_user_id()), states.clone()),
+            |(mut engine, states)| {
+                engine.reset(&present, states, 1);
                 black_box(engine.user_count())
             },
             BatchSize::PerIteration,
