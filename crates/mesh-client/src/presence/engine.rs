@@ -269,6 +269,35 @@ impl PresenceEngine {
 
     /// A connection's state changed (`None`: cleared or expired).
     pub fn set_state(&mut self, conn: &str, state: Option<Value>, timestamp: u64) {
+        // Fast path, the common case: a placed connection whose key stays.
+        // Two hash lookups, no allocation but the shared state itself.
+        if let Some((conn_id, Placement::Placed(key))) = self.conns.get_key_value(conn) {
+            let key_stays = match (&self.source, &state) {
+                (KeySource::State(key_of), Some(value)) => {
+                    key_of.key_of(value).is_none_or(|new| *new == **key)
+                }
+                _ => true,
+            };
+            if key_stays {
+                if let Some(group) = self.groups.get_mut(key) {
+                    let state = state.map(Arc::new);
+                    if group.timestamp >= timestamp && group.state == state {
+                        return; // a duplicate delivery
+                    }
+                    group.state = state;
+                    group.timestamp = timestamp;
+                    if group.representative.as_ref() != Some(conn_id) {
+                        group.representative = Some(conn_id.clone());
+                    }
+                    let event = UserEvent::Updated {
+                        id: key.clone(),
+                        change: Change::State,
+                    };
+                    self.push_event(event);
+                    return;
+                }
+            }
+        }
         self.put_state(conn, state.map(Arc::new), timestamp);
     }
 
@@ -358,7 +387,7 @@ impl PresenceEngine {
     /// already known for connections still present are kept, so a resync
     /// does not look everyone up again. Emits only the differences.
     /// `now` stamps the seeded states (a snapshot carries no timestamps).
-    pub fn reset<I, S>(&mut self, present: I, states: &Map<String, Value>, now: u64)
+    pub fn reset<I, S>(&mut self, present: I, mut states: Map<String, Value>, now: u64)
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -368,15 +397,13 @@ impl PresenceEngine {
         self.order.clear();
         self.unresolved.clear();
         let events_before = self.events.len();
+        self.conns.reserve(old_conns.len().max(states.len()));
         for conn in present {
             let conn = conn.as_ref();
             if self.conns.contains_key(conn) {
                 continue;
             }
-            let state = states
-                .get(conn)
-                .filter(|s| !s.is_null())
-                .map(|s| Arc::new(s.clone()));
+            let state = states.remove(conn).filter(|s| !s.is_null()).map(Arc::new);
             let known_key = match (&self.source, old_conns.remove(conn)) {
                 (KeySource::Resolved, Some(Placement::Placed(key))) => Some(key),
                 _ => None,
@@ -471,6 +498,15 @@ impl PresenceEngine {
         std::mem::replace(&mut self.dirty, false)
     }
 
+    /// Records a user-level event; the same event twice in a row (a burst of
+    /// states from one user) is kept once.
+    fn push_event(&mut self, event: UserEvent) {
+        if self.events.last() != Some(&event) {
+            self.events.push(event);
+        }
+        self.dirty = true;
+    }
+
     /// Puts a connection into group `key` with the state it sent at
     /// `timestamp`; the state wins unless the group already has a newer one.
     fn attach(
@@ -555,11 +591,10 @@ impl PresenceEngine {
         group.state = state;
         group.timestamp = timestamp;
         group.representative = Some(conn.clone());
-        self.events.push(UserEvent::Updated {
+        self.push_event(UserEvent::Updated {
             id: key.clone(),
             change: Change::State,
         });
-        self.dirty = true;
     }
 }
 

@@ -378,7 +378,11 @@ fn seed_from_snapshot_groups_by_state() {
         "b": {"userId": "u1", "status": "x"},
         "c": {"userId": "u2"},
     });
-    e.reset(["a", "b", "c", "d"], states.as_object().unwrap(), 100);
+    e.reset(
+        ["a", "b", "c", "d"],
+        states.as_object().unwrap().clone(),
+        100,
+    );
     assert_eq!(ids(&e), vec![("u1".to_string(), 2), ("u2".to_string(), 1)]);
     assert_eq!(e.user("u1").unwrap().timestamp, 100);
     assert!(e.contains_connection("d"), "held until it has a state");
@@ -396,7 +400,7 @@ fn resync_keeps_known_keys_and_emits_only_differences() {
     // After a reconnect: "a" is still here (same state), "b" is gone,
     // our old connection is gone and our new one is unknown yet.
     let states = json!({"a": {"s": "a"}});
-    e.reset(["a", "new-me"], states.as_object().unwrap(), 50);
+    e.reset(["a", "new-me"], states.as_object().unwrap().clone(), 50);
     assert!(e.take_dirty());
     assert_eq!(e.user_of("a"), Some("u1"), "no second lookup for a");
     assert_eq!(e.take_unresolved(), vec!["new-me"]);
@@ -413,7 +417,7 @@ fn resync_reports_changed_state_and_tabs() {
     e.set_state("a", Some(json!({"s": 1})), 5);
     e.take_events();
     let states = json!({"a": {"s": 2}});
-    e.reset(["a"], states.as_object().unwrap(), 50);
+    e.reset(["a"], states.as_object().unwrap().clone(), 50);
     let events = e.take_events();
     assert!(events.contains(&updated("u1", Change::Tabs)));
     assert!(events.contains(&updated("u1", Change::State)));
@@ -452,4 +456,17 @@ fn state_key_from_a_function() {
     e.set_state("c1", Some(json!({"team": "red"})), 1);
     e.set_state("c2", Some(json!({"team": "red"})), 2);
     assert_eq!(ids(&e), vec![("team:red".to_string(), 2)]);
+}
+
+#[test]
+fn a_burst_of_states_from_one_user_is_one_event() {
+    let mut e = resolved_with(&[("a", "u1")]);
+    for n in 0..5 {
+        e.set_state("a", Some(json!({"n": n})), 10 + n);
+    }
+    assert_eq!(e.take_events(), vec![updated("u1", Change::State)]);
+    assert_eq!(
+        e.user("u1").unwrap().state.as_deref(),
+        Some(&json!({"n": 4}))
+    );
 }

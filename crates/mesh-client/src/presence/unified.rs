@@ -153,7 +153,7 @@ impl Presence {
                 room: room.to_string(),
             });
         }
-        let (snapshot, stream) = client.subscribe_presence(room).await?;
+        let (mut snapshot, stream) = client.subscribe_presence(room).await?;
         if !snapshot.success {
             let _ = client.leave_room(room).await;
             return Err(PresenceError::Refused {
@@ -164,7 +164,7 @@ impl Presence {
 
         let mut engine = PresenceEngine::new(group_key.key_source());
         let present = snapshot.present.iter().map(|m| m.id.as_str());
-        engine.reset(present, &snapshot.states, now_millis());
+        engine.reset(present, std::mem::take(&mut snapshot.states), now_millis());
         if let GroupKey::Metadata(key_of) = &group_key {
             // The subscribe reply carries metadata: no lookups for these.
             // (A bare id from another server has `null`; it is looked up.)
@@ -356,13 +356,13 @@ impl Driver {
                 event = stream.recv() => match event {
                     Some(PresenceEvent::Update(update)) => self.on_update(update),
                     Some(PresenceEvent::Resync { present, states, .. }) => {
-                        self.on_resync(&present, &states)
+                        self.on_resync(&present, states)
                     }
                     None => {
                         // The subscription is over (client closed or gave
                         // up): what we knew is no longer true.
                         debug!(room = self.room, "presence stream ended");
-                        self.engine.reset(std::iter::empty::<&str>(), &Map::new(), now_millis());
+                        self.engine.reset(std::iter::empty::<&str>(), Map::new(), now_millis());
                         self.flush();
                         // Wait for the handle to go; nothing else will come.
                         break (&mut stop).await.is_err();
@@ -484,7 +484,7 @@ impl Driver {
         }
     }
 
-    fn on_resync(&mut self, present: &[String], states: &Map<String, Value>) {
+    fn on_resync(&mut self, present: &[String], states: Map<String, Value>) {
         self.engine.reset(present, states, now_millis());
         self.on_new_id(self.client.connection_id());
     }
