@@ -1,0 +1,432 @@
+use super::*;
+use serde_json::json;
+
+fn by_user_id() -> KeySource {
+    KeySource::State(Arc::new(|s: &Value| {
+        s.get("userId").and_then(Value::as_str).map(str::to_owned)
+    }))
+}
+
+fn ids(engine: &PresenceEngine) -> Vec<(String, usize)> {
+    engine
+        .users()
+        .into_iter()
+        .map(|u| (u.id, u.tab_count))
+        .collect()
+}
+
+fn joined(id: &str) -> UserEvent {
+    UserEvent::Joined { id: id.into() }
+}
+
+fn left(id: &str) -> UserEvent {
+    UserEvent::Left { id: id.into() }
+}
+
+fn updated(id: &str, change: Change) -> UserEvent {
+    UserEvent::Updated {
+        id: id.into(),
+        change,
+    }
+}
+
+/// A resolved engine with connections placed at once.
+fn resolved_with(pairs: &[(&str, &str)]) -> PresenceEngine {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    for (conn, user) in pairs {
+        e.join(conn, 1);
+        e.resolve(conn, Some(user.to_string()));
+    }
+    e.take_events();
+    e.take_dirty();
+    e
+}
+
+#[test]
+fn apply_routes_wire_updates() {
+    let mut e = PresenceEngine::new(by_user_id());
+    e.apply(PresenceUpdate::Join {
+        connection_id: "c1".into(),
+        room_name: "r".into(),
+        timestamp: 1,
+    });
+    e.apply(PresenceUpdate::State {
+        connection_id: "c1".into(),
+        room_name: "r".into(),
+        state: Some(json!({"userId": "u1"})),
+        timestamp: 2,
+    });
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1)]);
+    e.apply(PresenceUpdate::Leave {
+        connection_id: "c1".into(),
+        room_name: "r".into(),
+        timestamp: 3,
+    });
+    assert!(e.users().is_empty());
+}
+
+#[test]
+fn unresolved_connection_is_held_apart_until_resolved() {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    e.join("c1", 1);
+    e.set_state("c1", Some(json!({"status": "busy"})), 2);
+    assert!(e.users().is_empty(), "not shown before its key is known");
+    assert!(e.take_events().is_empty());
+    assert_eq!(e.take_unresolved(), vec!["c1".to_string()]);
+    assert!(e.take_unresolved().is_empty(), "listed once");
+
+    e.resolve("c1", Some("u1".into()));
+    let users = e.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].id, "u1");
+    assert_eq!(
+        users[0].state,
+        Some(json!({"status": "busy"})),
+        "held state kept"
+    );
+    assert_eq!(users[0].timestamp, 2);
+    assert_eq!(users[0].representative.as_deref(), Some("c1"));
+    assert_eq!(
+        e.take_events(),
+        vec![joined("u1"), updated("u1", Change::State)]
+    );
+}
+
+#[test]
+fn many_joiners_are_listed_for_one_batch() {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    for i in 0..5 {
+        e.join(&format!("c{i}"), 1);
+    }
+    e.leave("c3");
+    let batch = e.take_unresolved();
+    assert_eq!(batch, vec!["c0", "c1", "c2", "c4"], "departed ones skipped");
+}
+
+#[test]
+fn resolver_yielding_nothing_stands_alone_under_connection_id() {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    e.join("c1", 1);
+    e.resolve("c1", None);
+    assert_eq!(ids(&e), vec![("c1".to_string(), 1)]);
+}
+
+#[test]
+fn resolver_failure_or_timeout_then_late_answer_moves_the_connection() {
+    // The async side reports a failed or timed-out lookup as "nothing":
+    // the connection is shown alone rather than lost.
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    e.join("c1", 1);
+    e.set_state("c1", Some(json!({"s": 1})), 5);
+    e.resolve("c1", None);
+    assert_eq!(ids(&e), vec![("c1".to_string(), 1)]);
+    e.take_events();
+    // A retry succeeds later: it moves under the user, state and all.
+    e.resolve("c1", Some("u1".into()));
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1)]);
+    assert_eq!(e.user("u1").unwrap().state, Some(json!({"s": 1})));
+    assert_eq!(
+        e.take_events(),
+        vec![left("c1"), joined("u1"), updated("u1", Change::State)]
+    );
+}
+
+#[test]
+fn resolution_for_unknown_connection_is_ignored() {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    e.join("c1", 1);
+    e.leave("c1");
+    e.resolve("c1", Some("u1".into()));
+    e.resolve("never", Some("u2".into()));
+    assert!(e.users().is_empty());
+    assert_eq!(e.connection_count(), 0);
+}
+
+#[test]
+fn state_before_join_counts_as_join() {
+    let mut e = PresenceEngine::new(by_user_id());
+    e.set_state("c1", Some(json!({"userId": "u1", "status": "hi"})), 3);
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1)]);
+    e.join("c1", 4);
+    assert_eq!(
+        ids(&e),
+        vec![("u1".to_string(), 1)],
+        "late join is a duplicate"
+    );
+    assert_eq!(e.user("u1").unwrap().state.unwrap()["status"], "hi");
+}
+
+#[test]
+fn state_before_join_in_resolved_mode_waits_for_key() {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    e.set_state("c1", Some(json!({"s": 1})), 3);
+    assert!(e.users().is_empty());
+    assert_eq!(e.take_unresolved(), vec!["c1"]);
+    e.resolve("c1", Some("u1".into()));
+    assert_eq!(e.user("u1").unwrap().state, Some(json!({"s": 1})));
+}
+
+#[test]
+fn cleared_state_of_unknown_connection_never_resurrects_it() {
+    let mut e = PresenceEngine::new(by_user_id());
+    e.set_state("c1", Some(json!({"userId": "u1"})), 1);
+    e.leave("c1");
+    e.take_events();
+    e.set_state("c1", None, 2);
+    assert!(e.users().is_empty());
+    assert_eq!(e.connection_count(), 0);
+    assert!(e.take_events().is_empty());
+}
+
+#[test]
+fn leave_of_unknown_connection_changes_nothing() {
+    let mut e = resolved_with(&[("c1", "u1")]);
+    e.leave("ghost");
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1)]);
+    assert!(e.take_events().is_empty());
+    assert!(!e.take_dirty());
+}
+
+#[test]
+fn leave_of_held_connection_forgets_it() {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    e.join("c1", 1);
+    e.leave("c1");
+    assert!(e.take_events().is_empty());
+    e.resolve("c1", Some("u1".into()));
+    assert!(e.users().is_empty());
+}
+
+#[test]
+fn duplicate_join_changes_nothing() {
+    let mut e = resolved_with(&[("c1", "u1")]);
+    e.join("c1", 2);
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1)]);
+    assert!(e.take_events().is_empty());
+    assert!(e.take_unresolved().is_empty(), "no second lookup");
+}
+
+#[test]
+fn two_tabs_one_closes_then_both() {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    e.join("a", 1);
+    e.resolve("a", Some("u1".into()));
+    e.join("b", 2);
+    e.resolve("b", Some("u1".into()));
+    assert_eq!(ids(&e), vec![("u1".to_string(), 2)]);
+    assert_eq!(e.user("u1").unwrap().members, vec!["a", "b"]);
+    assert_eq!(
+        e.take_events(),
+        vec![joined("u1"), updated("u1", Change::Tabs)]
+    );
+
+    e.leave("a");
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1)], "still present, 1 tab");
+    assert_eq!(e.take_events(), vec![updated("u1", Change::Tabs)]);
+
+    e.leave("b");
+    assert!(e.users().is_empty(), "gone");
+    assert_eq!(e.take_events(), vec![left("u1")]);
+}
+
+#[test]
+fn latest_state_of_any_tab_wins_and_survives_its_sender_leaving() {
+    let mut e = resolved_with(&[("a", "u1"), ("b", "u1")]);
+    e.set_state("a", Some(json!({"status": "one"})), 10);
+    e.set_state("b", Some(json!({"status": "two"})), 11);
+    let u = e.user("u1").unwrap();
+    assert_eq!(u.state, Some(json!({"status": "two"})));
+    assert_eq!(u.representative.as_deref(), Some("b"));
+    assert_eq!(u.timestamp, 11);
+    e.take_events();
+
+    e.leave("b");
+    let u = e.user("u1").unwrap();
+    assert_eq!(u.state, Some(json!({"status": "two"})), "tabs are in step");
+    assert_eq!(u.representative, None, "its sender is gone");
+    assert_eq!(u.tab_count, 1);
+    assert_eq!(e.take_events(), vec![updated("u1", Change::Tabs)]);
+}
+
+#[test]
+fn cleared_or_expired_state_empties_the_user_state() {
+    let mut e = resolved_with(&[("a", "u1")]);
+    e.set_state("a", Some(json!({"status": "x"})), 10);
+    e.take_events();
+    e.set_state("a", None, 20);
+    let u = e.user("u1").unwrap();
+    assert_eq!(u.state, None);
+    assert_eq!(u.timestamp, 20);
+    assert_eq!(u.tab_count, 1, "still present");
+    assert_eq!(e.take_events(), vec![updated("u1", Change::State)]);
+}
+
+#[test]
+fn duplicate_state_delivery_is_not_an_event() {
+    let mut e = resolved_with(&[("a", "u1")]);
+    e.set_state("a", Some(json!({"s": 1})), 10);
+    e.take_events();
+    e.take_dirty();
+    e.set_state("a", Some(json!({"s": 1})), 10);
+    assert!(e.take_events().is_empty());
+    assert!(!e.take_dirty());
+}
+
+#[test]
+fn state_mode_connection_without_state_is_pending() {
+    let mut e = PresenceEngine::new(by_user_id());
+    e.join("c1", 1);
+    assert!(e.users().is_empty());
+    assert!(
+        e.take_unresolved().is_empty(),
+        "nothing to look up in state mode"
+    );
+    e.set_state("c1", Some(json!({"status": "no id"})), 2);
+    assert!(e.users().is_empty(), "a state without key keeps it pending");
+    e.set_state("c1", Some(json!({"userId": "u1"})), 3);
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1)]);
+}
+
+#[test]
+fn state_mode_key_sticks_when_state_is_cleared() {
+    let mut e = PresenceEngine::new(by_user_id());
+    e.set_state("c1", Some(json!({"userId": "u1"})), 1);
+    e.set_state("c1", None, 2);
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1)]);
+    assert_eq!(e.user("u1").unwrap().state, None);
+}
+
+#[test]
+fn user_changing_user_id_in_state_moves_the_connection() {
+    let mut e = PresenceEngine::new(by_user_id());
+    e.set_state("a", Some(json!({"userId": "u1"})), 1);
+    e.set_state("b", Some(json!({"userId": "u1"})), 2);
+    e.take_events();
+    e.set_state("b", Some(json!({"userId": "u2", "n": 1})), 3);
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1), ("u2".to_string(), 1)]);
+    assert_eq!(
+        e.user("u2").unwrap().state,
+        Some(json!({"userId": "u2", "n": 1}))
+    );
+    assert_eq!(
+        e.take_events(),
+        vec![
+            updated("u1", Change::Tabs),
+            joined("u2"),
+            updated("u2", Change::State)
+        ]
+    );
+    e.set_state("a", Some(json!({"userId": "u2"})), 4);
+    assert_eq!(ids(&e), vec![("u2".to_string(), 2)]);
+    assert!(e.take_events().contains(&left("u1")));
+}
+
+#[test]
+fn user_changing_user_id_in_metadata_moves_the_connection() {
+    let mut e = resolved_with(&[("a", "u1"), ("b", "u1")]);
+    e.set_state("b", Some(json!({"s": 1})), 5);
+    e.take_events();
+    e.resolve("b", Some("u9".into()));
+    assert_eq!(ids(&e), vec![("u1".to_string(), 1), ("u9".to_string(), 1)]);
+    assert_eq!(
+        e.user("u9").unwrap().state,
+        Some(json!({"s": 1})),
+        "its state moves along"
+    );
+    assert_eq!(e.user_of("b"), Some("u9"));
+    // Resolving to the same key again is a no-op.
+    e.take_events();
+    e.resolve("b", Some("u9".into()));
+    assert!(e.take_events().is_empty());
+}
+
+#[test]
+fn held_state_older_than_the_users_state_does_not_win() {
+    let mut e = resolved_with(&[("a", "u1")]);
+    e.join("b", 1);
+    e.set_state("b", Some(json!({"old": true})), 5);
+    e.set_state("a", Some(json!({"new": true})), 9);
+    e.resolve("b", Some("u1".into()));
+    let u = e.user("u1").unwrap();
+    assert_eq!(u.state, Some(json!({"new": true})));
+    assert_eq!(u.tab_count, 2);
+}
+
+#[test]
+fn users_are_sorted_by_key() {
+    let e = resolved_with(&[("1", "carol"), ("2", "alice"), ("3", "bob"), ("4", "alice")]);
+    let order: Vec<String> = e.users().into_iter().map(|u| u.id).collect();
+    assert_eq!(order, vec!["alice", "bob", "carol"]);
+}
+
+#[test]
+fn seed_from_snapshot_groups_by_state() {
+    let mut e = PresenceEngine::new(by_user_id());
+    let states = json!({
+        "a": {"userId": "u1", "status": "x"},
+        "b": {"userId": "u1", "status": "x"},
+        "c": {"userId": "u2"},
+    });
+    e.reset(["a", "b", "c", "d"], states.as_object().unwrap(), 100);
+    assert_eq!(ids(&e), vec![("u1".to_string(), 2), ("u2".to_string(), 1)]);
+    assert_eq!(e.user("u1").unwrap().timestamp, 100);
+    assert!(e.contains_connection("d"), "held until it has a state");
+    let mut events = e.take_events();
+    events.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(events, vec![joined("u1"), joined("u2")]);
+}
+
+#[test]
+fn resync_keeps_known_keys_and_emits_only_differences() {
+    let mut e = resolved_with(&[("a", "u1"), ("b", "u2"), ("old-me", "me")]);
+    e.set_state("a", Some(json!({"s": "a"})), 5);
+    e.take_events();
+    e.take_dirty();
+    // After a reconnect: "a" is still here (same state), "b" is gone,
+    // our old connection is gone and our new one is unknown yet.
+    let states = json!({"a": {"s": "a"}});
+    e.reset(["a", "new-me"], states.as_object().unwrap(), 50);
+    assert!(e.take_dirty());
+    assert_eq!(e.user_of("a"), Some("u1"), "no second lookup for a");
+    assert_eq!(e.take_unresolved(), vec!["new-me"]);
+    let mut events = e.take_events();
+    events.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(events, vec![left("me"), left("u2")]);
+    e.resolve("new-me", Some("me".into()));
+    assert_eq!(ids(&e), vec![("me".to_string(), 1), ("u1".to_string(), 1)]);
+}
+
+#[test]
+fn resync_reports_changed_state_and_tabs() {
+    let mut e = resolved_with(&[("a", "u1"), ("b", "u1")]);
+    e.set_state("a", Some(json!({"s": 1})), 5);
+    e.take_events();
+    let states = json!({"a": {"s": 2}});
+    e.reset(["a"], states.as_object().unwrap(), 50);
+    let events = e.take_events();
+    assert!(events.contains(&updated("u1", Change::Tabs)));
+    assert!(events.contains(&updated("u1", Change::State)));
+    assert_eq!(events.len(), 2);
+}
+
+#[test]
+fn dirty_flag_tracks_visible_changes() {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    assert!(!e.take_dirty());
+    e.join("c1", 1);
+    assert!(!e.take_dirty(), "a held connection is not visible");
+    e.resolve("c1", Some("u".into()));
+    assert!(e.take_dirty());
+    assert!(!e.take_dirty());
+}
+
+#[test]
+fn user_serializes_in_camel_case() {
+    let e = resolved_with(&[("c1", "u1")]);
+    let v = serde_json::to_value(e.users()).unwrap();
+    assert_eq!(
+        v,
+        json!([{"id": "u1", "state": null, "tabCount": 1, "members": ["c1"],
+                 "representative": null, "timestamp": 0}])
+    );
+}
