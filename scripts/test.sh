@@ -12,3 +12,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace
+
+echo "== end-to-end: the app in its real window (Xvfb + tauri-driver)"
+bash scripts/e2e.sh
