@@ -49,6 +49,9 @@ impl Driver {
         let port = free_port();
         let native_port = free_port();
         let embedded_port = free_port();
+        for dir in ["data", "config", "cache"] {
+            fs::create_dir_all(data_dir.join(dir)).map_err(|e| e.to_string())?;
+        }
         let log = fs::File::create(out.join("driver.log")).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new("tauri-driver")
@@ -71,9 +74,13 @@ impl Driver {
             embedded_port,
             out: out.to_path_buf(),
         };
-        wait_for("tauri-driver to listen", UI_TIMEOUT, || {
-            Ok(TcpStream::connect(("127.0.0.1", port)).ok().map(drop))
-        })?;
+        // tauri-driver listens before the WebKitWebDriver behind it does;
+        // a session can only start once both accept connections.
+        for (what, p) in [("tauri-driver", port), ("WebKitWebDriver", native_port)] {
+            wait_for(&format!("{what} to listen"), UI_TIMEOUT, || {
+                Ok(TcpStream::connect(("127.0.0.1", p)).ok().map(drop))
+            })?;
+        }
         Ok(driver)
     }
 

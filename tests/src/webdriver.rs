@@ -6,7 +6,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 /// The W3C key under which an element reference travels.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecc";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A WebDriver failure, with the driver's own message.
 #[derive(Debug, thiserror::Error)]

@@ -41,6 +41,8 @@ async fn start_server(addr: SocketAddr) -> RunningServer {
 struct Peer {
     client: MeshClient,
     stream: PresenceStream,
+    /// States already there when the peer subscribed.
+    snapshot: Vec<Value>,
 }
 
 impl Peer {
@@ -55,11 +57,20 @@ impl Peer {
             .publish_presence_state(ROOM, state, None, false)
             .await
             .expect("peer publishes"));
-        Peer { client, stream }
+        let snapshot = reply.states.values().cloned().collect();
+        Peer {
+            client,
+            stream,
+            snapshot,
+        }
     }
 
-    /// Waits for a state update whose state satisfies `check`.
+    /// Waits for a state (present at subscription, or updated since) that
+    /// satisfies `check`.
     async fn wait_state(&mut self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        if let Some(s) = self.snapshot.iter().find(|s| check(s)) {
+            return s.clone();
+        }
         let wait = async {
             loop {
                 match self.stream.recv().await {

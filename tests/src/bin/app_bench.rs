@@ -145,7 +145,11 @@ async fn main() {
     tokio::task::block_in_place(|| {
         wait_for("the full room in the list", Duration::from_secs(120), || {
             let n = app.text("#count")?;
-            Ok((n == want).then_some(())).or(Err(format!("count {n}")))
+            if n == want {
+                Ok(Some(()))
+            } else {
+                Err(format!("count {n}"))
+            }
         })
     })
     .expect("full list");
