@@ -75,7 +75,8 @@ pub(crate) async fn open(url: &str, options: &ClientOptions) -> Result<(Ws, Stri
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let handshake = async {
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+        // Nagle off: frames are small and latency matters more than packing.
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         loop {

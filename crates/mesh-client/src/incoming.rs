@@ -1,7 +1,11 @@
 //! Reading server frames into what the client does with them (no I/O).
 
 use mesh_protocol::{command, DecodeError, Frame, PresenceUpdate};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// A server frame, classified.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,7 +53,38 @@ pub enum IncomingError {
 
 /// Reads one text frame from the server, no longer than `max_bytes`.
 pub fn parse(text: &str, max_bytes: usize) -> Result<Incoming, IncomingError> {
+    if text.len() <= max_bytes {
+        if let Some(update) = presence_fast_path(text) {
+            return Ok(Incoming::Presence(update));
+        }
+    }
     classify(Frame::decode(text, max_bytes)?)
+}
+
+/// Presence updates are by far the most frequent push, so they are read
+/// in one pass straight into [`PresenceUpdate`], without an intermediate
+/// `serde_json::Value`. Anything unusual (an id, another command, a bad
+/// payload) returns `None` and takes the general path, which also produces
+/// the precise error.
+fn presence_fast_path(text: &str) -> Option<PresenceUpdate> {
+    #[derive(Deserialize)]
+    struct Push<'a> {
+        #[serde(default)]
+        id: Option<IgnoredAny>,
+        #[serde(borrow)]
+        command: Cow<'a, str>,
+        #[serde(borrow)]
+        payload: &'a RawValue,
+    }
+    // serde would also read the struct from a JSON array.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let push: Push<'_> = serde_json::from_str(text).ok()?;
+    if push.id.is_some() || push.command != command::PRESENCE_UPDATE {
+        return None;
+    }
+    serde_json::from_str(push.payload.get()).ok()
 }
 
 /// Classifies an already decoded frame.
@@ -155,6 +190,29 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_general_path() {
+        let frames = [
+            r#"{"command":"mesh/presence-update","payload":{"type":"join","connectionId":"c","roomName":"r","timestamp":1}}"#,
+            r#" { "payload" : {"type":"state","connectionId":"c","roomName":"r","state":{"a":[1]},"timestamp":2}, "command":"mesh/presence-update", "extra": 1 }"#,
+            r#"{"id":null,"command":"mesh/presence-update","payload":{"type":"leave","connectionId":"c","roomName":"r","timestamp":3}}"#,
+        ];
+        for text in frames {
+            let general = classify(Frame::decode(text, MAX).unwrap()).unwrap();
+            assert!(matches!(general, Incoming::Presence(_)));
+            assert_eq!(parse(text, MAX).unwrap(), general, "{text}");
+        }
+        // With an id it is a reply, whatever the command says.
+        let with_id = r#"{"id":4,"command":"mesh/presence-update","payload":{"type":"join","connectionId":"c","roomName":"r","timestamp":1}}"#;
+        assert!(matches!(
+            parse(with_id, MAX),
+            Ok(Incoming::Reply { id: 4, .. })
+        ));
+        // An array is not an envelope, even with the right fields in order.
+        let array = r#"[null,"mesh/presence-update",{"type":"join","connectionId":"c","roomName":"r","timestamp":1}]"#;
+        assert!(parse(array, MAX).is_err());
     }
 
     #[test]

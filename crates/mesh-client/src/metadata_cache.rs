@@ -57,12 +57,15 @@ impl<L: Clone> MetadataCache<L> {
     }
 
     /// Ends the lookup for `id` started in `generation`, caching its value.
+    ///
+    /// `null` is not cached: it also means "not visible to you (yet)" or
+    /// "not set yet", both of which change without a leave or reconnect.
     pub fn finish(&mut self, generation: u64, id: &str, value: Option<&Value>) {
         if generation != self.generation {
             return;
         }
         self.inflight.remove(id);
-        if let Some(value) = value {
+        if let Some(value) = value.filter(|v| !v.is_null()) {
             self.insert(id, value.clone());
         }
     }
@@ -154,12 +157,15 @@ mod tests {
     }
 
     #[test]
-    fn failed_lookups_are_not_cached() {
+    fn failed_and_null_lookups_are_not_cached() {
         let mut cache: MetadataCache<u8> = MetadataCache::new(8);
         let generation = cache.generation();
         cache.start("a", 1);
         cache.finish(generation, "a", None);
         assert_eq!(cache.get("a"), None);
+        cache.start("a", 2);
+        cache.finish(generation, "a", Some(&Value::Null));
+        assert_eq!(cache.get("a"), None, "null is not cached");
         assert_eq!(cache.inflight("a"), None);
     }
 

@@ -21,6 +21,10 @@ pub struct Limits {
     /// Frames that are not a Mesh envelope tolerated per minute; past that
     /// the connection is closed with 1008.
     pub max_bad_frames: u32,
+    /// Requests one connection may make per second (bursts up to this many
+    /// are fine); past it they are answered with `ERATELIMIT`. 0 (the
+    /// default) means unlimited.
+    pub max_requests_per_second: u32,
     /// Time allowed for the HTTP handshake.
     pub handshake_timeout: Duration,
 }
@@ -33,6 +37,7 @@ impl Default for Limits {
             max_rooms_per_connection: mesh_protocol::DEFAULT_MAX_ROOMS_PER_CONNECTION,
             max_queued_bytes: 1024 * 1024,
             max_bad_frames: 100,
+            max_requests_per_second: 0,
             handshake_timeout: Duration::from_secs(10),
         }
     }

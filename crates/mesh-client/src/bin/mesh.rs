@@ -1,1 +1,370 @@
-fn main() {}
+//! `mesh`: a command-line Mesh client, for looking at a live room from a
+//! terminal (what redis-cli is to Redis).
+//!
+//! ```text
+//! mesh watch lobby                 live members and states
+//! mesh watch lobby --json          one JSON object per line
+//! mesh publish lobby '{"status":"away"}' --expire-after 10000
+//! mesh meta get CONNECTION_ID --room lobby
+//! mesh meta set '{"username":"Alice"}' --strategy merge
+//! mesh state lobby                 one snapshot, as JSON
+//! mesh request mesh/noop '{}'      any command, raw
+//! ```
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh_client::{
+    ClientError, ClientEvent, ClientOptions, MeshClient, PresenceEvent, PresenceUpdate, Strategy,
+};
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "mesh",
+    version,
+    about = "Talk to a Mesh server from the terminal"
+)]
+struct Cli {
+    /// Server URL (ws:// or wss://).
+    #[arg(
+        long,
+        global = true,
+        env = "MESH_URL",
+        default_value = "ws://127.0.0.1:3000"
+    )]
+    url: String,
+    /// Seconds to wait for a reply.
+    #[arg(long, global = true, default_value_t = 10)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show a room's members and states live, until interrupted.
+    Watch {
+        /// The room.
+        room: String,
+        /// Print one JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also join the room (you then appear as a member).
+        #[arg(long)]
+        join: bool,
+    },
+    /// Join a room and publish a presence state; stays connected (the state
+    /// lives as long as the connection) until interrupted or expired.
+    Publish {
+        /// The room.
+        room: String,
+        /// The state, a JSON object.
+        state: String,
+        /// Clear the state after this many milliseconds.
+        #[arg(long)]
+        expire_after: Option<u64>,
+        /// Store without notifying subscribers.
+        #[arg(long)]
+        silent: bool,
+        /// Disconnect right after the server confirmed.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Read or write connection metadata.
+    Meta {
+        #[command(subcommand)]
+        action: MetaCmd,
+    },
+    /// Print a room's presence snapshot as JSON.
+    State {
+        /// The room.
+        room: String,
+    },
+    /// Send any command with a JSON payload and print the reply.
+    Request {
+        /// The command, e.g. `mesh/noop`.
+        command: String,
+        /// The payload, as JSON.
+        #[arg(default_value = "{}")]
+        payload: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetaCmd {
+    /// Print a connection's metadata.
+    Get {
+        /// The connection id.
+        id: String,
+        /// Join this room first (servers answer only for connections
+        /// sharing a room with the asker).
+        #[arg(long)]
+        room: Option<String>,
+    },
+    /// Set this connection's metadata and print the result.
+    Set {
+        /// The metadata, as JSON.
+        metadata: String,
+        /// How it combines with what is stored.
+        #[arg(long, value_enum, default_value = "replace")]
+        strategy: StrategyArg,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StrategyArg {
+    Replace,
+    Merge,
+    DeepMerge,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(s: StrategyArg) -> Strategy {
+        match s {
+            StrategyArg::Replace => Strategy::Replace,
+            StrategyArg::Merge => Strategy::Merge,
+            StrategyArg::DeepMerge => Strategy::DeepMerge,
+        }
+    }
+}
+
+/// What can go wrong in a command.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("invalid JSON argument: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(cli.timeout),
+        connect_timeout: Duration::from_secs(cli.timeout),
+        ..ClientOptions::default()
+    };
+    let client = MeshClient::connect(&cli.url, options).await?;
+    let result = match cli.command {
+        Cmd::Watch { room, json, join } => watch(&client, &room, json, join).await,
+        Cmd::Publish {
+            room,
+            state,
+            expire_after,
+            silent,
+            no_wait,
+        } => publish(&client, &room, &state, expire_after, silent, no_wait).await,
+        Cmd::Meta { action } => meta(&client, action).await,
+        Cmd::State { room } => {
+            let snapshot = client.get_presence_state(&room).await?;
+            println!("{}", serde_json::to_string(&snapshot)?);
+            Ok(())
+        }
+        Cmd::Request { command, payload } => {
+            let payload: Value = serde_json::from_str(&payload)?;
+            let reply = client.request(&command, payload).await?;
+            println!("{reply}");
+            Ok(())
+        }
+    };
+    client.close().await;
+    result
+}
+
+async fn watch(client: &MeshClient, room: &str, json: bool, join: bool) -> Result<(), CliError> {
+    if join {
+        client.join_room(room).await?;
+    }
+    let mut events = client.events();
+    let (snapshot, mut stream) = client.subscribe_presence(room).await?;
+    if !snapshot.success {
+        return Err(CliError::Refused(format!(
+            "cannot watch {room:?}: the room is not tracked or access was refused"
+        )));
+    }
+    if json {
+        let line = json!({"type": "snapshot", "roomName": room, "present": snapshot.present, "states": snapshot.states});
+        println!("{line}");
+    } else {
+        println!("{room}: {} present", snapshot.present.len());
+        for member in &snapshot.present {
+            let state = snapshot
+                .states
+                .get(&member.id)
+                .cloned()
+                .unwrap_or(Value::Null);
+            println!("  {}  {}  state={}", member.id, member.metadata, state);
+        }
+    }
+    loop {
+        tokio::select! {
+            event = stream.recv() => match event {
+                Some(event) => print_presence(client, &event, json).await,
+                None => return Err(CliError::Refused("the subscription ended".into())),
+            },
+            Ok(event) = events.recv() => print_lifecycle(&event, json),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+async fn print_presence(client: &MeshClient, event: &PresenceEvent, json: bool) {
+    match (event, json) {
+        (PresenceEvent::Update(update), true) => {
+            println!("{}", serde_json::to_value(update).unwrap_or(Value::Null));
+        }
+        (
+            PresenceEvent::Resync {
+                room,
+                present,
+                states,
+            },
+            true,
+        ) => {
+            println!(
+                "{}",
+                json!({"type": "resync", "roomName": room, "present": present, "states": states})
+            );
+        }
+        (PresenceEvent::Update(PresenceUpdate::Join { connection_id, .. }), false) => {
+            // Best effort: the server may not share metadata with us.
+            let metadata = client
+                .get_connection_metadata(connection_id)
+                .await
+                .unwrap_or(Value::Null);
+            println!("+ {connection_id} joined  {metadata}");
+        }
+        (PresenceEvent::Update(PresenceUpdate::Leave { connection_id, .. }), false) => {
+            println!("- {connection_id} left");
+        }
+        (
+            PresenceEvent::Update(PresenceUpdate::State {
+                connection_id,
+                state,
+                ..
+            }),
+            false,
+        ) => match state {
+            Some(state) => println!("~ {connection_id} {state}"),
+            None => println!("~ {connection_id} cleared"),
+        },
+        (
+            PresenceEvent::Resync {
+                room,
+                present,
+                states,
+            },
+            false,
+        ) => {
+            println!("{room}: resynced, {} present", present.len());
+            for id in present {
+                let state = states.get(id).cloned().unwrap_or(Value::Null);
+                println!("  {id}  state={state}");
+            }
+        }
+    }
+}
+
+fn print_lifecycle(event: &ClientEvent, json: bool) {
+    let (kind, id) = match event {
+        ClientEvent::Disconnected => ("disconnected", None),
+        ClientEvent::Reconnected { id } => ("reconnected", Some(id)),
+        ClientEvent::ReconnectFailed => ("reconnect-failed", None),
+        ClientEvent::Connected { .. } | ClientEvent::Latency(_) => return,
+    };
+    if json {
+        println!("{}", json!({"type": kind, "connectionId": id}));
+    } else {
+        eprintln!(
+            "[{kind}{}]",
+            id.map(|i| format!(" as {i}")).unwrap_or_default()
+        );
+    }
+}
+
+async fn publish(
+    client: &MeshClient,
+    room: &str,
+    state: &str,
+    expire_after: Option<u64>,
+    silent: bool,
+    no_wait: bool,
+) -> Result<(), CliError> {
+    let state: Value = serde_json::from_str(state)?;
+    if !state.is_object() {
+        return Err(CliError::Refused("the state must be a JSON object".into()));
+    }
+    client.join_room(room).await?;
+    if !client
+        .publish_presence_state(room, state, expire_after, silent)
+        .await?
+    {
+        return Err(CliError::Refused(format!(
+            "the server did not store the state: is {room:?} a tracked room?"
+        )));
+    }
+    println!(
+        "published in {room} as {}",
+        client.connection_id().unwrap_or_default()
+    );
+    if no_wait {
+        return Ok(());
+    }
+    match expire_after {
+        Some(ms) => {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    Ok(())
+}
+
+async fn meta(client: &MeshClient, action: MetaCmd) -> Result<(), CliError> {
+    match action {
+        MetaCmd::Get { id, room } => {
+            if let Some(room) = room {
+                client.join_room(&room).await?;
+            }
+            println!("{}", client.get_connection_metadata(&id).await?);
+        }
+        MetaCmd::Set { metadata, strategy } => {
+            let metadata: Value = serde_json::from_str(&metadata)?;
+            if !client
+                .set_my_connection_metadata(metadata, strategy.into())
+                .await?
+            {
+                return Err(CliError::Refused(
+                    "the server did not store the metadata".into(),
+                ));
+            }
+            println!("{}", client.get_my_connection_metadata().await?);
+        }
+    }
+    Ok(())
+}

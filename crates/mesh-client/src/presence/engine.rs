@@ -38,6 +38,7 @@
 use mesh_protocol::PresenceUpdate;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
@@ -45,20 +46,62 @@ use std::sync::Arc;
 /// A function that reads a group key out of a presence state.
 pub type StateKeyFn = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
 
+/// How a group key is read out of a presence state.
+#[derive(Clone)]
+pub enum StateKey {
+    /// A top-level field, e.g. `"userId"`: a string (read without
+    /// allocating) or a number.
+    Field(Arc<str>),
+    /// Any function of the state.
+    Fn(StateKeyFn),
+}
+
+impl StateKey {
+    fn key_of<'a>(&self, state: &'a Value) -> Option<Cow<'a, str>> {
+        match self {
+            StateKey::Field(name) => key_from_field(state.get(&**name)?),
+            StateKey::Fn(f) => f(state).map(Cow::Owned),
+        }
+    }
+}
+
+/// Reads a key from a field value: strings as they are, numbers in decimal
+/// (ids are often numeric); anything else is no key.
+pub fn key_from_field(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => None,
+    }
+}
+
 /// Where the engine gets each connection's group key.
 #[derive(Clone)]
 pub enum KeySource {
     /// Keys are supplied by the caller through [`PresenceEngine::resolve`].
     Resolved,
     /// Keys are read from each connection's presence state.
-    State(StateKeyFn),
+    State(StateKey),
+}
+
+impl KeySource {
+    /// Keys from a top-level string field of the state, e.g. `"userId"`.
+    pub fn state_field(name: &str) -> Self {
+        KeySource::State(StateKey::Field(Arc::from(name)))
+    }
+
+    /// Keys computed from the state by `f`.
+    pub fn state_fn(f: impl Fn(&Value) -> Option<String> + Send + Sync + 'static) -> Self {
+        KeySource::State(StateKey::Fn(Arc::new(f)))
+    }
 }
 
 impl fmt::Debug for KeySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeySource::Resolved => f.write_str("Resolved"),
-            KeySource::State(_) => f.write_str("State(..)"),
+            KeySource::State(StateKey::Field(name)) => write!(f, "State(field {name:?})"),
+            KeySource::State(StateKey::Fn(_)) => f.write_str("State(fn)"),
         }
     }
 }
@@ -74,7 +117,8 @@ pub enum Change {
 }
 
 /// A user-level change, as opposed to a connection-level one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
 pub enum UserEvent {
     /// The first connection of a user appeared.
     Joined {
@@ -100,15 +144,15 @@ pub enum UserEvent {
 #[serde(rename_all = "camelCase")]
 pub struct User {
     /// The group key (user id, or a connection id for a connection standing alone).
-    pub id: String,
-    /// The latest state, `None` when there is none.
-    pub state: Option<Value>,
+    pub id: Arc<str>,
+    /// The latest state, `None` when there is none. Shared, so a list is cheap to build.
+    pub state: Option<Arc<Value>>,
     /// Number of connections (tabs, devices) of this user.
     pub tab_count: usize,
     /// Connection ids of this user, sorted.
-    pub members: Vec<String>,
+    pub members: Vec<Arc<str>>,
     /// The connection that sent the current state, while it is still here.
-    pub representative: Option<String>,
+    pub representative: Option<Arc<str>>,
     /// When the state last changed (milliseconds since the Unix epoch).
     pub timestamp: u64,
 }
@@ -117,7 +161,7 @@ pub struct User {
 enum Placement {
     /// Key unknown: not shown. Keeps the latest state seen meanwhile.
     Held {
-        state: Option<Value>,
+        state: Option<Arc<Value>>,
         timestamp: u64,
     },
     /// Member of the group with this key.
@@ -126,7 +170,7 @@ enum Placement {
 
 struct Group {
     members: HashSet<Arc<str>>,
-    state: Option<Value>,
+    state: Option<Arc<Value>>,
     representative: Option<Arc<str>>,
     timestamp: u64,
 }
@@ -225,8 +269,12 @@ impl PresenceEngine {
 
     /// A connection's state changed (`None`: cleared or expired).
     pub fn set_state(&mut self, conn: &str, state: Option<Value>, timestamp: u64) {
+        self.put_state(conn, state.map(Arc::new), timestamp);
+    }
+
+    fn put_state(&mut self, conn: &str, state: Option<Arc<Value>>, timestamp: u64) {
         let key_from_state = match (&self.source, &state) {
-            (KeySource::State(key_of), Some(value)) => key_of(value).map(Arc::<str>::from),
+            (KeySource::State(key), Some(value)) => key.key_of(value),
             _ => None,
         };
         let Some((conn, placement)) = self.conns.get_key_value(conn) else {
@@ -236,7 +284,7 @@ impl PresenceEngine {
                 return;
             }
             self.join(conn, timestamp);
-            return self.set_state(conn, state, timestamp);
+            return self.put_state(conn, state, timestamp);
         };
         let conn = conn.clone();
         let current = match placement {
@@ -244,12 +292,12 @@ impl PresenceEngine {
             Placement::Held { .. } => None,
         };
         match (current, key_from_state) {
-            (Some(key), Some(new_key)) if new_key != key => {
+            (Some(key), Some(new_key)) if *new_key != *key => {
                 self.detach(&conn, &key);
-                self.attach(&conn, new_key, state, timestamp);
+                self.attach(&conn, Arc::from(new_key), state, timestamp);
             }
             (Some(key), _) => self.set_group_state(&key, &conn, state, timestamp),
-            (None, Some(new_key)) => self.attach(&conn, new_key, state, timestamp),
+            (None, Some(new_key)) => self.attach(&conn, Arc::from(new_key), state, timestamp),
             (None, None) => {
                 self.conns
                     .insert(conn, Placement::Held { state, timestamp });
@@ -325,7 +373,10 @@ impl PresenceEngine {
             if self.conns.contains_key(conn) {
                 continue;
             }
-            let state = states.get(conn).filter(|s| !s.is_null()).cloned();
+            let state = states
+                .get(conn)
+                .filter(|s| !s.is_null())
+                .map(|s| Arc::new(s.clone()));
             let known_key = match (&self.source, old_conns.remove(conn)) {
                 (KeySource::Resolved, Some(Placement::Placed(key))) => Some(key),
                 _ => None,
@@ -340,7 +391,7 @@ impl PresenceEngine {
                         None => self.attach_stateless(&conn, key),
                     }
                 }
-                (None, Some(state)) => self.set_state(conn, Some(state), now),
+                (None, Some(state)) => self.put_state(conn, Some(state), now),
                 (None, None) => {}
             }
         }
@@ -422,7 +473,13 @@ impl PresenceEngine {
 
     /// Puts a connection into group `key` with the state it sent at
     /// `timestamp`; the state wins unless the group already has a newer one.
-    fn attach(&mut self, conn: &Arc<str>, key: Arc<str>, state: Option<Value>, timestamp: u64) {
+    fn attach(
+        &mut self,
+        conn: &Arc<str>,
+        key: Arc<str>,
+        state: Option<Arc<Value>>,
+        timestamp: u64,
+    ) {
         self.attach_stateless(conn, key.clone());
         let newer_there = self
             .groups
@@ -454,7 +511,7 @@ impl PresenceEngine {
 
     /// Takes a connection out of group `key`. Returns the group's state when
     /// this connection was the one that sent it (so a move can carry it).
-    fn detach(&mut self, conn: &Arc<str>, key: &Arc<str>) -> Option<(Option<Value>, u64)> {
+    fn detach(&mut self, conn: &Arc<str>, key: &Arc<str>) -> Option<(Option<Arc<Value>>, u64)> {
         let group = self.groups.get_mut(key)?;
         if !group.members.remove(conn) {
             return None;
@@ -485,13 +542,13 @@ impl PresenceEngine {
         &mut self,
         key: &Arc<str>,
         conn: &Arc<str>,
-        state: Option<Value>,
+        state: Option<Arc<Value>>,
         timestamp: u64,
     ) {
         let Some(group) = self.groups.get_mut(key) else {
             return;
         };
-        if group.state == state && group.timestamp >= timestamp {
+        if group.timestamp >= timestamp && group.state == state {
             // Same state, not newer: a duplicate delivery; nothing visible changes.
             return;
         }
@@ -506,15 +563,15 @@ impl PresenceEngine {
     }
 }
 
-fn to_user(key: &str, group: &Group) -> User {
-    let mut members: Vec<String> = group.members.iter().map(|m| m.to_string()).collect();
+fn to_user(key: &Arc<str>, group: &Group) -> User {
+    let mut members: Vec<Arc<str>> = group.members.iter().cloned().collect();
     members.sort_unstable();
     User {
-        id: key.to_string(),
+        id: key.clone(),
         state: group.state.clone(),
         tab_count: group.members.len(),
         members,
-        representative: group.representative.as_ref().map(|r| r.to_string()),
+        representative: group.representative.clone(),
         timestamp: group.timestamp,
     }
 }

@@ -2,16 +2,14 @@ use super::*;
 use serde_json::json;
 
 fn by_user_id() -> KeySource {
-    KeySource::State(Arc::new(|s: &Value| {
-        s.get("userId").and_then(Value::as_str).map(str::to_owned)
-    }))
+    KeySource::state_field("userId")
 }
 
 fn ids(engine: &PresenceEngine) -> Vec<(String, usize)> {
     engine
         .users()
         .into_iter()
-        .map(|u| (u.id, u.tab_count))
+        .map(|u| (u.id.to_string(), u.tab_count))
         .collect()
 }
 
@@ -78,10 +76,10 @@ fn unresolved_connection_is_held_apart_until_resolved() {
     e.resolve("c1", Some("u1".into()));
     let users = e.users();
     assert_eq!(users.len(), 1);
-    assert_eq!(users[0].id, "u1");
+    assert_eq!(&*users[0].id, "u1");
     assert_eq!(
-        users[0].state,
-        Some(json!({"status": "busy"})),
+        users[0].state.as_deref(),
+        Some(&json!({"status": "busy"})),
         "held state kept"
     );
     assert_eq!(users[0].timestamp, 2);
@@ -124,7 +122,10 @@ fn resolver_failure_or_timeout_then_late_answer_moves_the_connection() {
     // A retry succeeds later: it moves under the user, state and all.
     e.resolve("c1", Some("u1".into()));
     assert_eq!(ids(&e), vec![("u1".to_string(), 1)]);
-    assert_eq!(e.user("u1").unwrap().state, Some(json!({"s": 1})));
+    assert_eq!(
+        e.user("u1").unwrap().state.as_deref(),
+        Some(&json!({"s": 1}))
+    );
     assert_eq!(
         e.take_events(),
         vec![left("c1"), joined("u1"), updated("u1", Change::State)]
@@ -163,7 +164,10 @@ fn state_before_join_in_resolved_mode_waits_for_key() {
     assert!(e.users().is_empty());
     assert_eq!(e.take_unresolved(), vec!["c1"]);
     e.resolve("c1", Some("u1".into()));
-    assert_eq!(e.user("u1").unwrap().state, Some(json!({"s": 1})));
+    assert_eq!(
+        e.user("u1").unwrap().state.as_deref(),
+        Some(&json!({"s": 1}))
+    );
 }
 
 #[test]
@@ -214,7 +218,10 @@ fn two_tabs_one_closes_then_both() {
     e.join("b", 2);
     e.resolve("b", Some("u1".into()));
     assert_eq!(ids(&e), vec![("u1".to_string(), 2)]);
-    assert_eq!(e.user("u1").unwrap().members, vec!["a", "b"]);
+    assert_eq!(
+        e.user("u1").unwrap().members,
+        vec![Arc::from("a"), Arc::from("b")]
+    );
     assert_eq!(
         e.take_events(),
         vec![joined("u1"), updated("u1", Change::Tabs)]
@@ -235,14 +242,18 @@ fn latest_state_of_any_tab_wins_and_survives_its_sender_leaving() {
     e.set_state("a", Some(json!({"status": "one"})), 10);
     e.set_state("b", Some(json!({"status": "two"})), 11);
     let u = e.user("u1").unwrap();
-    assert_eq!(u.state, Some(json!({"status": "two"})));
+    assert_eq!(u.state.as_deref(), Some(&json!({"status": "two"})));
     assert_eq!(u.representative.as_deref(), Some("b"));
     assert_eq!(u.timestamp, 11);
     e.take_events();
 
     e.leave("b");
     let u = e.user("u1").unwrap();
-    assert_eq!(u.state, Some(json!({"status": "two"})), "tabs are in step");
+    assert_eq!(
+        u.state.as_deref(),
+        Some(&json!({"status": "two"})),
+        "tabs are in step"
+    );
     assert_eq!(u.representative, None, "its sender is gone");
     assert_eq!(u.tab_count, 1);
     assert_eq!(e.take_events(), vec![updated("u1", Change::Tabs)]);
@@ -255,7 +266,7 @@ fn cleared_or_expired_state_empties_the_user_state() {
     e.take_events();
     e.set_state("a", None, 20);
     let u = e.user("u1").unwrap();
-    assert_eq!(u.state, None);
+    assert_eq!(u.state.as_deref(), None);
     assert_eq!(u.timestamp, 20);
     assert_eq!(u.tab_count, 1, "still present");
     assert_eq!(e.take_events(), vec![updated("u1", Change::State)]);
@@ -293,7 +304,7 @@ fn state_mode_key_sticks_when_state_is_cleared() {
     e.set_state("c1", Some(json!({"userId": "u1"})), 1);
     e.set_state("c1", None, 2);
     assert_eq!(ids(&e), vec![("u1".to_string(), 1)]);
-    assert_eq!(e.user("u1").unwrap().state, None);
+    assert_eq!(e.user("u1").unwrap().state.as_deref(), None);
 }
 
 #[test]
@@ -305,8 +316,8 @@ fn user_changing_user_id_in_state_moves_the_connection() {
     e.set_state("b", Some(json!({"userId": "u2", "n": 1})), 3);
     assert_eq!(ids(&e), vec![("u1".to_string(), 1), ("u2".to_string(), 1)]);
     assert_eq!(
-        e.user("u2").unwrap().state,
-        Some(json!({"userId": "u2", "n": 1}))
+        e.user("u2").unwrap().state.as_deref(),
+        Some(&json!({"userId": "u2", "n": 1}))
     );
     assert_eq!(
         e.take_events(),
@@ -329,8 +340,8 @@ fn user_changing_user_id_in_metadata_moves_the_connection() {
     e.resolve("b", Some("u9".into()));
     assert_eq!(ids(&e), vec![("u1".to_string(), 1), ("u9".to_string(), 1)]);
     assert_eq!(
-        e.user("u9").unwrap().state,
-        Some(json!({"s": 1})),
+        e.user("u9").unwrap().state.as_deref(),
+        Some(&json!({"s": 1})),
         "its state moves along"
     );
     assert_eq!(e.user_of("b"), Some("u9"));
@@ -348,14 +359,14 @@ fn held_state_older_than_the_users_state_does_not_win() {
     e.set_state("a", Some(json!({"new": true})), 9);
     e.resolve("b", Some("u1".into()));
     let u = e.user("u1").unwrap();
-    assert_eq!(u.state, Some(json!({"new": true})));
+    assert_eq!(u.state.as_deref(), Some(&json!({"new": true})));
     assert_eq!(u.tab_count, 2);
 }
 
 #[test]
 fn users_are_sorted_by_key() {
     let e = resolved_with(&[("1", "carol"), ("2", "alice"), ("3", "bob"), ("4", "alice")]);
-    let order: Vec<String> = e.users().into_iter().map(|u| u.id).collect();
+    let order: Vec<String> = e.users().into_iter().map(|u| u.id.to_string()).collect();
     assert_eq!(order, vec!["alice", "bob", "carol"]);
 }
 
@@ -429,4 +440,16 @@ fn user_serializes_in_camel_case() {
         json!([{"id": "u1", "state": null, "tabCount": 1, "members": ["c1"],
                  "representative": null, "timestamp": 0}])
     );
+}
+
+#[test]
+fn state_key_from_a_function() {
+    let mut e = PresenceEngine::new(KeySource::state_fn(|s| {
+        s.get("team")
+            .and_then(Value::as_str)
+            .map(|t| format!("team:{t}"))
+    }));
+    e.set_state("c1", Some(json!({"team": "red"})), 1);
+    e.set_state("c2", Some(json!({"team": "red"})), 2);
+    assert_eq!(ids(&e), vec![("team:red".to_string(), 2)]);
 }

@@ -1,5 +1,6 @@
-//! The client against scripted servers that misbehave on cue: never
-//! answer, send garbage, vanish without a close frame, stop pinging.
+//! The client against scripted servers: exact frame order on restore, and
+//! servers that misbehave on cue (never answer, send garbage, vanish
+//! without a close frame, stop pinging).
 
 mod support;
 
@@ -463,4 +464,58 @@ async fn close_fails_pending_requests_and_ends_streams() {
         client.request("mesh/noop", json!({})).await,
         Err(ClientError::Closed)
     );
+}
+
+#[tokio::test]
+async fn concurrent_metadata_lookups_share_one_request() {
+    let mut server = ScriptedServer::start().await;
+    let (client, mut peer) = connect(&mut server, "a", fast_options()).await;
+    let lookups = async {
+        tokio::join!(
+            client.get_connection_metadata("x"),
+            client.get_connection_metadata("x"),
+            client.get_connection_metadata("x"),
+        )
+    };
+    let answer = async {
+        let request = peer.recv_request().await;
+        assert_eq!(request.command, "mesh/get-connection-metadata");
+        assert_eq!(request.payload, json!({"connectionId": "x"}));
+        peer.reply(&request, json!({"metadata": {"userId": "u"}}))
+            .await;
+        peer
+    };
+    let ((a, b, c), mut peer) = tokio::join!(lookups, answer);
+    for got in [a, b, c] {
+        assert_eq!(got, Ok(json!({"userId": "u"})));
+    }
+    // Cached now: the next lookup sends nothing; the next request on the
+    // wire is this noop.
+    assert_eq!(
+        client.get_connection_metadata("x").await,
+        Ok(json!({"userId": "u"}))
+    );
+    let answer = async {
+        let request = peer.recv_request().await;
+        peer.reply(&request, json!(true)).await;
+        request.command
+    };
+    let (noop, command) = tokio::join!(client.request("mesh/noop", json!({})), answer);
+    assert_eq!(noop, Ok(json!(true)));
+    assert_eq!(command, "mesh/noop");
+}
+
+#[tokio::test]
+async fn wss_urls_are_supported() {
+    // Nothing listens there; the point is that the scheme is understood
+    // (TLS is compiled in) and the failure is a clean connect error.
+    let err = MeshClient::connect("wss://127.0.0.1:1", fast_options())
+        .await
+        .unwrap_err();
+    match err {
+        ClientError::Connect(message) => {
+            assert!(!message.contains("URL"), "scheme rejected: {message}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -1,0 +1,228 @@
+//! Throughput of the presence grouping engine, and the same work done the
+//! way the JavaScript deduped presence handler does it (a scan of all
+//! connections per state update and a copy of the whole group map per
+//! event), for comparison.
+//!
+//! Run: `cargo bench -p mesh-client --bench presence_engine`
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use mesh_client::presence::{KeySource, PresenceEngine};
+use serde_json::{json, Map, Value};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::hint::black_box;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Connections in the room: two tabs per user.
+const CONNS: usize = 10_000;
+
+fn conn_id(i: usize) -> String {
+    format!("conn-{i:06}")
+}
+
+fn user_of(i: usize) -> String {
+    format!("user-{:06}", i / 2)
+}
+
+fn state_for(i: usize, n: usize) -> Value {
+    json!({"userId": user_of(i), "status": "online", "n": n})
+}
+
+fn by_user_id() -> KeySource {
+    KeySource::state_field("userId")
+}
+
+/// A snapshot of `n` connections, each with a state.
+fn snapshot(n: usize) -> (Vec<String>, Map<String, Value>) {
+    let present: Vec<String> = (0..n).map(conn_id).collect();
+    let states = (0..n).map(|i| (conn_id(i), state_for(i, 0))).collect();
+    (present, states)
+}
+
+/// A stream of state updates for random-looking connections.
+fn state_stream(n_conns: usize, len: usize) -> Vec<(String, Value)> {
+    (0..len)
+        .map(|k| {
+            let i = (k * 7919) % n_conns;
+            (conn_id(i), state_for(i, k))
+        })
+        .collect()
+}
+
+fn seeded_engine(n: usize) -> PresenceEngine {
+    let (present, states) = snapshot(n);
+    let mut engine = PresenceEngine::new(by_user_id());
+    engine.reset(&present, &states, 1);
+    engine.take_events();
+    engine
+}
+
+fn engine_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("engine");
+    group.measurement_time(Duration::from_secs(4));
+
+    const UPDATES: usize = 100_000;
+    group.throughput(Throughput::Elements(UPDATES as u64));
+    let mut engine = seeded_engine(CONNS);
+    group.bench_function("state_updates_10k_conns", |b| {
+        b.iter_batched(
+            || state_stream(CONNS, UPDATES),
+            |updates| {
+                for (ts, (conn, state)) in updates.into_iter().enumerate() {
+                    engine.set_state(&conn, Some(state), ts as u64 + 2);
+                }
+                black_box(engine.take_events().len())
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    // Churn: every connection of a fresh room joins, publishes, and leaves.
+    const CHURN: usize = 10_000;
+    group.throughput(Throughput::Elements(3 * CHURN as u64));
+    group.bench_function("join_state_leave", |b| {
+        b.iter_batched(
+            || {
+                let engine = seeded_engine(1_000);
+                let conns: Vec<(String, Value)> = (CONNS..CONNS + CHURN)
+                    .map(|i| (conn_id(i), state_for(i, 1)))
+                    .collect();
+                (engine, conns)
+            },
+            |(mut engine, conns)| {
+                for (conn, _) in &conns {
+                    engine.join(conn, 2);
+                }
+                for (conn, state) in conns.iter().map(|(c, s)| (c, s.clone())) {
+                    engine.set_state(conn, Some(state), 3);
+                }
+                for (conn, _) in &conns {
+                    engine.leave(conn);
+                }
+                black_box(engine.take_events().len())
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    group.throughput(Throughput::Elements(CONNS as u64));
+    group.bench_function("seed_10k_from_snapshot", |b| {
+        let (present, states) = snapshot(CONNS);
+        b.iter_batched(
+            || PresenceEngine::new(by_user_id()),
+            |mut engine| {
+                engine.reset(&present, &states, 1);
+                black_box(engine.user_count())
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    group.bench_function("users_list_10k_conns", |b| {
+        let engine = seeded_engine(CONNS);
+        b.iter(|| black_box(engine.users().len()))
+    });
+    group.finish();
+}
+
+/// The JavaScript handler's approach, re-implemented faithfully: groups in
+/// a map of shared mutable objects, a state update finds its connection's
+/// group by scanning every connection, and every event hands the listener a
+/// fresh copy of the group map (a shallow copy, as `new Map(groups)` is).
+mod js_like {
+    use super::*;
+
+    pub struct Group {
+        pub members: HashSet<String>,
+        pub state: Option<Value>,
+        pub representative: Option<String>,
+        pub timestamp: u64,
+    }
+
+    pub type Groups = HashMap<String, Rc<RefCell<Group>>>;
+
+    #[derive(Default)]
+    pub struct Handler {
+        groups: Groups,
+        /// Connection -> its latest state, in insertion order like a JS Map.
+        conns: Vec<(String, Option<Value>)>,
+        pub emitted: usize,
+    }
+
+    impl Handler {
+        fn emit(&mut self) {
+            let copy: Groups = self.groups.clone();
+            self.emitted += copy.len();
+            black_box(copy);
+        }
+
+        pub fn join(&mut self, conn: &str) {
+            if !self.conns.iter().any(|(c, _)| c == conn) {
+                self.conns.push((conn.to_string(), None));
+            }
+            self.emit();
+        }
+
+        pub fn state(&mut self, conn: &str, state: Value, ts: u64) {
+            let key = state["userId"].as_str().unwrap_or(conn).to_string();
+            // Scan all connections to find this one and to collect the
+            // members that share its key.
+            let mut members = HashSet::new();
+            for (c, s) in self.conns.iter_mut() {
+                if c == conn {
+                    *s = Some(state.clone());
+                }
+                let k = s.as_ref().and_then(|s| s["userId"].as_str());
+                if k == Some(key.as_str()) {
+                    members.insert(c.clone());
+                }
+            }
+            let group = self.groups.entry(key).or_insert_with(|| {
+                Rc::new(RefCell::new(Group {
+                    members: HashSet::new(),
+                    state: None,
+                    representative: None,
+                    timestamp: 0,
+                }))
+            });
+            {
+                let mut g = group.borrow_mut();
+                g.members = members;
+                g.state = Some(state);
+                g.representative = Some(conn.to_string());
+                g.timestamp = ts;
+            }
+            self.emit();
+        }
+    }
+}
+
+fn js_like_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("js_like");
+    group.measurement_time(Duration::from_secs(4));
+    group.sample_size(10);
+    const UPDATES: usize = 300;
+    group.throughput(Throughput::Elements(UPDATES as u64));
+    let mut handler = js_like::Handler::default();
+    for (i, (conn, state)) in state_stream(CONNS, CONNS).into_iter().enumerate() {
+        handler.join(&conn);
+        handler.state(&conn, state, i as u64);
+    }
+    group.bench_function("state_updates_10k_conns", |b| {
+        b.iter_batched(
+            || state_stream(CONNS, UPDATES),
+            |updates| {
+                for (ts, (conn, state)) in updates.into_iter().enumerate() {
+                    handler.state(&conn, state, ts as u64);
+                }
+                black_box(handler.emitted)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, engine_benches, js_like_benches);
+criterion_main!(benches);
