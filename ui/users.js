@@ -113,7 +113,7 @@ class UserList {
     const now = Date.now();
     for (const [id, el] of this.rendered) {
       const user = this.users.get(id);
-      if (user && user.expiresAt) fillExpiry(el, user, now);
+      if (user && user.expiresAt) fillRow(el, user, now);
     }
   }
 
@@ -152,16 +152,19 @@ function fillRow(el, user, now) {
   el.classList.toggle("you", !!user.you);
   el.querySelector(".avatar").textContent = name.slice(0, 1).toUpperCase();
   el.querySelector(".name").textContent = name;
+  // A short-lived status that ran out is gone, even before its owner's app
+  // publishes the cleared state (or if that app is no longer running).
+  const text = user.expiresAt && user.expiresAt <= now ? "" : user.status;
   const status = el.querySelector(".user-status");
-  status.textContent = user.status || "idle";
-  status.classList.toggle("idle", !user.status);
+  status.textContent = text || "idle";
+  status.classList.toggle("idle", !text);
   el.querySelector(".tabs").textContent = user.tabCount === 1 ? "1 tab" : `${user.tabCount} tabs`;
   fillExpiry(el, user, now);
 }
 
 function fillExpiry(el, user, now) {
   const expiry = el.querySelector(".expiry");
-  if (!user.expiresAt) {
+  if (!user.expiresAt || user.expiresAt <= now) {
     expiry.textContent = "";
     return;
   }

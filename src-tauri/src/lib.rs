@@ -19,7 +19,6 @@ pub mod embedded;
 pub mod error;
 pub mod events;
 pub mod my_state;
-pub mod room_presence;
 pub mod session;
 pub mod settings;
 pub mod state;

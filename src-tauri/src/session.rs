@@ -4,10 +4,10 @@
 //! Each window is its own connection, like a browser tab: two windows are
 //! two members of the room, grouped into one row by the shared user id.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_client::presence::User;
+use mesh_client::presence::{GroupKey, Presence, User};
 use mesh_client::{ClientEvent, ClientOptions, MeshClient, Status};
 use serde_json::Value;
 use tauri::{AppHandle, Runtime};
@@ -17,7 +17,6 @@ use tauri::async_runtime::JoinHandle;
 use crate::error::AppError;
 use crate::events::{self, StatusPayload};
 use crate::my_state;
-use crate::room_presence::Presence;
 use crate::store::{state_key, AppStore};
 use crate::user_list::{ListDiffer, UserRow};
 
@@ -49,6 +48,9 @@ pub struct Session {
     user_id: String,
     resync: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
+    /// Clears a short-lived status when it runs out. A std mutex: only held
+    /// to swap the handle.
+    expiry: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Session {
@@ -74,28 +76,17 @@ impl Session {
             Err(_) => return Err(unreachable_server(&target.url, "timed out".into())),
         };
 
+        // Your windows share a `userId` in their state; that groups them.
         let presence = Presence::new(
             client.clone(),
             &target.room,
             &state_key(&target.room),
-            group_by_user_id,
-            store.key_value(),
+            GroupKey::state_field("userId"),
+            store.presence_store(),
         )
         .await
         .map_err(|e| AppError::new("ESERVER", format!("Could not join {}: {e}", target.room)))?;
         let presence = Arc::new(presence);
-
-        let settings = store.settings();
-        let (state, expire_after) = my_state::restore(
-            store.last_state(&target.room),
-            &user_id,
-            &settings.display_name,
-            mesh_protocol::now_millis(),
-        );
-        presence
-            .publish_with_expiry(state, expire_after)
-            .await
-            .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))?;
 
         let resync = Arc::new(Notify::new());
         let tasks = vec![
@@ -109,14 +100,27 @@ impl Session {
                 resync.clone(),
             )),
         ];
-        Ok(Session {
+        let session = Session {
             target,
             client,
             presence,
             user_id,
             resync,
             tasks,
-        })
+            expiry: Mutex::new(None),
+        };
+
+        // Publish at once, as the seed demo does: your saved state (an
+        // expired short-lived status dropped), or your name on a first run.
+        let settings = store.settings();
+        let (state, expire_after) = my_state::restore(
+            store.last_state(&session.target.room),
+            &session.user_id,
+            &settings.display_name,
+            mesh_protocol::now_millis(),
+        );
+        session.publish_state(state, expire_after).await?;
+        Ok(session)
     }
 
     /// Makes the next `presence://users` event a full list (the window reloaded).
@@ -143,11 +147,35 @@ impl Session {
             expire_after_ms,
             mesh_protocol::now_millis(),
         );
-        self.presence
-            .publish_with_expiry(state.clone(), expire_after_ms)
-            .await
-            .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))?;
+        self.publish_state(state.clone(), expire_after_ms).await?;
         Ok(state)
+    }
+
+    /// Publishes (and saves) `state`; a short-lived one gets a timer that
+    /// clears its status when it runs out, so you keep your row and name.
+    async fn publish_state(&self, state: Value, expire_after_ms: Option<u64>) -> Result<(), AppError> {
+        let timer = expire_after_ms.map(|ms| {
+            let presence = self.presence.clone();
+            let state = state.clone();
+            tauri::async_runtime::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                // Only if nothing newer was published since (here or, through
+                // tab sync, in another window).
+                if presence.read().ok().flatten().as_ref() == Some(&state) {
+                    let (cleared, _) = my_state::restore(Some(state), "", "", u64::MAX);
+                    if let Err(e) = presence.publish(cleared).await {
+                        tracing::warn!(error = %e, "could not clear an expired status");
+                    }
+                }
+            })
+        });
+        if let Some(old) = self.expiry.lock().ok().and_then(|mut t| std::mem::replace(&mut *t, timer)) {
+            old.abort();
+        }
+        self.presence
+            .publish(state)
+            .await
+            .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))
     }
 }
 
@@ -156,27 +184,18 @@ impl Drop for Session {
         for task in &self.tasks {
             task.abort();
         }
-        let presence = self.presence.clone();
+        if let Some(timer) = self.expiry.lock().ok().and_then(|mut t| t.take()) {
+            timer.abort();
+        }
+        // Closing the connection takes us out of the room on the server; the
+        // presence helper stops when its connection ends.
         let client = self.client.clone();
-        tauri::async_runtime::spawn(async move {
-            presence.dispose().await;
-            client.close().await;
-        });
+        tauri::async_runtime::spawn(async move { client.close().await });
     }
 }
 
 fn unreachable_server(url: &str, reason: String) -> AppError {
     AppError::new("EOFFLINE", format!("Could not connect to {url}: {reason}"))
-}
-
-/// Your windows share a `userId` in their state; that groups them. A
-/// connection that has published nothing yet stays on its own.
-fn group_by_user_id(state: &Value) -> Option<String> {
-    state
-        .get("userId")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
-        .map(str::to_string)
 }
 
 fn status_payload(client: &MeshClient, target: &Target, latency_ms: Option<u64>) -> StatusPayload {
@@ -246,5 +265,5 @@ async fn forward_users<R: Runtime>(
 }
 
 fn row(user: &User, me: &str) -> UserRow {
-    UserRow::new(&user.id, user.state.as_ref(), user.tab_count, user.timestamp, me)
+    UserRow::new(&user.id, user.state.as_deref(), user.tab_count, user.timestamp, me)
 }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use mesh_client::presence::{StateStore, StoreError};
 use rand::Rng;
 use serde_json::Value;
 use tauri::Runtime;
@@ -78,6 +79,26 @@ impl KeyValue for MemoryKeyValue {
     }
 }
 
+/// The presence helper's view of the store: it keeps your last state per
+/// room in the same file as everything else.
+struct PresenceStore(Arc<dyn KeyValue>);
+
+impl StateStore for PresenceStore {
+    fn get(&self, key: &str) -> Result<Option<Value>, StoreError> {
+        Ok(self.0.get(key))
+    }
+
+    fn set(&self, key: &str, value: &Value) -> Result<(), StoreError> {
+        self.0
+            .set(key, value.clone())
+            .map_err(|e| StoreError::Other(e.message))
+    }
+
+    fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.0.remove(key).map_err(|e| StoreError::Other(e.message))
+    }
+}
+
 /// The app's persistent data, typed.
 #[derive(Clone)]
 pub struct AppStore {
@@ -90,9 +111,14 @@ impl AppStore {
         AppStore { kv }
     }
 
-    /// The raw key-value store (the presence helper keeps your state in it).
+    /// The raw key-value store.
     pub fn key_value(&self) -> Arc<dyn KeyValue> {
         self.kv.clone()
+    }
+
+    /// The store as the presence helper uses it, to save your state per room.
+    pub fn presence_store(&self) -> Arc<dyn StateStore> {
+        Arc::new(PresenceStore(self.kv.clone()))
     }
 
     /// This installation's user id: read from the store, or created and saved

@@ -194,6 +194,36 @@ fn connect_publish_clear_and_read_reach_a_real_server() {
 }
 
 #[test]
+fn a_short_lived_status_is_cleared_when_it_runs_out() {
+    let h = Harness::new(free_port());
+    let server = h.server();
+    h.use_server(&server.url());
+    h.invoke("connect", json!({})).unwrap();
+    let (peer, mut stream) = h.rt.block_on(async {
+        let peer = MeshClient::connect(&server.url(), ClientOptions::default())
+            .await
+            .unwrap();
+        let (_, stream) = peer.subscribe_presence("general").await.unwrap();
+        (peer, stream)
+    });
+    h.invoke(
+        "publish",
+        json!({"state": {"username": "Ada", "status": "brb"}, "expireAfter": 300}),
+    )
+    .unwrap();
+    h.rt.block_on(next_state(&mut stream, |s| s["status"] == "brb"));
+    // The app clears the status itself; the name (and so the row) stays.
+    let cleared = h.rt.block_on(next_state(&mut stream, |s| s["status"] == ""));
+    assert_eq!(cleared["username"], "Ada");
+    assert!(cleared.get("expiresAt").is_none());
+    assert_eq!(h.invoke("read", json!({})).unwrap()["status"], "");
+    h.rt.block_on(async {
+        peer.close().await;
+        server.shutdown().await;
+    });
+}
+
+#[test]
 fn publish_refuses_bad_input() {
     let h = Harness::new(free_port());
     let server = h.server();
