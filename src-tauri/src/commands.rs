@@ -103,7 +103,9 @@ pub async fn publish<R: Runtime>(
             )));
         }
     }
-    let session = app_state.session(window.label()).ok_or_else(AppError::not_connected)?;
+    let session = app_state
+        .session(window.label())
+        .ok_or_else(AppError::not_connected)?;
     let published = session.publish(&username, &status, expire_after).await?;
     let mut settings = app_state.store().settings();
     if settings.display_name != username {
@@ -119,7 +121,9 @@ pub async fn clear<R: Runtime>(
     window: WebviewWindow<R>,
     app_state: State<'_, AppState>,
 ) -> Result<Value, AppError> {
-    let session = app_state.session(window.label()).ok_or_else(AppError::not_connected)?;
+    let session = app_state
+        .session(window.label())
+        .ok_or_else(AppError::not_connected)?;
     let name = app_state.store().settings().display_name;
     session.publish(&name, "", None).await
 }
@@ -133,7 +137,10 @@ pub fn read(app_state: State<'_, AppState>) -> Option<Value> {
 
 /// This window's connection status.
 #[tauri::command]
-pub fn status<R: Runtime>(window: WebviewWindow<R>, app_state: State<'_, AppState>) -> StatusPayload {
+pub fn status<R: Runtime>(
+    window: WebviewWindow<R>,
+    app_state: State<'_, AppState>,
+) -> StatusPayload {
     app_state.status(window.label())
 }
 

@@ -50,7 +50,12 @@ impl StatusPayload {
 
 /// Sends `payload` as `event` to the window labelled `label`. A window that
 /// closed meanwhile is not an error worth reporting.
-pub fn emit<R: Runtime, S: Serialize + Clone>(app: &AppHandle<R>, label: &str, event: &str, payload: S) {
+pub fn emit<R: Runtime, S: Serialize + Clone>(
+    app: &AppHandle<R>,
+    label: &str,
+    event: &str,
+    payload: S,
+) {
     if let Err(e) = app.emit_to(EventTarget::webview_window(label), event, payload) {
         tracing::debug!(label, event, error = %e, "event not delivered");
     }

@@ -78,13 +78,17 @@ mod tests {
     #[test]
     fn first_run_publishes_name_and_empty_status() {
         let (state, expiry) = restore(None, "u1", "Ada", 0);
-        assert_eq!(state, json!({"userId": "u1", "username": "Ada", "status": ""}));
+        assert_eq!(
+            state,
+            json!({"userId": "u1", "username": "Ada", "status": ""})
+        );
         assert_eq!(expiry, None);
     }
 
     #[test]
     fn saved_state_is_restored_with_our_user_id() {
-        let saved = json!({"userId": "someone-else", "username": "Ada L.", "status": "writing", "mood": 3});
+        let saved =
+            json!({"userId": "someone-else", "username": "Ada L.", "status": "writing", "mood": 3});
         let (state, expiry) = restore(Some(saved), "u1", "Ada", 0);
         assert_eq!(
             state,

@@ -10,9 +10,9 @@ use std::time::Duration;
 use mesh_client::presence::{GroupKey, Presence, User};
 use mesh_client::{ClientEvent, ClientOptions, MeshClient, Status};
 use serde_json::Value;
+use tauri::async_runtime::JoinHandle;
 use tauri::{AppHandle, Runtime};
 use tokio::sync::{broadcast, Notify};
-use tauri::async_runtime::JoinHandle;
 
 use crate::error::AppError;
 use crate::events::{self, StatusPayload};
@@ -90,7 +90,12 @@ impl Session {
 
         let resync = Arc::new(Notify::new());
         let tasks = vec![
-            tauri::async_runtime::spawn(forward_status(app.clone(), label.clone(), client.clone(), target.clone())),
+            tauri::async_runtime::spawn(forward_status(
+                app.clone(),
+                label.clone(),
+                client.clone(),
+                target.clone(),
+            )),
             tauri::async_runtime::spawn(forward_users(
                 app,
                 label,
@@ -153,7 +158,11 @@ impl Session {
 
     /// Publishes (and saves) `state`; a short-lived one gets a timer that
     /// clears its status when it runs out, so you keep your row and name.
-    async fn publish_state(&self, state: Value, expire_after_ms: Option<u64>) -> Result<(), AppError> {
+    async fn publish_state(
+        &self,
+        state: Value,
+        expire_after_ms: Option<u64>,
+    ) -> Result<(), AppError> {
         let timer = expire_after_ms.map(|ms| {
             let presence = self.presence.clone();
             let state = state.clone();
@@ -169,7 +178,12 @@ impl Session {
                 }
             })
         });
-        if let Some(old) = self.expiry.lock().ok().and_then(|mut t| std::mem::replace(&mut *t, timer)) {
+        if let Some(old) = self
+            .expiry
+            .lock()
+            .ok()
+            .and_then(|mut t| std::mem::replace(&mut *t, timer))
+        {
             old.abort();
         }
         self.presence
@@ -215,12 +229,22 @@ fn status_payload(client: &MeshClient, target: &Target, latency_ms: Option<u64>)
 }
 
 /// Sends `mesh://status` whenever the status changes or a latency arrives.
-async fn forward_status<R: Runtime>(app: AppHandle<R>, label: String, client: MeshClient, target: Target) {
+async fn forward_status<R: Runtime>(
+    app: AppHandle<R>,
+    label: String,
+    client: MeshClient,
+    target: Target,
+) {
     let mut status = client.status();
     let mut client_events = client.events();
     let mut latency = None;
     loop {
-        events::emit(&app, &label, events::STATUS, status_payload(&client, &target, latency));
+        events::emit(
+            &app,
+            &label,
+            events::STATUS,
+            status_payload(&client, &target, latency),
+        );
         tokio::select! {
             changed = status.changed() => {
                 if changed.is_err() {
@@ -248,7 +272,11 @@ async fn forward_users<R: Runtime>(
     let mut users = presence.users();
     let mut differ = ListDiffer::new();
     loop {
-        let rows: Vec<UserRow> = users.borrow_and_update().iter().map(|u| row(u, &me)).collect();
+        let rows: Vec<UserRow> = users
+            .borrow_and_update()
+            .iter()
+            .map(|u| row(u, &me))
+            .collect();
         if let Some(event) = differ.diff(&room, rows) {
             events::emit(&app, &label, events::USERS, event);
         }
@@ -265,5 +293,11 @@ async fn forward_users<R: Runtime>(
 }
 
 fn row(user: &User, me: &str) -> UserRow {
-    UserRow::new(&user.id, user.state.as_deref(), user.tab_count, user.timestamp, me)
+    UserRow::new(
+        &user.id,
+        user.state.as_deref(),
+        user.tab_count,
+        user.timestamp,
+        me,
+    )
 }

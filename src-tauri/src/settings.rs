@@ -87,7 +87,9 @@ pub fn validate_name(name: &str) -> Result<String, AppError> {
         )));
     }
     if name.chars().any(char::is_control) {
-        return Err(AppError::invalid("Name must not contain control characters"));
+        return Err(AppError::invalid(
+            "Name must not contain control characters",
+        ));
     }
     Ok(name.to_string())
 }
@@ -101,7 +103,9 @@ pub fn validate_status(status: &str) -> Result<String, AppError> {
         )));
     }
     if status.chars().any(char::is_control) {
-        return Err(AppError::invalid("Status must not contain control characters"));
+        return Err(AppError::invalid(
+            "Status must not contain control characters",
+        ));
     }
     Ok(status.to_string())
 }
@@ -127,7 +131,10 @@ mod tests {
     #[test]
     fn websocket_urls_are_accepted_and_empty_means_embedded() {
         assert_eq!(
-            with_url(" ws://127.0.0.1:3000 ").validate().unwrap().server_url,
+            with_url(" ws://127.0.0.1:3000 ")
+                .validate()
+                .unwrap()
+                .server_url,
             Some("ws://127.0.0.1:3000".into())
         );
         assert!(with_url("wss://mesh.example.com/socket").validate().is_ok());
@@ -150,7 +157,11 @@ mod tests {
             room: "  ".into(),
             ..Settings::default()
         };
-        assert!(empty_room.validate().unwrap_err().message.starts_with("Room"));
+        assert!(empty_room
+            .validate()
+            .unwrap_err()
+            .message
+            .starts_with("Room"));
         let long_name = Settings {
             display_name: "x".repeat(MAX_NAME_CHARS + 1),
             ..Settings::default()
@@ -163,7 +174,8 @@ mod tests {
 
     #[test]
     fn stored_settings_with_missing_fields_still_load() {
-        let s: Settings = serde_json::from_value(serde_json::json!({"displayName": "Ada"})).unwrap();
+        let s: Settings =
+            serde_json::from_value(serde_json::json!({"displayName": "Ada"})).unwrap();
         assert_eq!(s.room, "general");
         assert_eq!(s.server_url, None);
     }

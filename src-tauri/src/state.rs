@@ -112,7 +112,8 @@ impl AppState {
         let result = self.connect_locked(app, label, force, &settings).await;
         if let Err(e) = &result {
             let url = settings.server_url.clone().unwrap_or_default();
-            let offline = StatusPayload::offline(&url, settings.server_url.is_none(), &settings.room);
+            let offline =
+                StatusPayload::offline(&url, settings.server_url.is_none(), &settings.room);
             events::emit(app, label, events::STATUS, offline);
             events::emit(app, label, events::ERROR, e.clone());
         }

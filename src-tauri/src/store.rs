@@ -199,7 +199,8 @@ mod tests {
         };
         s.save_settings(&custom).unwrap();
         assert_eq!(s.settings(), custom);
-        s.kv.set(SETTINGS_KEY, json!({"serverUrl": "ftp://x", "room": "r"})).unwrap();
+        s.kv.set(SETTINGS_KEY, json!({"serverUrl": "ftp://x", "room": "r"}))
+            .unwrap();
         assert_eq!(s.settings(), Settings::default());
         s.kv.set(SETTINGS_KEY, json!("garbage")).unwrap();
         assert_eq!(s.settings(), Settings::default());
@@ -208,8 +209,10 @@ mod tests {
     #[test]
     fn last_state_is_per_room_and_only_objects_count() {
         let s = store();
-        s.kv.set(&state_key("general"), json!({"status": "here"})).unwrap();
-        s.kv.set(&state_key("other"), json!("not an object")).unwrap();
+        s.kv.set(&state_key("general"), json!({"status": "here"}))
+            .unwrap();
+        s.kv.set(&state_key("other"), json!("not an object"))
+            .unwrap();
         assert_eq!(s.last_state("general"), Some(json!({"status": "here"})));
         assert_eq!(s.last_state("other"), None);
         assert_eq!(s.last_state("nowhere"), None);

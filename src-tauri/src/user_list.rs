@@ -33,7 +33,13 @@ pub struct UserRow {
 
 impl UserRow {
     /// Builds a row from a user's id, latest state and connection count.
-    pub fn new(id: &str, state: Option<&Value>, tab_count: usize, timestamp: u64, me: &str) -> Self {
+    pub fn new(
+        id: &str,
+        state: Option<&Value>,
+        tab_count: usize,
+        timestamp: u64,
+        me: &str,
+    ) -> Self {
         let text = |key: &str| {
             state
                 .and_then(|s| s.get(key))
@@ -45,7 +51,9 @@ impl UserRow {
             id: id.to_string(),
             username: text("username"),
             status: text("status"),
-            expires_at: state.and_then(|s| s.get("expiresAt")).and_then(Value::as_u64),
+            expires_at: state
+                .and_then(|s| s.get("expiresAt"))
+                .and_then(Value::as_u64),
             tab_count,
             you: id == me,
             timestamp,
@@ -130,7 +138,13 @@ mod tests {
     use serde_json::json;
 
     fn row(id: &str, status: &str, tabs: usize) -> UserRow {
-        UserRow::new(id, Some(&json!({"userId": id, "username": id, "status": status})), tabs, 1, "me")
+        UserRow::new(
+            id,
+            Some(&json!({"userId": id, "username": id, "status": status})),
+            tabs,
+            1,
+            "me",
+        )
     }
 
     #[test]
@@ -145,21 +159,34 @@ mod tests {
         assert_eq!(bare.username, "");
         assert!(!bare.you);
         // A peer's odd state shape is shown as empty fields, never an error.
-        let odd = UserRow::new("x", Some(&json!({"username": 5, "status": ["a"]})), 1, 0, "me");
+        let odd = UserRow::new(
+            "x",
+            Some(&json!({"username": 5, "status": ["a"]})),
+            1,
+            0,
+            "me",
+        );
         assert_eq!((odd.username.as_str(), odd.status.as_str()), ("", ""));
     }
 
     #[test]
     fn first_diff_is_full_then_only_changes_are_sent() {
         let mut d = ListDiffer::new();
-        let first = d.diff("general", vec![row("a", "", 1), row("b", "", 1)]).unwrap();
+        let first = d
+            .diff("general", vec![row("a", "", 1), row("b", "", 1)])
+            .unwrap();
         assert!(first.full);
         assert_eq!(first.upsert.len(), 2);
         assert_eq!(first.count, 2);
 
-        assert_eq!(d.diff("general", vec![row("a", "", 1), row("b", "", 1)]), None);
+        assert_eq!(
+            d.diff("general", vec![row("a", "", 1), row("b", "", 1)]),
+            None
+        );
 
-        let change = d.diff("general", vec![row("a", "away", 1), row("c", "", 1)]).unwrap();
+        let change = d
+            .diff("general", vec![row("a", "away", 1), row("c", "", 1)])
+            .unwrap();
         assert!(!change.full);
         let ids: Vec<_> = change.upsert.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);

@@ -11,7 +11,9 @@ use mesh_presence_app::store::{AppStore, MemoryKeyValue};
 use mesh_server::{RunningServer, Server, TrackOptions};
 use serde_json::{json, Value};
 use tauri::ipc::{CallbackFn, InvokeBody};
-use tauri::test::{get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY};
+use tauri::test::{
+    get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY,
+};
 use tauri::webview::InvokeRequest;
 use tauri::{App, Manager, WebviewWindow, WebviewWindowBuilder};
 
@@ -105,14 +107,23 @@ fn settings_start_with_defaults_and_refuse_bad_urls() {
         )
         .unwrap_err();
     assert_eq!(err["code"], "EINVALID");
-    assert!(err["message"].as_str().unwrap().contains("ws:// or wss://"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("ws:// or wss://"),
+        "{err}"
+    );
     // Nothing was saved.
-    assert_eq!(h.invoke("get_settings", json!({})).unwrap()["serverUrl"], Value::Null);
+    assert_eq!(
+        h.invoke("get_settings", json!({})).unwrap()["serverUrl"],
+        Value::Null
+    );
 
     let err = h
         .invoke("set_settings", json!({"settings": {"room": ""}}))
         .unwrap_err();
-    assert!(err["message"].as_str().unwrap().starts_with("Room"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().starts_with("Room"),
+        "{err}"
+    );
 
     // A wrong payload shape is refused by the IPC layer, not a panic.
     assert!(h.invoke("set_settings", json!({"settings": 5})).is_err());
@@ -133,10 +144,16 @@ fn settings_start_with_defaults_and_refuse_bad_urls() {
 fn commands_before_connecting_say_so() {
     let h = Harness::new(free_port());
     let err = h
-        .invoke("publish", json!({"state": {"username": "Ada", "status": "x"}}))
+        .invoke(
+            "publish",
+            json!({"state": {"username": "Ada", "status": "x"}}),
+        )
         .unwrap_err();
     assert_eq!(err["code"], "EOFFLINE");
-    assert_eq!(h.invoke("clear", json!({})).unwrap_err()["code"], "EOFFLINE");
+    assert_eq!(
+        h.invoke("clear", json!({})).unwrap_err()["code"],
+        "EOFFLINE"
+    );
     assert_eq!(h.invoke("status", json!({})).unwrap()["status"], "offline");
     assert_eq!(h.invoke("read", json!({})).unwrap(), Value::Null);
 }
@@ -171,9 +188,13 @@ fn connect_publish_clear_and_read_reach_a_real_server() {
             json!({"state": {"username": "Ada", "status": "reviewing"}, "expireAfter": 60000}),
         )
         .unwrap();
-    assert_eq!(published["userId"], me, "the app sets the user id, not the page");
+    assert_eq!(
+        published["userId"], me,
+        "the app sets the user id, not the page"
+    );
     assert!(published["expiresAt"].as_u64().is_some());
-    let seen = h.rt.block_on(next_state(&mut stream, |s| s["status"] == "reviewing"));
+    let seen =
+        h.rt.block_on(next_state(&mut stream, |s| s["status"] == "reviewing"));
     assert_eq!(seen["userId"], me);
 
     assert_eq!(h.invoke("read", json!({})).unwrap()["status"], "reviewing");
@@ -181,7 +202,9 @@ fn connect_publish_clear_and_read_reach_a_real_server() {
     let cleared = h.invoke("clear", json!({})).unwrap();
     assert_eq!(cleared["status"], "");
     assert_eq!(cleared["username"], "Ada", "clear keeps the name");
-    h.rt.block_on(next_state(&mut stream, |s| s["status"] == "" && s["userId"] == me));
+    h.rt.block_on(next_state(&mut stream, |s| {
+        s["status"] == "" && s["userId"] == me
+    }));
 
     // Connecting again to the same place keeps the connection.
     let again = h.invoke("connect", json!({})).unwrap();
@@ -213,7 +236,8 @@ fn a_short_lived_status_is_cleared_when_it_runs_out() {
     .unwrap();
     h.rt.block_on(next_state(&mut stream, |s| s["status"] == "brb"));
     // The app clears the status itself; the name (and so the row) stays.
-    let cleared = h.rt.block_on(next_state(&mut stream, |s| s["status"] == ""));
+    let cleared =
+        h.rt.block_on(next_state(&mut stream, |s| s["status"] == ""));
     assert_eq!(cleared["username"], "Ada");
     assert!(cleared.get("expiresAt").is_none());
     assert_eq!(h.invoke("read", json!({})).unwrap()["status"], "");
@@ -231,7 +255,10 @@ fn publish_refuses_bad_input() {
     h.invoke("connect", json!({})).unwrap();
     let long = "x".repeat(500);
     let err = h
-        .invoke("publish", json!({"state": {"username": "Ada", "status": long}}))
+        .invoke(
+            "publish",
+            json!({"state": {"username": "Ada", "status": long}}),
+        )
         .unwrap_err();
     assert_eq!(err["code"], "EINVALID");
     let err = h
@@ -241,7 +268,9 @@ fn publish_refuses_bad_input() {
         )
         .unwrap_err();
     assert_eq!(err["code"], "EINVALID");
-    assert!(h.invoke("publish", json!({"state": "not an object"})).is_err());
+    assert!(h
+        .invoke("publish", json!({"state": "not an object"}))
+        .is_err());
     h.rt.block_on(server.shutdown());
 }
 
@@ -271,17 +300,23 @@ fn embedded_server_takes_the_next_port_when_the_first_is_busy() {
     drop(busy);
 }
 
-async fn next_state(stream: &mut mesh_client::PresenceStream, check: impl Fn(&Value) -> bool) -> Value {
-    let wait = async {
-        loop {
-            match stream.recv().await {
-                Some(PresenceEvent::Update(PresenceUpdate::State { state: Some(s), .. })) if check(&s) => {
-                    return s
+async fn next_state(
+    stream: &mut mesh_client::PresenceStream,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let wait =
+        async {
+            loop {
+                match stream.recv().await {
+                    Some(PresenceEvent::Update(PresenceUpdate::State {
+                        state: Some(s), ..
+                    })) if check(&s) => return s,
+                    Some(_) => {}
+                    None => panic!("presence stream ended"),
                 }
-                Some(_) => {}
-                None => panic!("presence stream ended"),
             }
-        }
-    };
-    tokio::time::timeout(WAIT, wait).await.expect("state update in time")
+        };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("state update in time")
 }

@@ -150,7 +150,8 @@ pub struct Row {
     pub expiry: String,
 }
 
-const ROWS_JS: &str = "return Array.from(document.querySelectorAll('.user-row:not([hidden])')).map(r => ({
+const ROWS_JS: &str =
+    "return Array.from(document.querySelectorAll('.user-row:not([hidden])')).map(r => ({
   id: r.dataset.userId, name: r.querySelector('.name').textContent,
   status: r.querySelector('.user-status').textContent, tabs: r.querySelector('.tabs').textContent,
   you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent }))";
@@ -173,7 +174,9 @@ impl App {
         let el = self.find(css)?;
         self.session.clear(&el).map_err(|e| e.to_string())?;
         if !text.is_empty() {
-            self.session.type_text(&el, text).map_err(|e| e.to_string())?;
+            self.session
+                .type_text(&el, text)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -192,7 +195,9 @@ impl App {
 
     /// The text of `css`.
     pub fn text(&self, css: &str) -> Result<String, String> {
-        let v = self.js(&format!("return document.querySelector({css:?}).textContent"))?;
+        let v = self.js(&format!(
+            "return document.querySelector({css:?}).textContent"
+        ))?;
         Ok(v.as_str().unwrap_or_default().trim().to_string())
     }
 
@@ -232,7 +237,11 @@ impl App {
     }
 
     /// Waits until the rendered rows satisfy `check`, and returns them.
-    pub fn wait_rows(&self, what: &str, check: impl Fn(&[Row]) -> bool) -> Result<Vec<Row>, String> {
+    pub fn wait_rows(
+        &self,
+        what: &str,
+        check: impl Fn(&[Row]) -> bool,
+    ) -> Result<Vec<Row>, String> {
         wait_for(what, UI_TIMEOUT, || {
             let rows = self.rows()?;
             if check(&rows) {

@@ -34,7 +34,9 @@ pub fn wait_for<T>(
             Err(e) => last = e,
         }
         if Instant::now() >= deadline {
-            return Err(format!("timed out after {timeout:?} waiting for {what}; last: {last}"));
+            return Err(format!(
+                "timed out after {timeout:?} waiting for {what}; last: {last}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -119,7 +119,11 @@ impl Session {
     pub fn window_handles(&self) -> Result<Vec<String>, WebDriverError> {
         let v = self.get("/window/handles")?;
         Ok(v.as_array()
-            .map(|a| a.iter().filter_map(|h| h.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| h.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

@@ -50,7 +50,10 @@ impl Peer {
         let client = MeshClient::connect(url, ClientOptions::default())
             .await
             .expect("peer connects");
-        let (reply, stream) = client.subscribe_presence(ROOM).await.expect("peer subscribes");
+        let (reply, stream) = client
+            .subscribe_presence(ROOM)
+            .await
+            .expect("peer subscribes");
         assert!(reply.success, "room {ROOM} is tracked");
         client.join_room(ROOM).await.expect("peer joins");
         assert!(client
@@ -74,9 +77,9 @@ impl Peer {
         let wait = async {
             loop {
                 match self.stream.recv().await {
-                    Some(PresenceEvent::Update(PresenceUpdate::State { state: Some(s), .. }))
-                        if check(&s) =>
-                    {
+                    Some(PresenceEvent::Update(PresenceUpdate::State {
+                        state: Some(s), ..
+                    })) if check(&s) => {
                         return s;
                     }
                     Some(PresenceEvent::Resync { states, .. }) => {
@@ -123,7 +126,8 @@ fn another_user_appears_and_sees_my_status() {
     let driver = Driver::start(data.path(), &out).unwrap();
     let app = driver.launch().unwrap();
     app.wait_connection("online").unwrap();
-    app.wait_rows("my own row", |rows| rows.iter().any(|r| r.you)).unwrap();
+    app.wait_rows("my own row", |rows| rows.iter().any(|r| r.you))
+        .unwrap();
     let url = app.server_url().unwrap();
 
     let rt = runtime();
@@ -133,7 +137,8 @@ fn another_user_appears_and_sees_my_status() {
     ));
     let rows = app
         .wait_rows("Bob with his status", |rows| {
-            rows.iter().any(|r| r.name == "Bob" && r.status == "reviewing" && !r.you)
+            rows.iter()
+                .any(|r| r.name == "Bob" && r.status == "reviewing" && !r.you)
         })
         .unwrap();
     assert_eq!(rows.len(), 2);
@@ -149,18 +154,21 @@ fn another_user_appears_and_sees_my_status() {
     assert_eq!(seen["username"], "Ada");
     assert!(seen["userId"].as_str().unwrap().starts_with("user-"));
     app.wait_rows("my new status in my window", |rows| {
-        rows.iter().any(|r| r.you && r.name == "Ada" && r.status == "typing in the window")
+        rows.iter()
+            .any(|r| r.you && r.name == "Ada" && r.status == "typing in the window")
     })
     .unwrap();
     app.screenshot("02-status-sent").unwrap();
 
     // A short-lived status shows its remaining time.
-    app.js("document.getElementById('expire').value = '30000'").unwrap();
+    app.js("document.getElementById('expire').value = '30000'")
+        .unwrap();
     app.fill("#status", "back in 30").unwrap();
     app.click("#update").unwrap();
     let rows = app
         .wait_rows("a countdown on my row", |rows| {
-            rows.iter().any(|r| r.you && r.status == "back in 30" && r.expiry.ends_with("s left"))
+            rows.iter()
+                .any(|r| r.you && r.status == "back in 30" && r.expiry.ends_with("s left"))
         })
         .unwrap();
     assert!(rows.iter().any(|r| r.you));
@@ -168,7 +176,8 @@ fn another_user_appears_and_sees_my_status() {
 
     // Bob leaves: his row goes.
     rt.block_on(bob.client.close());
-    app.wait_rows("Bob gone", |rows| rows.len() == 1 && rows[0].you).unwrap();
+    app.wait_rows("Bob gone", |rows| rows.len() == 1 && rows[0].you)
+        .unwrap();
     app.screenshot("04-bob-left").unwrap();
     app.quit().unwrap();
 }
@@ -226,11 +235,15 @@ fn external_server_restart_reconnects_and_restores() {
     })
     .unwrap();
     // The restored state reached the new server, not just my window.
-    let mut peer = rt.block_on(Peer::join(&url, json!({"userId": "carol", "username": "Carol"})));
+    let mut peer = rt.block_on(Peer::join(
+        &url,
+        json!({"userId": "carol", "username": "Carol"}),
+    ));
     rt.block_on(peer.wait_state("my state on the restarted server", |s| {
         s["status"] == "before the restart"
     }));
-    app.wait_rows("Carol and me", |rows| rows.len() == 2).unwrap();
+    app.wait_rows("Carol and me", |rows| rows.len() == 2)
+        .unwrap();
     app.screenshot("04-restored").unwrap();
     app.quit().unwrap();
     rt.block_on(server.shutdown());
@@ -249,7 +262,8 @@ fn restart_restores_name_and_status() {
     app.click("#update").unwrap();
     let before = app
         .wait_rows("my name and status", |rows| {
-            rows.iter().any(|r| r.you && r.name == "Grace" && r.status == "compiling")
+            rows.iter()
+                .any(|r| r.you && r.name == "Grace" && r.status == "compiling")
         })
         .unwrap();
     app.screenshot("01-before-restart").unwrap();
@@ -259,7 +273,8 @@ fn restart_restores_name_and_status() {
     app.wait_connection("online").unwrap();
     let after = app
         .wait_rows("my name and status after the restart", |rows| {
-            rows.iter().any(|r| r.you && r.name == "Grace" && r.status == "compiling")
+            rows.iter()
+                .any(|r| r.you && r.name == "Grace" && r.status == "compiling")
         })
         .unwrap();
     assert_eq!(after[0].id, before[0].id, "same user id after a restart");

@@ -143,14 +143,18 @@ async fn main() {
     println!("{users} users connected in {} ms", t.elapsed().as_millis());
     let want = (users + 1).to_string();
     tokio::task::block_in_place(|| {
-        wait_for("the full room in the list", Duration::from_secs(120), || {
-            let n = app.text("#count")?;
-            if n == want {
-                Ok(Some(()))
-            } else {
-                Err(format!("count {n}"))
-            }
-        })
+        wait_for(
+            "the full room in the list",
+            Duration::from_secs(120),
+            || {
+                let n = app.text("#count")?;
+                if n == want {
+                    Ok(Some(()))
+                } else {
+                    Err(format!("count {n}"))
+                }
+            },
+        )
     })
     .expect("full list");
     let (app_rss, web_rss) = rss_kb(&binary.display().to_string());
