@@ -26,6 +26,7 @@ class UserList {
     this.rendered = new Map(); // id -> element currently showing that user
     this.pool = []; // detached-from-a-user elements ready for reuse
     this.frameRequested = false;
+    this.firstShown = false;
     this.onCount = () => {};
     container.addEventListener("scroll", () => this.schedule(), { passive: true });
     window.addEventListener("resize", () => this.schedule());
@@ -106,6 +107,11 @@ class UserList {
     }
     this.dirty.clear();
     this.needsSort = false;
+    if (!this.firstShown && this.order.length > 0) {
+      // Lets tools measure start-up: process start to the first list on screen.
+      this.firstShown = true;
+      performance.mark("mesh:first-list");
+    }
   }
 
   /** Refreshes the countdown of visible short-lived states. */
