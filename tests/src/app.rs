@@ -110,20 +110,73 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Everything this driver started (WebKitWebDriver, the app, its web
+        // processes), found before stopping it orphans them.
+        let started = descendants(self.child.id());
         // SIGTERM lets tauri-driver stop the WebKitWebDriver it started.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        terminate(self.child.id());
+        let mut exited = false;
         for _ in 0..100 {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // An app whose session did not end cleanly (a failed test, a second
+        // window still open) would outlive the driver: stop it too.
+        for pid in started {
+            terminate(pid);
+        }
     }
+}
+
+fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The processes below `root`, from the parent ids in /proc.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // The parent id is the second field after the ")" ending the name.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// A running app, seen through its main window.
