@@ -35,3 +35,6 @@ echo "redis-server on port $REDIS_PORT"
 
 echo "== cargo test"
 cargo test --workspace
+
+echo "== end-to-end: the app in its real window (Xvfb + tauri-driver)"
+bash scripts/e2e.sh
