@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{Barrier, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -240,13 +240,9 @@ impl<'de> Deserialize<'de> for IncomingPayload {
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     match key.as_ref() {
                         "type" => out.kind = map.next_value()?,
-                        // Other clients' states, or `null`, are not ours.
-                        "state" => {
-                            out.state = map
-                                .next_value::<serde_json::Value>()
-                                .ok()
-                                .and_then(|v| serde_json::from_value(v).ok())
-                        }
+                        // `null` (cleared) reads as no state; the room is
+                        // the benchmark's own, so any other state is ours.
+                        "state" => out.state = map.next_value()?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -316,13 +312,13 @@ impl Client {
         }
     }
 
-    async fn recv_text(&mut self) -> Result<String, BoxError> {
+    async fn recv_text(&mut self) -> Result<Utf8Bytes, BoxError> {
         loop {
             match tokio::time::timeout(PHASE_TIMEOUT, self.rx.next()).await {
                 Err(_) => return Err("timed out waiting for the server".into()),
                 Ok(None) => return Err("server closed the connection".into()),
                 Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(Some(Ok(Message::Text(text)))) => return Ok(text.to_string()),
+                Ok(Some(Ok(Message::Text(text)))) => return Ok(text),
                 Ok(Some(Ok(_))) => continue,
             }
         }

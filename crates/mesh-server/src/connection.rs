@@ -130,7 +130,7 @@ pub(crate) async fn serve(
         Some(shared.ws_config),
     )
     .await;
-    Connection::new(id, server.clone())
+    Connection::new(id, server.clone(), shutdown.clone())
         .run(socket, peer, shutdown)
         .await;
 }
@@ -185,6 +185,8 @@ pub(crate) struct Connection {
     bad_frames: u32,
     bad_window_start: Instant,
     requests: RateLimiter,
+    /// Lets long-running custom handlers give way to a shutdown.
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 /// A token bucket: `rate` requests per second, bursts up to `rate`.
@@ -222,7 +224,7 @@ impl RateLimiter {
 }
 
 impl Connection {
-    fn new(id: String, server: ServerHandle) -> Self {
+    fn new(id: String, server: ServerHandle, shutdown: watch::Receiver<bool>) -> Self {
         let limits = &server.shared.config.limits;
         let (outbox, rx) = Outbox::new(limits.max_queued_bytes);
         let requests = RateLimiter::new(limits.max_requests_per_second, Instant::now());
@@ -238,6 +240,7 @@ impl Connection {
             latency_sent: None,
             bad_frames: 0,
             bad_window_start: now,
+            shutdown,
             requests,
         }
     }
