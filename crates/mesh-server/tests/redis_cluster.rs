@@ -6,7 +6,7 @@
 mod common;
 
 use common::redis::{self as test_redis, RedisServer};
-use common::{assert_update, Peer, WAIT};
+use common::{assert_update, error_code, Peer, WAIT};
 use mesh_protocol::{command, PresenceUpdate};
 use mesh_server::{RedisBackend, RunningServer, Server, TrackOptions};
 use serde_json::json;
@@ -319,10 +319,13 @@ async fn presence_recovers_after_redis_restarts() {
     let seen_one = *backend_one.resyncs().borrow();
     let seen_two = *backend_two.resyncs().borrow();
 
-    // Redis dies. Local connections stay open and answer.
+    // Redis dies. Local connections stay open and answer; what needs
+    // Redis gets a clear error, not a hang or a closed socket.
     redis_server.stop();
     a.sync().await;
     b.sync().await;
+    let reply = a.join("elsewhere").await;
+    assert_eq!(error_code(&reply).as_deref(), Some("ESERVER"), "{reply}");
     // `c` leaves while Redis is away; its instance must tell the others
     // once Redis is back.
     let c_id = c.id.clone();
