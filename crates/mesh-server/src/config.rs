@@ -5,8 +5,10 @@ use std::time::Duration;
 /// Bounds that protect the server from a single connection.
 ///
 /// Going over one gets the request a clear error (or, for the last two,
-/// closes that connection) and disturbs nothing else.
+/// closes that connection) and disturbs nothing else. Start from
+/// `Limits::default()` and change fields; more limits may be added.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest frame accepted, in bytes; a larger request is answered with
     /// `ETOOLARGE`. Frames over four times this close the connection (1009).
@@ -21,6 +23,10 @@ pub struct Limits {
     /// Frames that are not a Mesh envelope tolerated per minute; past that
     /// the connection is closed with 1008.
     pub max_bad_frames: u32,
+    /// Requests one connection may make per second (bursts up to this many
+    /// are fine); past it they are answered with `ERATELIMIT`. 0 (the
+    /// default) means unlimited.
+    pub max_requests_per_second: u32,
     /// Time allowed for the HTTP handshake.
     pub handshake_timeout: Duration,
 }
@@ -33,6 +39,7 @@ impl Default for Limits {
             max_rooms_per_connection: mesh_protocol::DEFAULT_MAX_ROOMS_PER_CONNECTION,
             max_queued_bytes: 1024 * 1024,
             max_bad_frames: 100,
+            max_requests_per_second: 0,
             handshake_timeout: Duration::from_secs(10),
         }
     }

@@ -124,7 +124,7 @@ pub(crate) async fn serve(
         Some(shared.ws_config),
     )
     .await;
-    Connection::new(id, server.clone())
+    Connection::new(id, server.clone(), shutdown.clone())
         .run(socket, peer, shutdown)
         .await;
 }
@@ -147,7 +147,7 @@ enum Ending {
 }
 
 impl Ending {
-    /// The close frame to send, if any is worth sending.
+    /// The close frame to send; `None` answers the peer's own close.
     fn close_frame(self) -> Option<CloseFrame> {
         let (code, reason) = match self {
             Ending::PeerGone | Ending::SlowConsumer => return None,
@@ -178,11 +178,50 @@ pub(crate) struct Connection {
     latency_sent: Option<Instant>,
     bad_frames: u32,
     bad_window_start: Instant,
+    requests: RateLimiter,
+    /// Lets long-running custom handlers give way to a shutdown.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// A token bucket: `rate` requests per second, bursts up to `rate`.
+struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `rate` requests per second; 0 allows everything.
+    fn new(rate: u32, now: Instant) -> Self {
+        RateLimiter {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            refilled: now,
+        }
+    }
+
+    /// Takes one token; `false` when the bucket is empty.
+    fn allow(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Connection {
-    fn new(id: String, server: ServerHandle) -> Self {
-        let (outbox, rx) = Outbox::new(server.shared.config.limits.max_queued_bytes);
+    fn new(id: String, server: ServerHandle, shutdown: watch::Receiver<bool>) -> Self {
+        let limits = &server.shared.config.limits;
+        let (outbox, rx) = Outbox::new(limits.max_queued_bytes);
+        let requests = RateLimiter::new(limits.max_requests_per_second, Instant::now());
         let now = Instant::now();
         Connection {
             alive_until: now + server.shared.config.liveness_window(),
@@ -195,6 +234,8 @@ impl Connection {
             latency_sent: None,
             bad_frames: 0,
             bad_window_start: now,
+            shutdown,
+            requests,
         }
     }
 
@@ -218,18 +259,17 @@ impl Connection {
             tracing::info!(id = %self.id, %peer, ?ending, "connection closed by server");
         }
 
-        // Stop receiving pushes first, so the writer can finish once our own
-        // outbox handle is gone.
+        // Stop receiving pushes, then end the writer: a slow consumer's
+        // writer may be stuck on a full socket, so it is stopped outright;
+        // otherwise the close frame is the last message it sends.
         for room in &self.subscriptions {
             shared.subscribers.remove(room, &self.id);
         }
         if ending == Ending::SlowConsumer {
             writer.abort();
-        } else if let Some(frame) = ending.close_frame() {
-            self.outbox.push(Message::Close(Some(frame)));
+        } else {
+            self.outbox.push(Message::Close(ending.close_frame()));
         }
-        let (closed_outbox, _) = Outbox::new(0);
-        drop(std::mem::replace(&mut self.outbox, closed_outbox));
         self.cleanup().await;
         if tokio::time::timeout(WRITER_GRACE, &mut writer)
             .await
@@ -352,13 +392,20 @@ impl Connection {
             command::PONG => self.on_pong().await,
             command::LATENCY_RESPONSE => {
                 if let Some(sent) = self.latency_sent.take() {
-                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
-                    let ms = (ms * 100.0).round() / 100.0;
+                    // Whole milliseconds, as the reference server sends them.
+                    let ms = sent.elapsed().as_millis() as u64;
                     self.send(Frame::push(command::LATENCY, json!(ms)));
                 }
             }
             _ => {
-                let result = commands::dispatch(self, &command, payload).await;
+                let result = if self.requests.allow(Instant::now()) {
+                    commands::dispatch(self, &command, payload).await
+                } else {
+                    Err(ErrorPayload::new(
+                        ErrorCode::RateLimit,
+                        "too many requests; slow down",
+                    ))
+                };
                 if let Some(id) = id {
                     let payload = match result {
                         Ok(value) => value,

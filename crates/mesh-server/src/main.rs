@@ -65,6 +65,9 @@ struct Args {
     /// Malformed frames tolerated per connection per minute before closing it (1008).
     #[arg(long, env = "MESH_MAX_BAD_FRAMES", default_value_t = 100)]
     max_bad_frames: u32,
+    /// Requests per second allowed per connection (0 = unlimited).
+    #[arg(long, env = "MESH_MAX_REQUESTS_PER_SECOND", default_value_t = 0)]
+    max_requests_per_second: u32,
 }
 
 /// Reads `500ms`, `30s`, `2m`, `1h`; a bare number is milliseconds.
@@ -87,6 +90,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -105,38 +109,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_state_bytes(args.max_state_bytes)
         .max_rooms_per_connection(args.max_rooms)
         .max_queued_bytes(args.max_queued_bytes)
-        .max_bad_frames(args.max_bad_frames);
+        .max_bad_frames(args.max_bad_frames)
+        .max_requests_per_second(args.max_requests_per_second);
     for pattern in &args.track {
         builder = builder.track_presence(pattern, TrackOptions { ttl, guard: None });
     }
+    let stop = shutdown_signal()?;
     let server = builder.bind().await?;
     tracing::info!(url = %server.url(), tracked = ?args.track, "ready; Ctrl-C to stop");
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed
+/// when this is called, not when it is first awaited, so a signal that
+/// arrives while the server starts is not lost.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+        })
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 

@@ -178,6 +178,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Requests per second allowed per connection, 0 for no limit (the
+    /// default). Over it, requests are answered with `ERATELIMIT`.
+    pub fn max_requests_per_second(mut self, n: u32) -> Self {
+        self.config.limits.max_requests_per_second = n;
+        self
+    }
+
     /// Uses `backend` instead of a fresh [`MemoryBackend`]; several
     /// servers sharing one backend behave as one cluster.
     pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {

@@ -1,0 +1,254 @@
+//! Shared pieces of the integration tests: which backend to run against,
+//! and a small raw-WebSocket Mesh peer that speaks the protocol by hand.
+
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use mesh_protocol::{command, Frame, PresenceUpdate};
+use mesh_server::{Backend, MemoryBackend, ServerBuilder};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any test waits for an event before failing. Generous, because
+/// the suite must pass on a slow, busy machine; the protocol intervals in
+/// the tests are short, so passing runs stay fast.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The backends the suite runs against. A new backend adds a variant here
+/// and one line in the suite's `backends!` list.
+#[derive(Debug, Clone, Copy)]
+pub enum BackendKind {
+    /// The in-memory backend.
+    Memory,
+}
+
+impl BackendKind {
+    /// A fresh, empty backend.
+    pub async fn backend(self) -> Arc<dyn Backend> {
+        match self {
+            BackendKind::Memory => Arc::new(MemoryBackend::new()),
+        }
+    }
+
+    /// Two handles on one shared store, as two server instances of a
+    /// cluster would have.
+    pub async fn cluster_pair(self) -> (Arc<dyn Backend>, Arc<dyn Backend>) {
+        match self {
+            BackendKind::Memory => {
+                let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+                (b.clone(), b)
+            }
+        }
+    }
+
+    /// A server builder on an ephemeral port with this backend, tracking
+    /// every room, with a fast heartbeat.
+    pub async fn builder(self) -> ServerBuilder {
+        mesh_server::Server::builder()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .backend(self.backend().await)
+            .ping_interval(Duration::from_millis(200))
+            // Peers answer pings only while a test reads from them; a wide
+            // window keeps an idle peer from being dropped on a busy machine.
+            .max_missed_pongs(50)
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A Mesh peer over a raw WebSocket, for tests.
+pub struct Peer {
+    ws: Ws,
+    /// The id the server assigned.
+    pub id: String,
+    next_id: u64,
+    /// Frames received but not consumed yet.
+    backlog: VecDeque<Frame>,
+    /// Answer `ping` with `pong` while reading (on by default).
+    pub auto_pong: bool,
+}
+
+impl Peer {
+    /// Connects and waits for `mesh/assign-id`.
+    pub async fn connect(url: &str) -> Peer {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        Peer::from_stream(ws).await
+    }
+
+    /// Wraps an opened WebSocket and waits for `mesh/assign-id`.
+    pub async fn from_stream(ws: Ws) -> Peer {
+        let mut peer = Peer {
+            ws,
+            id: String::new(),
+            next_id: 1,
+            backlog: VecDeque::new(),
+            auto_pong: true,
+        };
+        let frame = peer.next_push(command::ASSIGN_ID).await;
+        peer.id = frame.payload.as_str().expect("id is a string").to_string();
+        peer
+    }
+
+    /// Reads the next frame from the socket (answering pings if asked);
+    /// `None` once the socket is closed.
+    async fn read(&mut self) -> Option<Frame> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")?;
+            match msg {
+                Ok(Message::Text(text)) => {
+                    let frame = Frame::decode(&text, usize::MAX).expect("server sent a bad frame");
+                    if frame.command == command::PING && self.auto_pong {
+                        self.send(Frame::push(command::PONG, json!({}))).await;
+                        continue;
+                    }
+                    return Some(frame);
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Sends a frame.
+    pub async fn send(&mut self, frame: Frame) {
+        self.send_text(frame.encode()).await;
+    }
+
+    /// Sends raw text, whatever it is.
+    pub async fn send_text(&mut self, text: String) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send failed");
+    }
+
+    /// Sends a request and returns the reply payload. Pushes that arrive
+    /// meanwhile are kept for `next_push`.
+    pub async fn request(&mut self, cmd: &str, payload: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(Frame::request(id, cmd, payload)).await;
+        self.reply_to(id, cmd).await
+    }
+
+    /// Waits for the reply to request `id`.
+    pub async fn reply_to(&mut self, id: u64, cmd: &str) -> Value {
+        loop {
+            let frame = self.read().await.expect("socket closed before the reply");
+            if frame.id == Some(id) {
+                assert_eq!(frame.command, cmd, "reply carries the request's command");
+                return frame.payload;
+            }
+            self.backlog.push_back(frame);
+        }
+    }
+
+    /// The next push with this command (earlier pushes of other commands
+    /// stay in the backlog).
+    pub async fn next_push(&mut self, cmd: &str) -> Frame {
+        if let Some(pos) = self.backlog.iter().position(|f| f.command == cmd) {
+            return self.backlog.remove(pos).unwrap();
+        }
+        loop {
+            let frame = self
+                .read()
+                .await
+                .unwrap_or_else(|| panic!("socket closed while waiting for {cmd}"));
+            if frame.command == cmd {
+                return frame;
+            }
+            self.backlog.push_back(frame);
+        }
+    }
+
+    /// The next presence update.
+    pub async fn next_update(&mut self) -> PresenceUpdate {
+        let frame = self.next_push(command::PRESENCE_UPDATE).await;
+        serde_json::from_value(frame.payload).expect("presence update shape")
+    }
+
+    /// Presence updates received so far and not consumed.
+    pub fn pending_updates(&self) -> usize {
+        self.backlog
+            .iter()
+            .filter(|f| f.command == command::PRESENCE_UPDATE)
+            .count()
+    }
+
+    /// A `mesh/noop` round trip: everything the server queued to us before
+    /// answering it has arrived afterwards.
+    pub async fn sync(&mut self) {
+        assert_eq!(self.request(command::NOOP, json!({})).await, json!(true));
+    }
+
+    /// Waits for the server to close the socket; the close frame, if any.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match msg {
+                Some(Ok(Message::Close(frame))) => return frame,
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Joins a room; the reply payload.
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.request(command::JOIN_ROOM, json!({ "roomName": room }))
+            .await
+    }
+
+    /// Subscribes to a room's presence; the reply payload.
+    pub async fn subscribe(&mut self, room: &str) -> Value {
+        self.request(command::SUBSCRIBE_PRESENCE, json!({ "roomName": room }))
+            .await
+    }
+
+    /// Publishes a state; the reply payload.
+    pub async fn publish(&mut self, room: &str, state: Value) -> Value {
+        self.request(
+            command::PUBLISH_PRESENCE_STATE,
+            json!({ "roomName": room, "state": state }),
+        )
+        .await
+    }
+
+    /// The underlying stream, to misbehave with.
+    pub fn into_inner(self) -> Ws {
+        self.ws
+    }
+}
+
+/// Asserts the update is a join/leave/state of `conn` in `room`.
+pub fn assert_update(update: &PresenceUpdate, kind: &str, conn: &str, room: &str) {
+    let actual = match update {
+        PresenceUpdate::Join { .. } => "join",
+        PresenceUpdate::Leave { .. } => "leave",
+        PresenceUpdate::State { .. } => "state",
+    };
+    assert_eq!(actual, kind, "update kind of {update:?}");
+    assert_eq!(update.connection_id(), conn);
+    assert_eq!(update.room_name(), room);
+}
+
+/// The error code of a reply payload, if it is an error.
+pub fn error_code(reply: &Value) -> Option<String> {
+    reply
+        .get("code")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
