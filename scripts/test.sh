@@ -10,5 +10,31 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== redis-server for the Redis backend tests"
+# A private redis-server on a free port, stopped on exit; the tests read
+# MESH_TEST_REDIS_URL and give each test its own key prefix.
+REDIS_PID=
+trap '[ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true' EXIT
+for attempt in $(seq 20); do
+  REDIS_PORT=$((20000 + RANDOM % 40000))
+  # Taken already? Try another.
+  (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && continue
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+  REDIS_PID=$!
+  for _ in $(seq 200); do
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break 2
+    kill -0 "$REDIS_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill "$REDIS_PID" 2>/dev/null || true
+  REDIS_PID=
+done
+[ -n "$REDIS_PID" ] || { echo "could not start redis-server (is it installed?)" >&2; exit 1; }
+export MESH_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
+echo "redis-server on port $REDIS_PORT"
+
 echo "== cargo test"
 cargo test --workspace
+
+echo "== end-to-end: the app in its real window (Xvfb + tauri-driver)"
+bash scripts/e2e.sh

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{Barrier, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -45,6 +45,10 @@ struct Args {
     /// Server URL (ignored with --spawn-server).
     #[arg(long, default_value = "ws://127.0.0.1:3000")]
     url: String,
+    /// Another instance of the same cluster (repeatable): clients are spread
+    /// over `--url` and these in turn, as behind a load balancer.
+    #[arg(long = "also-url")]
+    also_url: Vec<String>,
     /// Spawn the `mesh-server` binary found next to this one on a free port.
     #[arg(long)]
     spawn_server: bool,
@@ -98,6 +102,9 @@ async fn run(mut args: Args) -> Result<(), BoxError> {
         server = Some(spawned);
     }
     println!("server: {} (pid {:?})", args.url, args.server_pid);
+    for url in &args.also_url {
+        println!("server: {url}");
+    }
     let result = if let Some(m) = args.idle {
         idle(&args, m).await
     } else if let Some(rate) = args.rate {
@@ -233,13 +240,9 @@ impl<'de> Deserialize<'de> for IncomingPayload {
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     match key.as_ref() {
                         "type" => out.kind = map.next_value()?,
-                        // Other clients' states, or `null`, are not ours.
-                        "state" => {
-                            out.state = map
-                                .next_value::<serde_json::Value>()
-                                .ok()
-                                .and_then(|v| serde_json::from_value(v).ok())
-                        }
+                        // `null` (cleared) reads as no state; the room is
+                        // the benchmark's own, so any other state is ours.
+                        "state" => out.state = map.next_value()?,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -309,13 +312,13 @@ impl Client {
         }
     }
 
-    async fn recv_text(&mut self) -> Result<String, BoxError> {
+    async fn recv_text(&mut self) -> Result<Utf8Bytes, BoxError> {
         loop {
             match tokio::time::timeout(PHASE_TIMEOUT, self.rx.next()).await {
                 Err(_) => return Err("timed out waiting for the server".into()),
                 Ok(None) => return Err("server closed the connection".into()),
                 Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(Some(Ok(Message::Text(text)))) => return Ok(text.to_string()),
+                Ok(Some(Ok(Message::Text(text)))) => return Ok(text),
                 Ok(Some(Ok(_))) => continue,
             }
         }
@@ -378,8 +381,9 @@ async fn connect_all(args: &Args, n: usize) -> Result<(Vec<Client>, Duration), B
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
-        let url = args.url.clone();
+    let urls: Vec<&String> = std::iter::once(&args.url).chain(&args.also_url).collect();
+    for i in 0..n {
+        let url = urls[i % urls.len()].clone();
         let permits = permits.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;

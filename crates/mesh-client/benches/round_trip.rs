@@ -10,12 +10,27 @@ use mesh_server::{Server, TrackOptions};
 use serde_json::json;
 use std::time::Instant;
 
+/// The figure that matters: a multi-threaded runtime, as in the app.
 fn round_trip(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
+    bench_on(c, "round_trip/noop", rt);
+}
+
+/// The same on one thread: the cost of the protocol path without
+/// cross-thread wake-ups, for comparison.
+fn round_trip_current_thread(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    bench_on(c, "round_trip/noop_current_thread", rt);
+}
+
+fn bench_on(c: &mut Criterion, name: &str, rt: tokio::runtime::Runtime) {
     let (server, client) = rt.block_on(async {
         let server = Server::builder()
             .addr("127.0.0.1:0".parse().expect("addr"))
@@ -28,7 +43,7 @@ fn round_trip(c: &mut Criterion) {
             .expect("client");
         (server, client)
     });
-    c.bench_function("round_trip/noop", |b| {
+    c.bench_function(name, |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();
@@ -45,5 +60,5 @@ fn round_trip(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, round_trip);
+criterion_group!(benches, round_trip, round_trip_current_thread);
 criterion_main!(benches);

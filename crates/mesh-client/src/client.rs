@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// Commands waiting for the connection task; senders wait when it is full,
@@ -107,11 +108,34 @@ impl MeshClient {
         self.call(command, payload, Effect::None).await
     }
 
+    /// Like [`MeshClient::request`], with its own timeout instead of the
+    /// client's `request_timeout`.
+    pub async fn request_with_timeout(
+        &self,
+        command: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        self.call_within(command, payload, Effect::None, timeout)
+            .await
+    }
+
     async fn call(
         &self,
         command: &str,
         payload: Value,
         effect: Effect,
+    ) -> Result<Value, ClientError> {
+        let timeout = self.inner.options.request_timeout;
+        self.call_within(command, payload, effect, timeout).await
+    }
+
+    async fn call_within(
+        &self,
+        command: &str,
+        payload: Value,
+        effect: Effect,
+        timeout: Duration,
     ) -> Result<Value, ClientError> {
         let (reply, rx) = oneshot::channel();
         let out = Outgoing {
@@ -131,7 +155,7 @@ impl MeshClient {
         };
         // Dropping `rx` on timeout tells the task the caller gave up, so a
         // queued request is not sent late and a pending one is swept.
-        tokio::time::timeout(self.inner.options.request_timeout, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| ClientError::Timeout)?
     }

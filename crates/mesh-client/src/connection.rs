@@ -207,8 +207,12 @@ impl Connection {
         }
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the dead link, re-armed lazily when it fires, rather
+        // than a new timer per frame: pings move `last_ping` forward only.
+        let dead_after = self.options.dead_link_after();
+        let dead_link = sleep_until(self.last_ping + dead_after);
+        tokio::pin!(dead_link);
         loop {
-            let dead_at = self.last_ping + self.options.dead_link_after();
             tokio::select! {
                 message = ws.next() => match message {
                     Some(Ok(Message::Text(text))) => {
@@ -240,9 +244,13 @@ impl Connection {
                     Some(Command::Close(ack)) => return Exit::Close(Some(ack)),
                     None => return Exit::Close(None),
                 },
-                _ = sleep_until(dead_at) => {
-                    warn!("no ping from the server in time; the link is dead");
-                    return Exit::Lost;
+                _ = &mut dead_link => {
+                    let dead_at = self.last_ping + dead_after;
+                    if dead_at <= Instant::now() {
+                        warn!("no ping from the server in time; the link is dead");
+                        return Exit::Lost;
+                    }
+                    dead_link.as_mut().reset(dead_at);
                 }
                 _ = housekeeping.tick() => self.requests.purge_abandoned(),
             }

@@ -64,6 +64,10 @@ pub enum PresenceEvent {
 
 /// The presence updates of one room, in order.
 ///
+/// The stream is unbounded so that the connection task never waits on (or
+/// drops updates for) a slow reader; read it promptly, or drop it to stop
+/// the routing.
+///
 /// The stream ends (`recv` returns `None`) when the subscription ends:
 /// `unsubscribe_presence`, a newer `subscribe_presence` for the same room,
 /// a server refusing the resubscription after a reconnect, or the client

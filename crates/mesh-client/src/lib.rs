@@ -7,6 +7,29 @@
 //! rooms, resubscribes presence, delivers a fresh snapshot to every
 //! presence stream, and only then sends the requests made while offline.
 //!
+//! ```no_run
+//! use mesh_client::{ClientOptions, MeshClient, PresenceEvent};
+//! use serde_json::json;
+//!
+//! # async fn demo() -> Result<(), mesh_client::ClientError> {
+//! let client = MeshClient::connect("ws://127.0.0.1:3000", ClientOptions::default()).await?;
+//! client.join_room("lobby").await?;
+//! let (snapshot, mut updates) = client.subscribe_presence("lobby").await?;
+//! println!("{} present", snapshot.present.len());
+//! client
+//!     .publish_presence_state("lobby", json!({"status": "online"}), None, false)
+//!     .await?;
+//! while let Some(event) = updates.recv().await {
+//!     match event {
+//!         PresenceEvent::Update(update) => println!("{update:?}"),
+//!         // After a reconnect: rebuild the room from this snapshot.
+//!         PresenceEvent::Resync { present, .. } => println!("{} present", present.len()),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! The crate is laid out as follows:
 //!
 //! * [`client`]: the [`MeshClient`] handle and its typed API.

@@ -12,8 +12,12 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 async fn start_server() -> RunningServer {
+    start_server_at("127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn start_server_at(addr: std::net::SocketAddr) -> RunningServer {
     Server::builder()
-        .addr("127.0.0.1:0".parse().unwrap())
+        .addr(addr)
         .ping_interval(Duration::from_secs(1))
         .track_presence("lobby", TrackOptions::default())
         .metadata_from_query(true)
@@ -231,4 +235,21 @@ async fn bad_input_fails_with_a_clear_message() {
     let (ok, _, stderr) = run(&["state", "lobby", "--url", "ws://127.0.0.1:1"]).await;
     assert!(!ok);
     assert!(stderr.contains("could not connect"), "{stderr}");
+}
+
+#[tokio::test]
+async fn watch_survives_a_server_restart() {
+    let server = start_server().await;
+    let (addr, url) = (server.local_addr(), server.url());
+    let mut watch = Running::spawn(&["watch", "lobby", "--json", "--url", &url]);
+    assert_eq!(watch.json_line().await["type"], "snapshot");
+    server.shutdown().await;
+    assert_eq!(watch.json_line().await["type"], "disconnected");
+    let _server = start_server_at(addr).await;
+    let resync = watch.json_line().await;
+    assert_eq!(resync["type"], "resync", "{resync}");
+    assert_eq!(resync["present"], json!([]));
+    let reconnected = watch.json_line().await;
+    assert_eq!(reconnected["type"], "reconnected", "{reconnected}");
+    assert!(reconnected["connectionId"].is_string());
 }

@@ -47,12 +47,12 @@ async fn connect_fails_cleanly_when_nothing_listens() {
 #[tokio::test]
 async fn a_server_that_never_answers_yields_etimeout() {
     let mut server = ScriptedServer::start().await;
-    let options = ClientOptions {
-        request_timeout: Duration::from_millis(300),
-        ..fast_options()
-    };
-    let (client, mut peer) = connect(&mut server, "a", options).await;
-    let (result, seen) = tokio::join!(client.request("mesh/noop", json!({})), peer.recv_request());
+    let (client, mut peer) = connect(&mut server, "a", fast_options()).await;
+    let short = Duration::from_millis(300);
+    let (result, seen) = tokio::join!(
+        client.request_with_timeout("mesh/noop", json!({}), short),
+        peer.recv_request()
+    );
     let err = result.unwrap_err();
     assert_eq!(err, ClientError::Timeout);
     assert_eq!(err.code(), Some(ErrorCode::Timeout));
@@ -339,11 +339,7 @@ async fn restore_order_then_queued_requests_exactly_once() {
 #[tokio::test]
 async fn a_request_that_times_out_while_offline_is_never_sent() {
     let mut server = ScriptedServer::start().await;
-    let options = ClientOptions {
-        request_timeout: Duration::from_millis(300),
-        ..fast_options()
-    };
-    let (client, first) = connect(&mut server, "first", options).await;
+    let (client, first) = connect(&mut server, "first", fast_options()).await;
     let mut events = client.events();
     drop(first);
     assert_eq!(
@@ -352,7 +348,10 @@ async fn a_request_that_times_out_while_offline_is_never_sent() {
     );
     // The next connection is accepted but gets its id only later.
     let mut second = server.next_peer().await;
-    let stale = client.request("mesh/noop", json!({"stale": true})).await;
+    let short = Duration::from_millis(300);
+    let stale = client
+        .request_with_timeout("mesh/noop", json!({"stale": true}), short)
+        .await;
     assert_eq!(stale, Err(ClientError::Timeout));
     second.assign("second").await;
     assert_eq!(
@@ -518,4 +517,37 @@ async fn wss_urls_are_supported() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn regular_pings_keep_the_link_past_the_dead_link_window() {
+    let mut server = ScriptedServer::start().await;
+    let options = ClientOptions {
+        ping_timeout: Duration::from_millis(500),
+        max_missed_pings: 1,
+        ..fast_options()
+    };
+    let (client, mut peer) = connect(&mut server, "a", options).await;
+    let mut events = client.events();
+    // 2.5 s of pings every 100 ms: well past the 1 s dead-link window. The
+    // sleep is the server's ping clock, not a synchronisation.
+    for _ in 0..25 {
+        peer.send_json(json!({"command": "ping", "payload": {}}))
+            .await;
+        let pong = within("pong", peer.recv())
+            .await
+            .expect("client still there");
+        assert_eq!(pong.command, "pong");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        events.try_recv().is_err(),
+        "the link must not have been dropped"
+    );
+    assert_eq!(*client.status().borrow(), Status::Online);
+    // Silence now: the link is declared dead.
+    assert_eq!(
+        next_event(&mut events, "disconnect").await,
+        ClientEvent::Disconnected
+    );
 }

@@ -54,13 +54,21 @@ pub(crate) async fn dispatch(conn: &mut Connection, name: &str, payload: Value) 
         }
         _ => match conn.server.shared.commands.get(name) {
             Some(handler) => {
-                handler(CommandRequest {
+                let run = handler(CommandRequest {
                     connection_id: conn.id.clone(),
                     command: name.to_string(),
                     payload,
                     server: conn.server.clone(),
-                })
-                .await
+                });
+                // Embedder code may wait on anything; it must not hold up a
+                // shutdown.
+                tokio::select! {
+                    reply = run => reply,
+                    _ = crate::server::stopped(&mut conn.shutdown) => Err(ErrorPayload::new(
+                        ErrorCode::Server,
+                        "server shutting down",
+                    )),
+                }
             }
             None => Err(ErrorPayload::new(
                 ErrorCode::NotFound,
@@ -158,29 +166,31 @@ async fn join_room(conn: &mut Connection, room: String) -> Reply {
                 format!("a connection may be in at most {max} rooms"),
             ));
         }
-        let track = shared.tracker.lookup(&room);
         shared
             .backend
             .join_room(&room, &conn.id)
             .await
             .map_err(backend_error)?;
-        conn.rooms.insert(room.clone(), track.clone());
-        if let Some(track) = track {
-            let joined = shared
-                .backend
-                .mark_present(&room, &conn.id, track.ttl)
+        conn.rooms
+            .insert(room.clone(), shared.tracker.lookup(&room));
+    }
+    // Marking presence again on a repeated join restores a presence whose
+    // TTL lapsed (a stalled client rejoining) and refreshes it otherwise.
+    if let Some(track) = joined_tracked(conn, &room) {
+        let joined = shared
+            .backend
+            .mark_present(&room, &conn.id, track.ttl)
+            .await
+            .map_err(backend_error)?;
+        if joined {
+            conn.server
+                .publish(PresenceUpdate::Join {
+                    connection_id: conn.id.clone(),
+                    room_name: room.clone(),
+                    timestamp: now_millis(),
+                })
                 .await
-                .map_err(backend_error)?;
-            if joined {
-                conn.server
-                    .publish(PresenceUpdate::Join {
-                        connection_id: conn.id.clone(),
-                        room_name: room.clone(),
-                        timestamp: now_millis(),
-                    })
-                    .await
-                    .map_err(server_error)?;
-            }
+                .map_err(server_error)?;
         }
     }
     let members = shared

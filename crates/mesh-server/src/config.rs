@@ -5,8 +5,10 @@ use std::time::Duration;
 /// Bounds that protect the server from a single connection.
 ///
 /// Going over one gets the request a clear error (or, for the last two,
-/// closes that connection) and disturbs nothing else.
+/// closes that connection) and disturbs nothing else. Start from
+/// `Limits::default()` and change fields; more limits may be added.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest frame accepted, in bytes; a larger request is answered with
     /// `ETOOLARGE`. Frames over four times this close the connection (1009).

@@ -81,6 +81,11 @@ pub(crate) async fn serve(
         return;
     }
     let id = shared.new_connection_id();
+    if let Err(e) = shared.backend.connection_opened(&id).await {
+        tracing::warn!(%peer, error = %e, "could not register the connection");
+        let _ = handshake::respond(&mut stream, 503, "backend unavailable\n").await;
+        return;
+    }
     if shared.config.metadata_from_query && !head.query.is_empty() {
         let metadata: Map<String, Value> = head
             .query
@@ -92,6 +97,7 @@ pub(crate) async fn serve(
             .await
         {
             tracing::warn!(%peer, error = %e, "could not attach query metadata");
+            let _ = shared.backend.remove_metadata(&id).await;
             let _ = handshake::respond(&mut stream, 503, "backend unavailable\n").await;
             return;
         }
@@ -124,7 +130,7 @@ pub(crate) async fn serve(
         Some(shared.ws_config),
     )
     .await;
-    Connection::new(id, server.clone())
+    Connection::new(id, server.clone(), shutdown.clone())
         .run(socket, peer, shutdown)
         .await;
 }
@@ -179,6 +185,8 @@ pub(crate) struct Connection {
     bad_frames: u32,
     bad_window_start: Instant,
     requests: RateLimiter,
+    /// Lets long-running custom handlers give way to a shutdown.
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 /// A token bucket: `rate` requests per second, bursts up to `rate`.
@@ -216,7 +224,7 @@ impl RateLimiter {
 }
 
 impl Connection {
-    fn new(id: String, server: ServerHandle) -> Self {
+    fn new(id: String, server: ServerHandle, shutdown: watch::Receiver<bool>) -> Self {
         let limits = &server.shared.config.limits;
         let (outbox, rx) = Outbox::new(limits.max_queued_bytes);
         let requests = RateLimiter::new(limits.max_requests_per_second, Instant::now());
@@ -232,6 +240,7 @@ impl Connection {
             latency_sent: None,
             bad_frames: 0,
             bad_window_start: now,
+            shutdown,
             requests,
         }
     }

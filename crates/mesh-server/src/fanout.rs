@@ -44,11 +44,6 @@ impl OutboxState {
     }
 }
 
-/// Size a message takes in the queue.
-pub(crate) fn message_len(msg: &Message) -> usize {
-    msg.len()
-}
-
 impl Outbox {
     /// A new outbox bounded to `limit` queued bytes, and its receiving side.
     pub(crate) fn new(limit: usize) -> (Self, mpsc::UnboundedReceiver<Message>) {
@@ -72,7 +67,7 @@ impl Outbox {
         if self.shared.overflowed.load(Ordering::Relaxed) {
             return false;
         }
-        let len = message_len(&msg);
+        let len = msg.len();
         let before = self.shared.queued.fetch_add(len, Ordering::AcqRel);
         if before + len > self.shared.limit {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);

@@ -35,7 +35,8 @@
 //! * `commands`: one function per built-in command.
 //! * `fanout`: per-connection bounded outboxes, and the subscriber registry
 //!   that encodes each presence update once for all local subscribers.
-//! * [`backend`]: the [`Backend`] trait and the [`MemoryBackend`].
+//! * [`backend`]: the [`Backend`] trait, the [`MemoryBackend`], and the
+//!   [`RedisBackend`] that lets several instances share presence.
 //! * [`tracking`]: tracked-room patterns, presence TTL and guards.
 //! * [`hooks`]: what embedders plug in (connection hooks, custom commands).
 
@@ -52,7 +53,7 @@ pub mod hooks;
 pub mod server;
 pub mod tracking;
 
-pub use backend::{Backend, BackendError, MemoryBackend, UpdateSink};
+pub use backend::{Backend, BackendError, MemoryBackend, RedisBackend, RedisConfig, UpdateSink};
 pub use config::Limits;
 pub use error::ServerError;
 pub use hooks::{CommandRequest, ConnectionInfo, DisconnectInfo, Refusal};

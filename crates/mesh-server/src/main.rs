@@ -1,7 +1,7 @@
 //! `mesh-server`: a standalone Mesh presence server.
 
 use clap::Parser;
-use mesh_server::{Server, TrackOptions};
+use mesh_server::{RedisConfig, Server, TrackOptions};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
@@ -62,6 +62,14 @@ struct Args {
     /// Most bytes queued to one connection before it is dropped as a slow consumer.
     #[arg(long, env = "MESH_MAX_QUEUED_BYTES", default_value_t = 1024 * 1024)]
     max_queued_bytes: usize,
+    /// Share rooms, presence and metadata with other instances through
+    /// Redis: `redis://HOST:PORT/DB`. Default: in memory, this instance only.
+    #[arg(long, env = "MESH_REDIS_URL")]
+    redis: Option<String>,
+    /// Prefix of every Redis key and channel; instances sharing one form a
+    /// cluster.
+    #[arg(long, env = "MESH_REDIS_PREFIX", default_value = "mesh-presence:")]
+    redis_prefix: String,
     /// Malformed frames tolerated per connection per minute before closing it (1008).
     #[arg(long, env = "MESH_MAX_BAD_FRAMES", default_value_t = 100)]
     max_bad_frames: u32,
@@ -111,6 +119,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_queued_bytes(args.max_queued_bytes)
         .max_bad_frames(args.max_bad_frames)
         .max_requests_per_second(args.max_requests_per_second);
+    if let Some(url) = &args.redis {
+        builder = builder.redis(RedisConfig::new(url.as_str()).prefix(args.redis_prefix.as_str()));
+    }
     for pattern in &args.track {
         builder = builder.track_presence(pattern, TrackOptions { ttl, guard: None });
     }

@@ -1,7 +1,7 @@
 //! Building, running and stopping a server, and the handle embedders use
 //! to act on it.
 
-use crate::backend::{Backend, MemoryBackend};
+use crate::backend::{Backend, MemoryBackend, RedisBackend, RedisConfig};
 use crate::config::{Config, Limits};
 use crate::connection;
 use crate::error::ServerError;
@@ -46,6 +46,7 @@ pub struct ServerBuilder {
     tracker: Tracker,
     errors: Vec<ServerError>,
     backend: Option<Arc<dyn Backend>>,
+    redis: Option<RedisConfig>,
     on_connection: Option<ConnectHook>,
     on_disconnection: Option<DisconnectHook>,
     commands: HashMap<String, CommandHandler>,
@@ -59,6 +60,7 @@ impl Default for ServerBuilder {
             tracker: Tracker::default(),
             errors: Vec::new(),
             backend: None,
+            redis: None,
             on_connection: None,
             on_disconnection: None,
             commands: HashMap::new(),
@@ -192,6 +194,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Uses Redis (`redis://HOST:PORT/DB`, or a full [`RedisConfig`]) so
+    /// that every server on the same Redis and key prefix shares rooms,
+    /// presence and metadata. Connects in [`ServerBuilder::bind`]. An
+    /// explicit [`ServerBuilder::backend`] takes precedence.
+    pub fn redis(mut self, config: impl Into<RedisConfig>) -> Self {
+        self.redis = Some(config.into());
+        self
+    }
+
     /// Runs `hook` for every new connection before it gets its id. The hook
     /// sees the handshake (path, query, headers), may set metadata (see
     /// [`ConnectionInfo::set_metadata`]), and may refuse the connection.
@@ -241,9 +252,10 @@ impl ServerBuilder {
         if self.config.ping_interval.is_zero() || self.config.latency_interval.is_zero() {
             return Err(ServerError::Config("intervals must be positive".into()));
         }
-        let backend = match self.backend {
-            Some(b) => b,
-            None => Arc::new(MemoryBackend::new()),
+        let backend: Arc<dyn Backend> = match (self.backend, self.redis) {
+            (Some(b), _) => b,
+            (None, Some(config)) => Arc::new(RedisBackend::with_config(config).await?),
+            (None, None) => Arc::new(MemoryBackend::new()),
         };
         let listener = TcpListener::bind(self.addr).await?;
         let local_addr = listener.local_addr()?;

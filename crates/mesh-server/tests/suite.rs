@@ -8,6 +8,7 @@ use common::{assert_update, error_code, BackendKind, Peer, WAIT};
 use mesh_protocol::{command, PresenceUpdate, Strategy};
 use mesh_server::{DisconnectInfo, Guard, Refusal, TrackOptions};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -311,8 +312,16 @@ async fn presence_ttl_lapses_without_pongs(kind: BackendKind) {
         .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
         .await;
     assert_eq!(snap["present"], json!([a.id]));
-    // The connection itself is still open: only its presence lapsed.
+    // The connection itself is still open: only its presence lapsed, and
+    // joining again brings it back.
     quiet.sync().await;
+    assert_eq!(quiet.publish("r", json!({"x": 1})).await, json!(false));
+    quiet.join("r").await;
+    assert_update(&a.next_update().await, "join", &quiet.id, "r");
+    // Joining again while present announces nothing: the next update `a`
+    // sees is `quiet` lapsing again, not a join of its own.
+    a.join("r").await;
+    assert_update(&a.next_update().await, "leave", &quiet.id, "r");
     server.shutdown().await;
 }
 
@@ -725,6 +734,63 @@ async fn custom_commands_and_room_metadata(kind: BackendKind) {
     assert!(clash.is_err(), "built-in commands cannot be replaced");
 }
 
+async fn peer_vanishing_mid_request_is_cleaned_up(kind: BackendKind) {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
+    let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<String>();
+    let handler_release = release.clone();
+    let server = kind
+        .builder()
+        .await
+        .track_presence(".*", TrackOptions::default())
+        .expose_command("app/slow", move |_req| {
+            let release = handler_release.clone();
+            let started = started_tx.clone();
+            async move {
+                let _ = started.send(());
+                release.notified().await;
+                Ok(json!("late"))
+            }
+        })
+        .on_disconnection(move |info| {
+            let tx = gone_tx.clone();
+            async move {
+                let _ = tx.send(info.id);
+            }
+        })
+        .bind()
+        .await
+        .unwrap();
+    let mut watcher = Peer::connect(&server.url()).await;
+    watcher.subscribe("r").await;
+    let mut vanishing = Peer::connect(&server.url()).await;
+    vanishing.join("r").await;
+    let id = vanishing.id.clone();
+    vanishing
+        .send(mesh_protocol::Frame::request(1, "app/slow", json!({})))
+        .await;
+    tokio::time::timeout(WAIT, started_rx.recv()).await.unwrap();
+    drop(vanishing.into_inner());
+    // Others are served while the handler is stuck.
+    watcher.sync().await;
+    release.notify_one();
+    assert_update(&watcher.next_update().await, "join", &id, "r");
+    assert_update(&watcher.next_update().await, "leave", &id, "r");
+    let gone = tokio::time::timeout(WAIT, gone_rx.recv()).await.unwrap();
+    assert_eq!(gone.as_deref(), Some(id.as_str()));
+    assert!(server.handle().room_members("r").await.unwrap().is_empty());
+
+    // A handler that never finishes does not hold up shutdown.
+    let mut stuck = Peer::connect(&server.url()).await;
+    stuck
+        .send(mesh_protocol::Frame::request(1, "app/slow", json!({})))
+        .await;
+    tokio::time::timeout(WAIT, started_rx.recv()).await.unwrap();
+    tokio::time::timeout(WAIT, server.shutdown()).await.unwrap();
+    let reply = stuck.reply_to(1, "app/slow").await;
+    assert_eq!(error_code(&reply).as_deref(), Some("ESERVER"));
+}
+
 async fn latency_is_measured(kind: BackendKind) {
     let server = kind
         .builder()
@@ -1039,6 +1105,7 @@ macro_rules! for_backend {
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         for_backend!(Memory, memory, [$($test),*]);
+        for_backend!(Redis, redis, [$($test),*]);
     };
 }
 
@@ -1058,6 +1125,7 @@ suite!(
     connection_hooks,
     custom_commands_and_room_metadata,
     latency_is_measured,
+    peer_vanishing_mid_request_is_cleaned_up,
     rooms_per_connection_limit,
     slow_consumer_is_dropped,
     oversized_frame_beyond_hard_limit_closes,

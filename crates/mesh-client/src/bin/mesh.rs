@@ -219,6 +219,9 @@ async fn watch(client: &MeshClient, room: &str, json: bool, join: bool) -> Resul
     }
     loop {
         tokio::select! {
+            // Presence first: after a reconnect the resync is printed
+            // before the "reconnected" line, as the client delivers them.
+            biased;
             event = stream.recv() => match event {
                 Some(event) => print_presence(client, &event, json).await,
                 None => return Err(CliError::Refused("the subscription ended".into())),

@@ -15,7 +15,9 @@
 //! once across the cluster.
 
 pub mod memory;
+pub mod redis;
 
+pub use self::redis::{RedisBackend, RedisConfig};
 pub use memory::MemoryBackend;
 
 use async_trait::async_trait;
@@ -68,6 +70,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Registers an instance: every update published from now on, by any
     /// instance, reaches `sink`.
     async fn attach(&self, sink: Arc<dyn UpdateSink>) -> BackendResult<()>;
+
+    /// A connection of this instance opened (before anything else is
+    /// stored for it). A shared backend records which instance owns it, so
+    /// that a surviving instance can remove it should this one crash.
+    async fn connection_opened(&self, conn: &str) -> BackendResult<()> {
+        let _ = conn;
+        Ok(())
+    }
 
     /// Sends an update to every attached instance.
     async fn publish(&self, update: PresenceUpdate) -> BackendResult<()>;

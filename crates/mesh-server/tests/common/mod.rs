@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use futures_util::{SinkExt, StreamExt};
 use mesh_protocol::{command, Frame, PresenceUpdate};
 use mesh_server::{Backend, MemoryBackend, ServerBuilder};
@@ -26,6 +28,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub enum BackendKind {
     /// The in-memory backend.
     Memory,
+    /// The Redis backend, on the tests' Redis under a fresh key prefix.
+    Redis,
 }
 
 impl BackendKind {
@@ -33,6 +37,7 @@ impl BackendKind {
     pub async fn backend(self) -> Arc<dyn Backend> {
         match self {
             BackendKind::Memory => Arc::new(MemoryBackend::new()),
+            BackendKind::Redis => Arc::new(redis::backend(&redis::unique_prefix()).await),
         }
     }
 
@@ -43,6 +48,13 @@ impl BackendKind {
             BackendKind::Memory => {
                 let b: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
                 (b.clone(), b)
+            }
+            BackendKind::Redis => {
+                let prefix = redis::unique_prefix();
+                (
+                    Arc::new(redis::backend(&prefix).await),
+                    Arc::new(redis::backend(&prefix).await),
+                )
             }
         }
     }

@@ -1,0 +1,364 @@
+//! Several server instances on one Redis: what only a real cluster shows.
+//! (The whole integration suite also runs on the Redis backend, in
+//! `suite.rs`; its `instances_share_presence` covers join, state, leave and
+//! metadata across two instances.)
+
+mod common;
+
+use common::redis::{self as test_redis, RedisServer};
+use common::{assert_update, Peer, WAIT};
+use mesh_protocol::{command, PresenceUpdate};
+use mesh_server::{RedisBackend, RunningServer, Server, TrackOptions};
+use serde_json::json;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A server on `backend`: room `lapse` has a 400 ms presence TTL, every
+/// other room is tracked without one.
+async fn server_on(backend: RedisBackend) -> RunningServer {
+    Server::builder()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .backend(Arc::new(backend))
+        .ping_interval(Duration::from_millis(100))
+        .max_missed_pongs(50)
+        .track_presence(
+            "lapse",
+            TrackOptions {
+                ttl: Some(Duration::from_millis(400)),
+                guard: None,
+            },
+        )
+        .track_presence(".*", TrackOptions::default())
+        .bind()
+        .await
+        .unwrap()
+}
+
+/// Waits for the backend's next resynchronisation after `seen`.
+async fn resynced(backend: &RedisBackend, seen: u64) {
+    let mut resyncs = backend.resyncs();
+    tokio::time::timeout(Duration::from_secs(30), resyncs.wait_for(|n| *n > seen))
+        .await
+        .expect("no resync after redis came back")
+        .expect("backend gone");
+}
+
+#[tokio::test]
+async fn expiry_is_announced_once_across_three_instances() {
+    let prefix = test_redis::unique_prefix();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(server_on(test_redis::backend(&prefix).await).await);
+    }
+    let mut watchers = Vec::new();
+    for server in &servers {
+        let mut peer = Peer::connect(&server.url()).await;
+        peer.subscribe("doc").await;
+        watchers.push(peer);
+    }
+    let mut writer = Peer::connect(&servers[0].url()).await;
+    writer.join("doc").await;
+    for w in &mut watchers {
+        assert_update(&w.next_update().await, "join", &writer.id, "doc");
+    }
+    for round in 0..2 {
+        let reply = writer
+            .request(
+                command::PUBLISH_PRESENCE_STATE,
+                json!({"roomName": "doc", "state": {"round": round}, "expireAfter": 200}),
+            )
+            .await;
+        assert_eq!(reply, json!(true));
+        for w in &mut watchers {
+            let update = w.next_update().await;
+            assert!(
+                matches!(&update, PresenceUpdate::State { state: Some(s), .. } if s["round"] == round),
+                "round {round}: {update:?}"
+            );
+            // One null per expiry: a second one from round 0 would arrive
+            // here in round 1, before round 1's state.
+            let update = w.next_update().await;
+            assert!(
+                matches!(&update, PresenceUpdate::State { state: None, .. }),
+                "round {round}: {update:?}"
+            );
+        }
+    }
+
+    // A presence TTL lapsing is announced once too.
+    for w in &mut watchers {
+        w.subscribe("lapse").await;
+    }
+    let mut quiet = Peer::connect(&servers[1].url()).await;
+    quiet.auto_pong = false;
+    quiet.join("lapse").await;
+    for w in &mut watchers {
+        assert_update(&w.next_update().await, "join", &quiet.id, "lapse");
+        assert_update(&w.next_update().await, "leave", &quiet.id, "lapse");
+    }
+    // And the next update after it is a fresh one, not a duplicate leave.
+    writer.publish("doc", json!({"last": true})).await;
+    for w in &mut watchers {
+        assert_update(&w.next_update().await, "state", &writer.id, "doc");
+        w.sync().await;
+        assert_eq!(w.pending_updates(), 0);
+    }
+    for server in servers {
+        server.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn room_names_cannot_collide_in_keys() {
+    let server = server_on(test_redis::backend(&test_redis::unique_prefix()).await).await;
+    // Names that would collide or be mis-parsed if put raw into keys.
+    let rooms = [
+        "lobby",
+        "lobby:conn:x",
+        "lobby%3Aconn%3Ax",
+        "lobby:x",
+        "*",
+        "{lobby}",
+        "a b/é",
+    ];
+    let mut peers = Vec::new();
+    for room in rooms {
+        let mut peer = Peer::connect(&server.url()).await;
+        let reply = peer.join(room).await;
+        assert_eq!(
+            reply["present"],
+            json!([{ "id": peer.id, "metadata": null }]),
+            "room {room:?} sees only its own member"
+        );
+        peer.publish(room, json!({ "room": room })).await;
+        peers.push(peer);
+    }
+    for (room, peer) in rooms.iter().zip(&mut peers) {
+        let snap = peer
+            .request(command::GET_PRESENCE_STATE, json!({ "roomName": room }))
+            .await;
+        assert_eq!(snap["present"], json!([peer.id]), "room {room:?}");
+        assert_eq!(snap["states"], json!({ peer.id.clone(): { "room": room } }));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_pubsub_messages_are_ignored() {
+    let prefix = test_redis::unique_prefix();
+    let one = server_on(test_redis::backend(&prefix).await).await;
+    let two = server_on(test_redis::backend(&prefix).await).await;
+    let mut a = Peer::connect(&one.url()).await;
+    a.subscribe("r").await;
+
+    let client = redis::Client::open(test_redis::url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("{prefix}presence:updates");
+    for junk in [
+        "no separator",
+        "x|{not json",
+        "x|{\"type\":\"teleport\"}",
+        "x|[]",
+    ] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(junk)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(b"x|\xff\xfe".as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Still delivering after the junk: a join from the other instance.
+    let mut b = Peer::connect(&two.url()).await;
+    b.join("r").await;
+    assert_update(&a.next_update().await, "join", &b.id, "r");
+    a.sync().await;
+    assert_eq!(a.pending_updates(), 0);
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_a_clear_error() {
+    // Nothing listens on a socket path that does not exist.
+    let err = Server::builder()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .redis("unix:///nonexistent/mesh-test/redis.sock")
+        .bind()
+        .await
+        .expect_err("bind must fail without redis");
+    assert!(err.to_string().contains("redis"), "{err}");
+}
+
+/// Starts the `mesh-server` binary on the tests' Redis; returns it and its
+/// WebSocket URL.
+async fn spawn_binary(prefix: &str) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-server"))
+        .args(["--addr", "127.0.0.1:0", "--redis"])
+        .arg(test_redis::url())
+        .args(["--redis-prefix", prefix, "--track", ".*"])
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start mesh-server");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("ws://") {
+                let url: String = line[at..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                return url;
+            }
+        }
+        panic!("mesh-server exited before listening");
+    })
+    .await
+    .expect("mesh-server did not report its address");
+    // Keep draining its output so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+#[tokio::test]
+async fn killed_instance_users_leave_within_ten_seconds() {
+    let prefix = test_redis::unique_prefix();
+    let survivor = server_on(test_redis::backend(&prefix).await).await;
+    let (mut doomed, doomed_url) = spawn_binary(&prefix).await;
+
+    let mut a = Peer::connect(&survivor.url()).await;
+    a.subscribe("r").await;
+    let mut b = Peer::connect(&doomed_url).await;
+    b.join("r").await;
+    assert_update(&a.next_update().await, "join", &b.id, "r");
+    // A state that expires after its writer is gone.
+    let reply = b
+        .request(
+            command::PUBLISH_PRESENCE_STATE,
+            json!({"roomName": "r", "state": {"s": 1}, "expireAfter": 300}),
+        )
+        .await;
+    assert_eq!(reply, json!(true));
+    assert_update(&a.next_update().await, "state", &b.id, "r");
+
+    doomed.kill().await.expect("kill -9 the instance");
+    let killed = Instant::now();
+    // The survivor claims the orphaned expiry...
+    let update = a.next_update().await;
+    assert!(
+        matches!(&update, PresenceUpdate::State { state: None, connection_id, .. } if *connection_id == b.id),
+        "{update:?}"
+    );
+    // ...and sweeps the dead instance's users. `next_update` gives up after
+    // WAIT (10 s), which is also the bound under test.
+    assert_update(&a.next_update().await, "leave", &b.id, "r");
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        killed.elapsed()
+    );
+    let snap = a
+        .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
+        .await;
+    assert_eq!(snap["present"], json!([]));
+    let backend = survivor.handle().backend();
+    assert_eq!(backend.get_metadata(&b.id).await.unwrap(), None);
+    assert!(backend.connection_rooms(&b.id).await.unwrap().is_empty());
+    survivor.shutdown().await;
+}
+
+#[tokio::test]
+async fn presence_recovers_after_redis_restarts() {
+    let mut redis_server = RedisServer::start();
+    let url = redis_server.url();
+    let prefix = test_redis::unique_prefix();
+    let backend_one = test_redis::backend_at(&url, &prefix).await;
+    let backend_two = test_redis::backend_at(&url, &prefix).await;
+    let one = server_on(backend_one.clone()).await;
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let two = Server::builder()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .backend(Arc::new(backend_two.clone()))
+        .track_presence(".*", TrackOptions::default())
+        .on_disconnection(move |info| {
+            let _ = closed_tx.send(info.id);
+            async {}
+        })
+        .bind()
+        .await
+        .unwrap();
+
+    let mut a = Peer::connect(&one.url()).await;
+    a.subscribe("r").await;
+    a.join("r").await;
+    let mut b = Peer::connect(&two.url()).await;
+    b.request(
+        command::SET_MY_CONNECTION_METADATA,
+        json!({"metadata": {"name": "Bo"}}),
+    )
+    .await;
+    b.join("r").await;
+    b.publish("r", json!({"status": "here"})).await;
+    let mut c = Peer::connect(&two.url()).await;
+    c.join("r").await;
+    assert_update(&a.next_update().await, "join", &a.id, "r");
+    assert_update(&a.next_update().await, "join", &b.id, "r");
+    assert_update(&a.next_update().await, "state", &b.id, "r");
+    assert_update(&a.next_update().await, "join", &c.id, "r");
+    let seen_one = *backend_one.resyncs().borrow();
+    let seen_two = *backend_two.resyncs().borrow();
+
+    // Redis dies. Local connections stay open and answer.
+    redis_server.stop();
+    a.sync().await;
+    b.sync().await;
+    // `c` leaves while Redis is away; its instance must tell the others
+    // once Redis is back.
+    let c_id = c.id.clone();
+    drop(c);
+    let gone = tokio::time::timeout(WAIT, closed.recv()).await.unwrap();
+    assert_eq!(gone.as_deref(), Some(c_id.as_str()));
+
+    // Redis comes back empty; both instances write their presence again.
+    redis_server.restart();
+    resynced(&backend_one, seen_one).await;
+    resynced(&backend_two, seen_two).await;
+
+    let snap = a
+        .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
+        .await;
+    let mut present: Vec<String> = serde_json::from_value(snap["present"].clone()).unwrap();
+    present.sort();
+    let mut expected = vec![a.id.clone(), b.id.clone()];
+    expected.sort();
+    assert_eq!(present, expected);
+    assert_eq!(snap["states"], json!({ b.id.clone(): {"status": "here"} }));
+    let reply = a
+        .request(
+            command::GET_CONNECTION_METADATA,
+            json!({"connectionId": b.id}),
+        )
+        .await;
+    assert_eq!(reply["metadata"], json!({"name": "Bo"}));
+
+    // The leave made during the outage reaches the other instance, and
+    // live updates flow again; nothing else (no ghost leave or join).
+    assert_update(&a.next_update().await, "leave", &c_id, "r");
+    b.publish("r", json!({"status": "back"})).await;
+    assert_update(&a.next_update().await, "state", &b.id, "r");
+    a.sync().await;
+    assert_eq!(a.pending_updates(), 0);
+    one.shutdown().await;
+    two.shutdown().await;
+}

@@ -1,0 +1,153 @@
+//! The commands a window may invoke. Each is a thin layer over the window's
+//! [`Session`](crate::session::Session) or the store; the ACL in
+//! `capabilities/default.json` allows exactly these.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tauri::{AppHandle, Manager, Runtime, State, WebviewWindow};
+
+use crate::error::AppError;
+use crate::events::StatusPayload;
+use crate::settings::{validate_name, validate_status, Settings};
+use crate::state::AppState;
+
+/// Longest expiry a status may ask for: one day.
+const MAX_EXPIRE_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The settings as the settings panel shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsView {
+    /// A Mesh server, or `None` for the embedded one.
+    pub server_url: Option<String>,
+    /// The room.
+    pub room: String,
+    /// Your display name.
+    pub display_name: String,
+    /// Your user id (read-only).
+    pub user_id: String,
+}
+
+/// What the window sends to publish: the fields a user types. The app adds
+/// your user id (and `expiresAt` for a short-lived status).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PublishInput {
+    /// Your name.
+    #[serde(default)]
+    pub username: String,
+    /// Your status text.
+    #[serde(default)]
+    pub status: String,
+}
+
+fn view(state: &AppState, settings: Settings) -> SettingsView {
+    SettingsView {
+        server_url: settings.server_url,
+        room: settings.room,
+        display_name: settings.display_name,
+        user_id: state.user_id().to_string(),
+    }
+}
+
+/// The current settings and your user id.
+#[tauri::command]
+pub fn get_settings(app_state: State<'_, AppState>) -> SettingsView {
+    view(&app_state, app_state.store().settings())
+}
+
+/// Validates and saves the settings, then reconnects every window with them.
+#[tauri::command]
+pub async fn set_settings<R: Runtime>(
+    app: AppHandle<R>,
+    app_state: State<'_, AppState>,
+    settings: Settings,
+) -> Result<SettingsView, AppError> {
+    let settings = settings.validate()?;
+    app_state.store().save_settings(&settings)?;
+    for label in app.webview_windows().into_keys() {
+        let app = app.clone();
+        tauri::async_runtime::spawn(async move {
+            let state = app.state::<AppState>();
+            // Errors reach the window as `mesh://error`.
+            let _ = state.connect(&app, &label, true).await;
+        });
+    }
+    Ok(view(&app_state, settings))
+}
+
+/// Connects this window (or, when it already is, resends it the full list).
+#[tauri::command]
+pub async fn connect<R: Runtime>(
+    app: AppHandle<R>,
+    window: WebviewWindow<R>,
+    app_state: State<'_, AppState>,
+) -> Result<StatusPayload, AppError> {
+    app_state.connect(&app, window.label(), false).await
+}
+
+/// Publishes your name and status (optionally for `expireAfter` ms), and keeps
+/// the name as your display name.
+#[tauri::command]
+pub async fn publish<R: Runtime>(
+    window: WebviewWindow<R>,
+    app_state: State<'_, AppState>,
+    state: PublishInput,
+    expire_after: Option<u64>,
+) -> Result<Value, AppError> {
+    let username = validate_name(&state.username)?;
+    let status = validate_status(&state.status)?;
+    if let Some(ms) = expire_after {
+        if ms == 0 || ms > MAX_EXPIRE_AFTER_MS {
+            return Err(AppError::invalid(format!(
+                "expireAfter must be between 1 and {MAX_EXPIRE_AFTER_MS} ms"
+            )));
+        }
+    }
+    let session = app_state
+        .session(window.label())
+        .ok_or_else(AppError::not_connected)?;
+    let published = session.publish(&username, &status, expire_after).await?;
+    let mut settings = app_state.store().settings();
+    if settings.display_name != username {
+        settings.display_name = username;
+        app_state.store().save_settings(&settings)?;
+    }
+    Ok(published)
+}
+
+/// Clears your status (your name stays, so you keep your row).
+#[tauri::command]
+pub async fn clear<R: Runtime>(
+    window: WebviewWindow<R>,
+    app_state: State<'_, AppState>,
+) -> Result<Value, AppError> {
+    let session = app_state
+        .session(window.label())
+        .ok_or_else(AppError::not_connected)?;
+    let name = app_state.store().settings().display_name;
+    session.publish(&name, "", None).await
+}
+
+/// Your last state in the current room, as stored (`null` when none).
+#[tauri::command]
+pub fn read(app_state: State<'_, AppState>) -> Option<Value> {
+    let room = app_state.store().settings().room;
+    app_state.store().last_state(&room)
+}
+
+/// This window's connection status.
+#[tauri::command]
+pub fn status<R: Runtime>(
+    window: WebviewWindow<R>,
+    app_state: State<'_, AppState>,
+) -> StatusPayload {
+    app_state.status(window.label())
+}
+
+/// Opens another window: another connection for the same user.
+///
+/// Async so that it runs off the main thread, which builds the window.
+#[tauri::command]
+pub async fn new_window<R: Runtime>(app: AppHandle<R>) -> Result<String, AppError> {
+    crate::open_window(&app)
+}

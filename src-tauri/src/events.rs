@@ -1,0 +1,62 @@
+//! The events the backend sends to a window, and their payloads.
+//!
+//! Every event goes to one window only: each window has its own connection,
+//! so its status and its list are its own.
+
+use serde::Serialize;
+use tauri::{AppHandle, Emitter, EventTarget, Runtime};
+
+/// The user list changed (a [`crate::user_list::UsersEvent`]); at most one per frame.
+pub const USERS: &str = "presence://users";
+/// The connection changed state or measured a new latency ([`StatusPayload`]).
+pub const STATUS: &str = "mesh://status";
+/// Something failed in the background ([`crate::error::AppError`]).
+pub const ERROR: &str = "mesh://error";
+
+/// Where the window's connection stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusPayload {
+    /// `connecting`, `online`, `reconnecting` or `offline`.
+    pub status: &'static str,
+    /// The reconnect attempt, while reconnecting.
+    pub attempt: Option<u32>,
+    /// The last measured round trip to the server, in ms.
+    pub latency_ms: Option<u64>,
+    /// The connection id the server gave us (changes on reconnect).
+    pub connection_id: Option<String>,
+    /// The server this window talks to.
+    pub server_url: String,
+    /// Whether that server runs inside the app.
+    pub embedded: bool,
+    /// The room shown.
+    pub room: String,
+}
+
+impl StatusPayload {
+    /// A window that has no connection.
+    pub fn offline(server_url: &str, embedded: bool, room: &str) -> Self {
+        StatusPayload {
+            status: "offline",
+            attempt: None,
+            latency_ms: None,
+            connection_id: None,
+            server_url: server_url.to_string(),
+            embedded,
+            room: room.to_string(),
+        }
+    }
+}
+
+/// Sends `payload` as `event` to the window labelled `label`. A window that
+/// closed meanwhile is not an error worth reporting.
+pub fn emit<R: Runtime, S: Serialize + Clone>(
+    app: &AppHandle<R>,
+    label: &str,
+    event: &str,
+    payload: S,
+) {
+    if let Err(e) = app.emit_to(EventTarget::webview_window(label), event, payload) {
+        tracing::debug!(label, event, error = %e, "event not delivered");
+    }
+}

@@ -1,0 +1,218 @@
+//! The user list as the webview sees it, sent as diffs.
+//!
+//! The presence engine hands us the whole list whenever it changes. Sending
+//! the whole list to the webview every frame would cost megabytes per second
+//! in a 5k-user room, so [`ListDiffer`] remembers what the window already has
+//! and sends only rows that changed and ids that left.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// One person in the list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRow {
+    /// The user id (the `userId` of their state, or a connection id when a
+    /// connection has published nothing yet).
+    pub id: String,
+    /// Their display name, empty when unknown.
+    pub username: String,
+    /// Their status text, empty when none.
+    pub status: String,
+    /// When their state expires (ms since the epoch), for short-lived states.
+    pub expires_at: Option<u64>,
+    /// How many connections (windows, tabs, devices) they have in the room.
+    pub tab_count: usize,
+    /// Whether this is the user running this app.
+    pub you: bool,
+    /// When their state last changed (ms since the epoch).
+    pub timestamp: u64,
+}
+
+impl UserRow {
+    /// Builds a row from a user's id, latest state and connection count.
+    pub fn new(
+        id: &str,
+        state: Option<&Value>,
+        tab_count: usize,
+        timestamp: u64,
+        me: &str,
+    ) -> Self {
+        let text = |key: &str| {
+            state
+                .and_then(|s| s.get(key))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        UserRow {
+            id: id.to_string(),
+            username: text("username"),
+            status: text("status"),
+            expires_at: state
+                .and_then(|s| s.get("expiresAt"))
+                .and_then(Value::as_u64),
+            tab_count,
+            you: id == me,
+            timestamp,
+        }
+    }
+}
+
+/// The payload of a `presence://users` event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsersEvent {
+    /// The room the list belongs to.
+    pub room: String,
+    /// `true`: drop every row you have and take `upsert` as the whole list.
+    pub full: bool,
+    /// How many users the room has after this diff.
+    pub count: usize,
+    /// Rows that are new or changed.
+    pub upsert: Vec<UserRow>,
+    /// Ids of users who left.
+    pub remove: Vec<String>,
+}
+
+/// Remembers what one window shows and turns new lists into diffs.
+#[derive(Debug, Default)]
+pub struct ListDiffer {
+    shown: HashMap<String, UserRow>,
+    synced: bool,
+}
+
+impl ListDiffer {
+    /// A differ whose first diff is a full list.
+    pub fn new() -> Self {
+        ListDiffer::default()
+    }
+
+    /// Forgets what the window has (it reloaded), so the next diff is full.
+    pub fn reset(&mut self) {
+        self.shown.clear();
+        self.synced = false;
+    }
+
+    /// The diff from what the window shows to `rows`, or `None` when nothing
+    /// changed.
+    pub fn diff(&mut self, room: &str, rows: Vec<UserRow>) -> Option<UsersEvent> {
+        let full = !self.synced;
+        let mut next = HashMap::with_capacity(rows.len());
+        let mut upsert = Vec::new();
+        for row in rows {
+            if full || self.shown.get(&row.id) != Some(&row) {
+                upsert.push(row.clone());
+            }
+            next.insert(row.id.clone(), row);
+        }
+        let remove: Vec<String> = if full {
+            Vec::new()
+        } else {
+            self.shown
+                .keys()
+                .filter(|id| !next.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        self.shown = next;
+        self.synced = true;
+        if !full && upsert.is_empty() && remove.is_empty() {
+            return None;
+        }
+        Some(UsersEvent {
+            room: room.to_string(),
+            full,
+            count: self.shown.len(),
+            upsert,
+            remove,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(id: &str, status: &str, tabs: usize) -> UserRow {
+        UserRow::new(
+            id,
+            Some(&json!({"userId": id, "username": id, "status": status})),
+            tabs,
+            1,
+            "me",
+        )
+    }
+
+    #[test]
+    fn rows_read_name_status_and_expiry_from_the_state() {
+        let state = json!({"userId": "me", "username": "Ada", "status": "busy", "expiresAt": 99});
+        let r = UserRow::new("me", Some(&state), 2, 5, "me");
+        assert_eq!((r.username.as_str(), r.status.as_str()), ("Ada", "busy"));
+        assert_eq!(r.expires_at, Some(99));
+        assert!(r.you);
+        assert_eq!(r.tab_count, 2);
+        let bare = UserRow::new("conn-1", None, 1, 0, "me");
+        assert_eq!(bare.username, "");
+        assert!(!bare.you);
+        // A peer's odd state shape is shown as empty fields, never an error.
+        let odd = UserRow::new(
+            "x",
+            Some(&json!({"username": 5, "status": ["a"]})),
+            1,
+            0,
+            "me",
+        );
+        assert_eq!((odd.username.as_str(), odd.status.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn first_diff_is_full_then_only_changes_are_sent() {
+        let mut d = ListDiffer::new();
+        let first = d
+            .diff("general", vec![row("a", "", 1), row("b", "", 1)])
+            .unwrap();
+        assert!(first.full);
+        assert_eq!(first.upsert.len(), 2);
+        assert_eq!(first.count, 2);
+
+        assert_eq!(
+            d.diff("general", vec![row("a", "", 1), row("b", "", 1)]),
+            None
+        );
+
+        let change = d
+            .diff("general", vec![row("a", "away", 1), row("c", "", 1)])
+            .unwrap();
+        assert!(!change.full);
+        let ids: Vec<_> = change.upsert.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_eq!(change.remove, ["b"]);
+        assert_eq!(change.count, 2);
+    }
+
+    #[test]
+    fn a_tab_count_change_is_a_change() {
+        let mut d = ListDiffer::new();
+        d.diff("r", vec![row("a", "", 1)]);
+        let more = d.diff("r", vec![row("a", "", 2)]).unwrap();
+        assert_eq!(more.upsert[0].tab_count, 2);
+    }
+
+    #[test]
+    fn reset_makes_the_next_diff_full() {
+        let mut d = ListDiffer::new();
+        d.diff("r", vec![row("a", "", 1)]);
+        d.reset();
+        let again = d.diff("r", vec![row("a", "", 1)]).unwrap();
+        assert!(again.full);
+        assert_eq!(again.upsert.len(), 1);
+        // An empty room after a reset is still worth one (full, empty) event.
+        d.reset();
+        let empty = d.diff("r", vec![]).unwrap();
+        assert!(empty.full && empty.upsert.is_empty());
+    }
+}

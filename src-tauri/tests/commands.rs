@@ -1,0 +1,322 @@
+//! The commands, invoked through Tauri's IPC on a mock runtime (no window
+//! system needed), against real Mesh servers on 127.0.0.1.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_client::{ClientOptions, MeshClient, PresenceEvent, PresenceUpdate};
+use mesh_presence_app::state::AppState;
+use mesh_presence_app::store::{AppStore, MemoryKeyValue};
+use mesh_server::{RunningServer, Server, TrackOptions};
+use serde_json::{json, Value};
+use tauri::ipc::{CallbackFn, InvokeBody};
+use tauri::test::{
+    get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY,
+};
+use tauri::webview::InvokeRequest;
+use tauri::{App, Manager, WebviewWindow, WebviewWindowBuilder};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Harness {
+    _app: App<MockRuntime>,
+    window: WebviewWindow<MockRuntime>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    /// An app with an in-memory store whose embedded server starts at `port`.
+    fn new(embedded_port: u16) -> Harness {
+        let app = mesh_presence_app::builder(mock_builder())
+            .build(mock_context(noop_assets()))
+            .expect("mock app");
+        let store = AppStore::new(Arc::new(MemoryKeyValue::default()));
+        app.manage(AppState::new(store, embedded_port).expect("state"));
+        let window = WebviewWindowBuilder::new(&app, "main", Default::default())
+            .build()
+            .expect("mock window");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Harness {
+            _app: app,
+            window,
+            rt,
+        }
+    }
+
+    fn invoke(&self, cmd: &str, args: Value) -> Result<Value, Value> {
+        let request = InvokeRequest {
+            cmd: cmd.into(),
+            callback: CallbackFn(0),
+            error: CallbackFn(1),
+            url: "tauri://localhost".parse().expect("url"),
+            body: InvokeBody::Json(args),
+            headers: Default::default(),
+            invoke_key: INVOKE_KEY.to_string(),
+        };
+        get_ipc_response(&self.window, request)
+            .map(|body| body.deserialize::<Value>().expect("json reply"))
+    }
+
+    fn server(&self) -> RunningServer {
+        self.rt.block_on(async {
+            Server::builder()
+                .addr("127.0.0.1:0".parse().expect("addr"))
+                .track_presence(".*", TrackOptions::default())
+                .bind()
+                .await
+                .expect("server")
+        })
+    }
+
+    fn use_server(&self, url: &str) {
+        let view = self
+            .invoke(
+                "set_settings",
+                json!({"settings": {"serverUrl": url, "room": "general", "displayName": "Ada"}}),
+            )
+            .expect("settings saved");
+        assert_eq!(view["serverUrl"], url);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn settings_start_with_defaults_and_refuse_bad_urls() {
+    let h = Harness::new(free_port());
+    let view = h.invoke("get_settings", json!({})).unwrap();
+    assert_eq!(view["serverUrl"], Value::Null);
+    assert_eq!(view["room"], "general");
+    let user_id = view["userId"].as_str().unwrap().to_string();
+    assert!(user_id.starts_with("user-"));
+
+    let err = h
+        .invoke(
+            "set_settings",
+            json!({"settings": {"serverUrl": "http://example.com", "room": "general", "displayName": ""}}),
+        )
+        .unwrap_err();
+    assert_eq!(err["code"], "EINVALID");
+    assert!(
+        err["message"].as_str().unwrap().contains("ws:// or wss://"),
+        "{err}"
+    );
+    // Nothing was saved.
+    assert_eq!(
+        h.invoke("get_settings", json!({})).unwrap()["serverUrl"],
+        Value::Null
+    );
+
+    let err = h
+        .invoke("set_settings", json!({"settings": {"room": ""}}))
+        .unwrap_err();
+    assert!(
+        err["message"].as_str().unwrap().starts_with("Room"),
+        "{err}"
+    );
+
+    // A wrong payload shape is refused by the IPC layer, not a panic.
+    assert!(h.invoke("set_settings", json!({"settings": 5})).is_err());
+
+    let saved = h
+        .invoke(
+            "set_settings",
+            json!({"settings": {"serverUrl": "wss://mesh.example.com", "room": "design", "displayName": " Ada "}}),
+        )
+        .unwrap();
+    assert_eq!(saved["displayName"], "Ada");
+    let view = h.invoke("get_settings", json!({})).unwrap();
+    assert_eq!(view["room"], "design");
+    assert_eq!(view["userId"], user_id.as_str(), "the user id is stable");
+}
+
+#[test]
+fn commands_before_connecting_say_so() {
+    let h = Harness::new(free_port());
+    let err = h
+        .invoke(
+            "publish",
+            json!({"state": {"username": "Ada", "status": "x"}}),
+        )
+        .unwrap_err();
+    assert_eq!(err["code"], "EOFFLINE");
+    assert_eq!(
+        h.invoke("clear", json!({})).unwrap_err()["code"],
+        "EOFFLINE"
+    );
+    assert_eq!(h.invoke("status", json!({})).unwrap()["status"], "offline");
+    assert_eq!(h.invoke("read", json!({})).unwrap(), Value::Null);
+}
+
+#[test]
+fn connect_publish_clear_and_read_reach_a_real_server() {
+    let h = Harness::new(free_port());
+    let server = h.server();
+    h.use_server(&server.url());
+    let me = h.invoke("get_settings", json!({})).unwrap()["userId"].clone();
+
+    let status = h.invoke("connect", json!({})).unwrap();
+    assert_eq!(status["status"], "online");
+    assert_eq!(status["embedded"], false);
+    assert_eq!(status["serverUrl"], server.url().as_str());
+    assert!(status["connectionId"].is_string());
+
+    let (peer, mut stream) = h.rt.block_on(async {
+        let peer = MeshClient::connect(&server.url(), ClientOptions::default())
+            .await
+            .unwrap();
+        let (reply, stream) = peer.subscribe_presence("general").await.unwrap();
+        // Right after connect, the app has already published who we are.
+        let mine = reply.states.values().find(|s| s["userId"] == me).cloned();
+        assert_eq!(mine.map(|s| s["username"].clone()), Some(json!("Ada")));
+        (peer, stream)
+    });
+
+    let published = h
+        .invoke(
+            "publish",
+            json!({"state": {"username": "Ada", "status": "reviewing"}, "expireAfter": 60000}),
+        )
+        .unwrap();
+    assert_eq!(
+        published["userId"], me,
+        "the app sets the user id, not the page"
+    );
+    assert!(published["expiresAt"].as_u64().is_some());
+    let seen =
+        h.rt.block_on(next_state(&mut stream, |s| s["status"] == "reviewing"));
+    assert_eq!(seen["userId"], me);
+
+    assert_eq!(h.invoke("read", json!({})).unwrap()["status"], "reviewing");
+
+    let cleared = h.invoke("clear", json!({})).unwrap();
+    assert_eq!(cleared["status"], "");
+    assert_eq!(cleared["username"], "Ada", "clear keeps the name");
+    h.rt.block_on(next_state(&mut stream, |s| {
+        s["status"] == "" && s["userId"] == me
+    }));
+
+    // Connecting again to the same place keeps the connection.
+    let again = h.invoke("connect", json!({})).unwrap();
+    assert_eq!(again["connectionId"], status["connectionId"]);
+
+    h.rt.block_on(async {
+        peer.close().await;
+        server.shutdown().await;
+    });
+}
+
+#[test]
+fn a_short_lived_status_is_cleared_when_it_runs_out() {
+    let h = Harness::new(free_port());
+    let server = h.server();
+    h.use_server(&server.url());
+    h.invoke("connect", json!({})).unwrap();
+    let (peer, mut stream) = h.rt.block_on(async {
+        let peer = MeshClient::connect(&server.url(), ClientOptions::default())
+            .await
+            .unwrap();
+        let (_, stream) = peer.subscribe_presence("general").await.unwrap();
+        (peer, stream)
+    });
+    h.invoke(
+        "publish",
+        json!({"state": {"username": "Ada", "status": "brb"}, "expireAfter": 300}),
+    )
+    .unwrap();
+    h.rt.block_on(next_state(&mut stream, |s| s["status"] == "brb"));
+    // The app clears the status itself; the name (and so the row) stays.
+    let cleared =
+        h.rt.block_on(next_state(&mut stream, |s| s["status"] == ""));
+    assert_eq!(cleared["username"], "Ada");
+    assert!(cleared.get("expiresAt").is_none());
+    assert_eq!(h.invoke("read", json!({})).unwrap()["status"], "");
+    h.rt.block_on(async {
+        peer.close().await;
+        server.shutdown().await;
+    });
+}
+
+#[test]
+fn publish_refuses_bad_input() {
+    let h = Harness::new(free_port());
+    let server = h.server();
+    h.use_server(&server.url());
+    h.invoke("connect", json!({})).unwrap();
+    let long = "x".repeat(500);
+    let err = h
+        .invoke(
+            "publish",
+            json!({"state": {"username": "Ada", "status": long}}),
+        )
+        .unwrap_err();
+    assert_eq!(err["code"], "EINVALID");
+    let err = h
+        .invoke(
+            "publish",
+            json!({"state": {"username": "Ada", "status": "x"}, "expireAfter": 0}),
+        )
+        .unwrap_err();
+    assert_eq!(err["code"], "EINVALID");
+    assert!(h
+        .invoke("publish", json!({"state": "not an object"}))
+        .is_err());
+    h.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn an_unreachable_server_is_reported_not_hung_on() {
+    let h = Harness::new(free_port());
+    // A port nobody listens on.
+    let url = format!("ws://127.0.0.1:{}", free_port());
+    h.use_server(&url);
+    let err = h.invoke("connect", json!({})).unwrap_err();
+    assert_eq!(err["code"], "EOFFLINE");
+    assert!(err["message"].as_str().unwrap().contains(&url), "{err}");
+    assert_eq!(h.invoke("status", json!({})).unwrap()["status"], "offline");
+}
+
+#[test]
+fn embedded_server_takes_the_next_port_when_the_first_is_busy() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let h = Harness::new(port);
+    let status = h.invoke("connect", json!({})).unwrap();
+    assert_eq!(status["status"], "online");
+    assert_eq!(status["embedded"], true);
+    let url = status["serverUrl"].as_str().unwrap();
+    assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
+    assert_ne!(url, format!("ws://127.0.0.1:{port}"));
+    drop(busy);
+}
+
+async fn next_state(
+    stream: &mut mesh_client::PresenceStream,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let wait =
+        async {
+            loop {
+                match stream.recv().await {
+                    Some(PresenceEvent::Update(PresenceUpdate::State {
+                        state: Some(s), ..
+                    })) if check(&s) => return s,
+                    Some(_) => {}
+                    None => panic!("presence stream ended"),
+                }
+            }
+        };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("state update in time")
+}

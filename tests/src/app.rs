@@ -1,0 +1,341 @@
+//! Launching the built app under `tauri-driver` and using its window.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::webdriver::{Element, Session, WebDriverError};
+use crate::{free_port, wait_for, UI_TIMEOUT};
+
+/// The app binary: `$MESH_PRESENCE_APP`, or the workspace's debug build.
+pub fn app_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("MESH_PRESENCE_APP") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/mesh-presence")
+}
+
+/// Where a test's screenshots and logs go: `test-output/e2e/<test>/`.
+pub fn output_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../test-output/e2e")
+        .join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("cannot create the test output directory");
+    dir
+}
+
+/// One `tauri-driver` (and the WebKitWebDriver it runs), with the app's data
+/// directories pointed at `data_dir` so that runs never share state. Several
+/// app launches in a row with the same driver share that data, like restarts.
+pub struct Driver {
+    child: Child,
+    url: String,
+    /// The port the app's embedded server tries first.
+    pub embedded_port: u16,
+    out: PathBuf,
+}
+
+impl Driver {
+    /// Starts the driver; app data lives under `data_dir`, logs go to `out`.
+    pub fn start(data_dir: &Path, out: &Path) -> Result<Driver, String> {
+        let port = free_port();
+        let native_port = free_port();
+        let embedded_port = free_port();
+        for dir in ["data", "config", "cache"] {
+            fs::create_dir_all(data_dir.join(dir)).map_err(|e| e.to_string())?;
+        }
+        let log = fs::File::create(out.join("driver.log")).map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new("tauri-driver")
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--native-port")
+            .arg(native_port.to_string())
+            .env("XDG_DATA_HOME", data_dir.join("data"))
+            .env("XDG_CONFIG_HOME", data_dir.join("config"))
+            .env("XDG_CACHE_HOME", data_dir.join("cache"))
+            .env("MESH_PRESENCE_PORT", embedded_port.to_string())
+            .env("RUST_LOG", "info,mesh_presence_app=debug")
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .spawn()
+            .map_err(|e| format!("cannot start tauri-driver (is it on PATH?): {e}"))?;
+        let driver = Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            embedded_port,
+            out: out.to_path_buf(),
+        };
+        // tauri-driver listens before the WebKitWebDriver behind it does;
+        // a session can only start once both accept connections.
+        for (what, p) in [("tauri-driver", port), ("WebKitWebDriver", native_port)] {
+            wait_for(&format!("{what} to listen"), UI_TIMEOUT, || {
+                Ok(TcpStream::connect(("127.0.0.1", p)).ok().map(drop))
+            })?;
+        }
+        Ok(driver)
+    }
+
+    /// Launches the app and waits until its page has loaded our script.
+    pub fn launch(&self) -> Result<App, String> {
+        let binary = app_binary();
+        if !binary.exists() {
+            return Err(format!("app binary {} not built", binary.display()));
+        }
+        let session = Session::start(
+            &self.url,
+            json!({"browserName": "wry", "tauri:options": {"application": binary}}),
+        )
+        .map_err(|e| e.to_string())?;
+        let app = App {
+            session,
+            out: self.out.clone(),
+            ended: false,
+        };
+        wait_for("the page to load", UI_TIMEOUT, || {
+            app.js("return !!(window.UserList && document.getElementById('connection'))")
+                .map(|v| v.as_bool().unwrap_or(false).then_some(()))
+        })?;
+        Ok(app)
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Everything this driver started (WebKitWebDriver, the app, its web
+        // processes), found before stopping it orphans them.
+        let started = descendants(self.child.id());
+        // SIGTERM lets tauri-driver stop the WebKitWebDriver it started.
+        terminate(self.child.id());
+        let mut exited = false;
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // An app whose session did not end cleanly (a failed test, a second
+        // window still open) would outlive the driver: stop it too.
+        for pid in started {
+            terminate(pid);
+        }
+    }
+}
+
+fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The processes below `root`, from the parent ids in /proc.
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // The parent id is the second field after the ")" ending the name.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// A running app, seen through its main window.
+pub struct App {
+    session: Session,
+    out: PathBuf,
+    ended: bool,
+}
+
+/// One row of the user list as displayed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The user id the row is keyed by.
+    pub id: String,
+    /// The name shown.
+    pub name: String,
+    /// The status shown ("idle" when none).
+    pub status: String,
+    /// The tab count text, e.g. "2 tabs".
+    pub tabs: String,
+    /// Whether the row is marked as you.
+    pub you: bool,
+    /// The remaining-time text of a short-lived status.
+    pub expiry: String,
+}
+
+const ROWS_JS: &str =
+    "return Array.from(document.querySelectorAll('.user-row:not([hidden])')).map(r => ({
+  id: r.dataset.userId, name: r.querySelector('.name').textContent,
+  status: r.querySelector('.user-status').textContent, tabs: r.querySelector('.tabs').textContent,
+  you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent }))";
+
+impl App {
+    /// Runs a script in the page.
+    pub fn js(&self, script: &str) -> Result<Value, String> {
+        self.session
+            .execute(script, vec![])
+            .map_err(|e| e.to_string())
+    }
+
+    /// The element matching `css`.
+    pub fn find(&self, css: &str) -> Result<Element, String> {
+        self.session.find(css).map_err(|e| e.to_string())
+    }
+
+    /// Replaces the text of input `css` with `text`, typed as keystrokes.
+    pub fn fill(&self, css: &str, text: &str) -> Result<(), String> {
+        let el = self.find(css)?;
+        self.session.clear(&el).map_err(|e| e.to_string())?;
+        if !text.is_empty() {
+            self.session
+                .type_text(&el, text)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Clicks `css`.
+    pub fn click(&self, css: &str) -> Result<(), String> {
+        let el = self.find(css)?;
+        self.session.click(&el).map_err(|e| e.to_string())
+    }
+
+    /// The value of input `css`.
+    pub fn value(&self, css: &str) -> Result<String, String> {
+        let v = self.js(&format!("return document.querySelector({css:?}).value"))?;
+        Ok(v.as_str().unwrap_or_default().to_string())
+    }
+
+    /// The text of `css`.
+    pub fn text(&self, css: &str) -> Result<String, String> {
+        let v = self.js(&format!(
+            "return document.querySelector({css:?}).textContent"
+        ))?;
+        Ok(v.as_str().unwrap_or_default().trim().to_string())
+    }
+
+    /// The connection indicator: `connecting`, `online`, `reconnecting` or `offline`.
+    pub fn connection(&self) -> Result<String, String> {
+        let v = self.js("return document.getElementById('connection').dataset.status")?;
+        Ok(v.as_str().unwrap_or_default().to_string())
+    }
+
+    /// Waits until the connection indicator shows `status`.
+    pub fn wait_connection(&self, status: &str) -> Result<(), String> {
+        wait_for(&format!("connection status {status}"), UI_TIMEOUT, || {
+            let now = self.connection()?;
+            if now == status {
+                Ok(Some(()))
+            } else {
+                Err(format!("status is {now}"))
+            }
+        })
+    }
+
+    /// The rows currently rendered.
+    pub fn rows(&self) -> Result<Vec<Row>, String> {
+        let v = self.js(ROWS_JS)?;
+        let rows = v.as_array().cloned().unwrap_or_default();
+        Ok(rows
+            .iter()
+            .map(|r| Row {
+                id: r["id"].as_str().unwrap_or_default().into(),
+                name: r["name"].as_str().unwrap_or_default().into(),
+                status: r["status"].as_str().unwrap_or_default().into(),
+                tabs: r["tabs"].as_str().unwrap_or_default().into(),
+                you: r["you"].as_bool().unwrap_or(false),
+                expiry: r["expiry"].as_str().unwrap_or_default().into(),
+            })
+            .collect())
+    }
+
+    /// Waits until the rendered rows satisfy `check`, and returns them.
+    pub fn wait_rows(
+        &self,
+        what: &str,
+        check: impl Fn(&[Row]) -> bool,
+    ) -> Result<Vec<Row>, String> {
+        wait_for(what, UI_TIMEOUT, || {
+            let rows = self.rows()?;
+            if check(&rows) {
+                Ok(Some(rows))
+            } else {
+                Err(format!("rows: {rows:?}"))
+            }
+        })
+    }
+
+    /// The server URL the window shows, without the "(embedded)" note.
+    pub fn server_url(&self) -> Result<String, String> {
+        let text = self.text("#server-url")?;
+        Ok(text.trim_end_matches("(embedded)").trim().to_string())
+    }
+
+    /// How many windows the app has open.
+    pub fn window_count(&self) -> Result<usize, String> {
+        self.session
+            .window_handles()
+            .map(|h| h.len())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Saves a screenshot of the window as `<step>.png` in the test output.
+    pub fn screenshot(&self, step: &str) -> Result<(), String> {
+        let png = self.session.screenshot().map_err(|e| e.to_string())?;
+        fs::write(self.out.join(format!("{step}.png")), png).map_err(|e| e.to_string())
+    }
+
+    /// Closes the app (ends the WebDriver session).
+    pub fn quit(mut self) -> Result<(), WebDriverError> {
+        self.ended = true;
+        self.session.end()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.session.end();
+        }
+    }
+}

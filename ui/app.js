@@ -1,0 +1,123 @@
+// The window's glue: Tauri commands in, Tauri events out. The Rust backend
+// owns the connection, the presence grouping and the stored state; this file
+// only shows what it is told and forwards what the user types.
+"use strict";
+
+const { invoke } = window.__TAURI__.core;
+const { listen } = window.__TAURI__.event;
+
+const $ = (id) => document.getElementById(id);
+
+const list = new UserList($("user-list"), $("user-list-spacer"));
+list.onCount = (n) => {
+  $("count").textContent = String(n);
+  $("empty").hidden = n > 0;
+};
+setInterval(() => list.tick(), 1000);
+
+const STATUS_TEXT = {
+  connecting: "Connecting…",
+  online: "Online",
+  reconnecting: "Reconnecting",
+  offline: "Offline",
+};
+
+function showStatus(s) {
+  const box = $("connection");
+  box.dataset.status = s.status;
+  let text = STATUS_TEXT[s.status] || s.status;
+  if (s.status === "reconnecting" && s.attempt) text += ` (attempt ${s.attempt})`;
+  $("connection-text").textContent = text;
+  $("latency").textContent = s.status === "online" && s.latencyMs != null ? `${s.latencyMs} ms` : "";
+  const url = s.serverUrl || "";
+  $("server-url").textContent = s.embedded ? `${url} (embedded)` : url;
+  if (s.room) $("room-name").textContent = s.room;
+}
+
+function showError(message) {
+  $("error-text").textContent = message;
+  $("error").hidden = false;
+}
+
+/** Tauri rejects a failed command with our `{code, message}` error value. */
+function describe(err) {
+  if (err && typeof err === "object" && err.message) return err.message;
+  return String(err);
+}
+
+async function call(command, args) {
+  try {
+    return await invoke(command, args);
+  } catch (err) {
+    showError(describe(err));
+    throw err;
+  }
+}
+
+function fillSettings(s) {
+  $("setting-server").value = s.serverUrl || "";
+  $("setting-room").value = s.room;
+  $("setting-name").value = s.displayName;
+  $("setting-user-id").textContent = s.userId;
+}
+
+async function publish() {
+  const expire = $("expire").value;
+  await call("publish", {
+    state: { username: $("username").value.trim(), status: $("status").value.trim() },
+    expireAfter: expire ? Number(expire) : null,
+  });
+}
+
+$("presence-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  publish().catch(() => {});
+});
+
+$("clear").addEventListener("click", () => {
+  $("status").value = "";
+  $("expire").value = "";
+  call("clear").catch(() => {});
+});
+
+$("new-window").addEventListener("click", () => call("new_window").catch(() => {}));
+$("error-dismiss").addEventListener("click", () => ($("error").hidden = true));
+
+$("open-settings").addEventListener("click", async () => {
+  $("settings-error").textContent = "";
+  fillSettings(await call("get_settings"));
+  $("settings").showModal();
+});
+$("settings-cancel").addEventListener("click", () => $("settings").close());
+$("settings-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const settings = {
+    serverUrl: $("setting-server").value.trim() || null,
+    room: $("setting-room").value.trim(),
+    displayName: $("setting-name").value.trim(),
+  };
+  try {
+    const saved = await invoke("set_settings", { settings });
+    $("settings").close();
+    $("username").value = saved.displayName;
+    $("room-name").textContent = saved.room;
+  } catch (err) {
+    // Stay open so the user can fix the field the message names.
+    $("settings-error").textContent = describe(err);
+  }
+});
+
+async function start() {
+  await listen("presence://users", (e) => list.apply(e.payload));
+  await listen("mesh://status", (e) => showStatus(e.payload));
+  await listen("mesh://error", (e) => showError(e.payload.message));
+
+  const settings = await call("get_settings");
+  $("room-name").textContent = settings.room;
+  const last = await call("read");
+  $("username").value = (last && last.username) || settings.displayName;
+  $("status").value = (last && last.status) || "";
+  showStatus(await call("connect"));
+}
+
+start().catch((err) => showError(describe(err)));
