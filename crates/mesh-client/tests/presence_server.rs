@@ -161,6 +161,10 @@ async fn states_are_shown_per_user_and_grouped_by_state_key() {
     let mut users = watcher.users();
     // Nobody has published a state: with state keys nobody is shown yet.
     assert!(users.borrow().is_empty());
+    let (lists_tx, mut lists) = tokio::sync::mpsc::unbounded_channel();
+    let _callback = watcher.on_users(move |list| {
+        let _ = lists_tx.send(rows(list));
+    });
 
     carol
         .publish(json!({"userId": "carol", "status": "writing"}))
@@ -179,6 +183,17 @@ async fn states_are_shown_per_user_and_grouped_by_state_key() {
         carol.read().unwrap(),
         Some(json!({"userId": "carol", "status": "writing"}))
     );
+    // The callback got the same list.
+    let from_callback = within("the callback", async {
+        loop {
+            let list = lists.recv().await.expect("callback task ended");
+            if list == rows(&users.borrow()) {
+                return list;
+            }
+        }
+    })
+    .await;
+    assert_eq!(from_callback[0].0, "carol");
 }
 
 #[tokio::test]

@@ -238,6 +238,19 @@ impl Presence {
         self.users.clone()
     }
 
+    /// Calls `f` with every new user list (coalesced as [`Presence::users`]),
+    /// from a task of its own, until this presence stops. The list is a
+    /// copy, so a slow callback never holds up the presence task.
+    pub fn on_users(&self, mut f: impl FnMut(&[User]) + Send + 'static) -> JoinHandle<()> {
+        let mut users = self.users();
+        tokio::spawn(async move {
+            while users.changed().await.is_ok() {
+                let list = users.borrow_and_update().clone();
+                f(&list);
+            }
+        })
+    }
+
     /// User-level events (joined, left, updated), delivered with each
     /// user-list emission.
     pub fn events(&self) -> broadcast::Receiver<UserEvent> {
