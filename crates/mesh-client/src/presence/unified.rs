@@ -15,10 +15,13 @@ use crate::{ClientError, ClientEvent, MeshClient, PresenceEvent, PresenceStream}
 use futures_util::future::join_all;
 use mesh_protocol::{now_millis, validate_room_name, PresenceUpdate, DEFAULT_MAX_STATE_BYTES};
 use serde_json::{Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How many of our own former connection ids a presence remembers.
+const FORMER_IDS_KEPT: usize = 8;
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -201,6 +204,7 @@ impl Presence {
             group_key,
             engine,
             my_id: client.connection_id(),
+            former_ids: VecDeque::new(),
             own_state_ts: own_state_ts.clone(),
             users_tx,
             events_tx: events.clone(),
@@ -336,6 +340,11 @@ struct Driver {
     group_key: GroupKey,
     engine: PresenceEngine,
     my_id: Option<String>,
+    /// Our connection ids from before the latest reconnects. A snapshot can
+    /// still list them (the server has not noticed the old socket is gone),
+    /// and whichever of `Resync` and `Reconnected` we see first, they must
+    /// never come back as a second row for us.
+    former_ids: VecDeque<String>,
     own_state_ts: Arc<AtomicU64>,
     users_tx: watch::Sender<Vec<User>>,
     events_tx: broadcast::Sender<UserEvent>,
@@ -499,6 +508,9 @@ impl Driver {
 
     fn on_resync(&mut self, present: &[String], states: Map<String, Value>) {
         self.engine.reset(present, states, now_millis());
+        for old in &self.former_ids {
+            self.engine.leave(old);
+        }
         self.on_new_id(self.client.connection_id());
     }
 
@@ -511,6 +523,11 @@ impl Driver {
         }
         if let Some(old) = self.my_id.take() {
             self.engine.leave(&old);
+            // A handful is plenty: older ids are long gone from the server.
+            if self.former_ids.len() == FORMER_IDS_KEPT {
+                self.former_ids.pop_front();
+            }
+            self.former_ids.push_back(old);
         }
         self.my_id = id;
         let jitter = self.options.republish_jitter.mul_f64(rand::random::<f64>());
