@@ -1,9 +1,9 @@
 //! Measures the desktop app: cold start to first rendered list, memory, and
 //! the cost of rendering a 5k-user room that keeps changing.
 //!
-//! Run under Xvfb after building the app: `scripts/bench-app.sh` (or
-//! `xvfb-run -a cargo run --release -p mesh-presence-e2e --features e2e --bin app-bench`).
-//! `USERS` sets the room size (default 5000).
+//! Run with `scripts/bench-app.sh`, which builds the release app and runs
+//! this under Xvfb. `MESH_PRESENCE_APP` names the app binary; `USERS` sets
+//! the room size (default 5000).
 
 use std::time::{Duration, Instant};
 
