@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The project's one test command (`npm test`): formatting, lints, then every
-# test in the workspace. CI runs exactly this after installing what it needs.
+# The project's one test command (`npm test`): formatting, lints, every test
+# in the workspace (with a private redis-server for the Redis backend), then
+# the end-to-end tests of the app in its real window. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Every test runner's output also goes to this log, so that the last line can
+# add up what ran across the whole workspace and the end-to-end tests.
+RESULTS=$(mktemp)
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -14,7 +19,7 @@ echo "== redis-server for the Redis backend tests"
 # A private redis-server on a free port, stopped on exit; the tests read
 # MESH_TEST_REDIS_URL and give each test its own key prefix.
 REDIS_PID=
-trap '[ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true' EXIT
+trap '[ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null; rm -f "$RESULTS"' EXIT
 for attempt in $(seq 20); do
   REDIS_PORT=$((20000 + RANDOM % 40000))
   # Taken already? Try another.
@@ -34,7 +39,10 @@ export MESH_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
 echo "redis-server on port $REDIS_PORT"
 
 echo "== cargo test"
-cargo test --workspace
+cargo test --workspace 2>&1 | tee -a "$RESULTS"
 
 echo "== end-to-end: the app in its real window (Xvfb + tauri-driver)"
-bash scripts/e2e.sh
+bash scripts/e2e.sh 2>&1 | tee -a "$RESULTS"
+
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "total: %d passed, %d failed\n", passed, failed }' "$RESULTS"
