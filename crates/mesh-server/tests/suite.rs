@@ -14,13 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 async fn basic_commands(kind: BackendKind) {
-    let server = kind
-        .builder()
-        .await
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+    let server = kind.serve_every_room().await;
     let mut a = Peer::connect(&server.url()).await;
     assert!(a.id.starts_with(server.handle().instance_id()));
     assert_eq!(a.request(command::NOOP, json!({})).await, json!(true));
@@ -206,13 +200,7 @@ async fn unsubscribed_peer_gets_nothing(kind: BackendKind) {
 }
 
 async fn state_expiry_sends_one_null(kind: BackendKind) {
-    let server = kind
-        .builder()
-        .await
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+    let server = kind.serve_every_room().await;
     let mut a = Peer::connect(&server.url()).await;
     let mut b = Peer::connect(&server.url()).await;
     a.subscribe("doc").await;
@@ -250,13 +238,7 @@ async fn state_expiry_sends_one_null(kind: BackendKind) {
 }
 
 async fn silent_state_is_stored_not_pushed(kind: BackendKind) {
-    let server = kind
-        .builder()
-        .await
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+    let server = kind.serve_every_room().await;
     let mut a = Peer::connect(&server.url()).await;
     let mut b = Peer::connect(&server.url()).await;
     a.subscribe("r").await;
@@ -362,13 +344,7 @@ async fn silent_peer_is_closed_by_heartbeat(kind: BackendKind) {
 }
 
 async fn dropped_socket_leaves(kind: BackendKind) {
-    let server = kind
-        .builder()
-        .await
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+    let server = kind.serve_every_room().await;
     let mut a = Peer::connect(&server.url()).await;
     a.subscribe("r").await;
     let mut gone = Peer::connect(&server.url()).await;
@@ -444,13 +420,7 @@ async fn malformed_frames_get_clear_errors(kind: BackendKind) {
 }
 
 async fn garbage_flood_closes_only_that_socket(kind: BackendKind) {
-    let server = kind
-        .builder()
-        .await
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+    let server = kind.serve_every_room().await;
     let mut a = Peer::connect(&server.url()).await;
     let mut b = Peer::connect(&server.url()).await;
     a.subscribe("r").await;
@@ -505,13 +475,7 @@ async fn garbage_flood_closes_only_that_socket(kind: BackendKind) {
 }
 
 async fn metadata_strategies_and_privacy(kind: BackendKind) {
-    let server = kind
-        .builder()
-        .await
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+    let server = kind.serve_every_room().await;
     let mut a = Peer::connect(&server.url()).await;
     let mut b = Peer::connect(&server.url()).await;
     let set = |metadata: Value, strategy: &str| json!({"metadata": metadata, "options": {"strategy": strategy}});

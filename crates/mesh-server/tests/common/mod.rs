@@ -7,7 +7,7 @@ pub mod redis;
 
 use futures_util::{SinkExt, StreamExt};
 use mesh_protocol::{command, Frame, PresenceUpdate};
-use mesh_server::{Backend, MemoryBackend, ServerBuilder};
+use mesh_server::{Backend, MemoryBackend, RunningServer, ServerBuilder, TrackOptions};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -59,8 +59,8 @@ impl BackendKind {
         }
     }
 
-    /// A server builder on an ephemeral port with this backend, tracking
-    /// every room, with a fast heartbeat.
+    /// A server builder on an ephemeral port with this backend and a fast
+    /// heartbeat; rooms are tracked as each test says.
     pub async fn builder(self) -> ServerBuilder {
         mesh_server::Server::builder()
             .addr("127.0.0.1:0".parse().unwrap())
@@ -69,6 +69,17 @@ impl BackendKind {
             // Peers answer pings only while a test reads from them; a wide
             // window keeps an idle peer from being dropped on a busy machine.
             .max_missed_pongs(50)
+    }
+
+    /// A running server from [`BackendKind::builder`] that tracks presence
+    /// in every room, the setup most tests need.
+    pub async fn serve_every_room(self) -> RunningServer {
+        self.builder()
+            .await
+            .track_presence(".*", TrackOptions::default())
+            .bind()
+            .await
+            .unwrap()
     }
 }
 
