@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Measures the desktop app under Xvfb: process start to first rendered list,
-# RSS, and per-frame cost with a 5k-user room (5000 real connections to the
-# app's embedded server) that keeps changing. The app is the release build,
-# as installed from the .deb/.rpm; the measuring side is the debug build of
-# tests/src/bin/app_bench.rs. USERS=N changes the room size.
+# RSS, and frames: the idle window, then a 5k-user room (5000 real
+# connections) that keeps changing. The app is built as shipped (profile
+# `desktop`), the standalone server and the measuring side
+# (tests/src/bin/app_bench.rs, which also plays the 5000 users) as release.
+# USERS=N changes the room size; UPDATE_SECS=N how long it keeps changing;
+# ROOM_SERVER=embedded puts the room on the app's embedded server instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release -p mesh-presence-app
+cargo build --profile desktop -p mesh-presence-app
+cargo build --release -p mesh-server
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-export MESH_PRESENCE_APP="$PWD/$TARGET_DIR/release/mesh-presence"
+export MESH_PRESENCE_APP="$PWD/$TARGET_DIR/desktop/mesh-presence"
+export MESH_SERVER_BIN="$PWD/$TARGET_DIR/release/mesh-server"
 xvfb-run -a -s "-screen 0 1280x800x24" \
-  cargo run -p mesh-presence-e2e --features e2e --bin app-bench
+  cargo run --release -p mesh-presence-e2e --features e2e --bin app-bench

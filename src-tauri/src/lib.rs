@@ -9,6 +9,7 @@
 //! * [`store`]: the user id, [`settings`] and last state per room, kept with
 //!   `tauri-plugin-store`; [`my_state`] builds the state we publish.
 //! * [`user_list`]: turns the presence list into per-frame diffs for the UI.
+//! * [`rendering`]: how WebKit draws on a machine without a GPU.
 //!
 //! The webview (`ui/`) holds no protocol logic.
 
@@ -19,6 +20,7 @@ pub mod embedded;
 pub mod error;
 pub mod events;
 pub mod my_state;
+pub mod rendering;
 pub mod session;
 pub mod settings;
 pub mod state;
@@ -45,6 +47,7 @@ static NEXT_WINDOW: AtomicU32 = AtomicU32::new(1);
 
 /// Builds and runs the app until its last window closes.
 pub fn run() {
+    rendering::configure();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

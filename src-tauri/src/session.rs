@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_client::presence::{GroupKey, Presence, User};
+use mesh_client::presence::{GroupKey, Presence};
 use mesh_client::{ClientEvent, ClientOptions, MeshClient, Status};
 use serde_json::Value;
 use tauri::async_runtime::JoinHandle;
@@ -18,7 +18,7 @@ use crate::error::AppError;
 use crate::events::{self, StatusPayload};
 use crate::my_state;
 use crate::store::{state_key, AppStore};
-use crate::user_list::{ListDiffer, UserRow};
+use crate::user_list::ListDiffer;
 
 /// The shortest gap between two `presence://users` events: one frame at 60 Hz.
 /// Changes that arrive in between are merged into the next event.
@@ -272,12 +272,10 @@ async fn forward_users<R: Runtime>(
     let mut users = presence.users();
     let mut differ = ListDiffer::new();
     loop {
-        let rows: Vec<UserRow> = users
-            .borrow_and_update()
-            .iter()
-            .map(|u| row(u, &me))
-            .collect();
-        if let Some(event) = differ.diff(&room, rows) {
+        // Diffed in place: the list is only read, and copying 5k users
+        // every frame would cost more than the diff.
+        let event = differ.diff(&room, &users.borrow_and_update(), &me);
+        if let Some(event) = event {
             events::emit(&app, &label, events::USERS, event);
         }
         tokio::time::sleep(FRAME).await;
@@ -290,14 +288,4 @@ async fn forward_users<R: Runtime>(
             () = resync.notified() => differ.reset(),
         }
     }
-}
-
-fn row(user: &User, me: &str) -> UserRow {
-    UserRow::new(
-        &user.id,
-        user.state.as_deref(),
-        user.tab_count,
-        user.timestamp,
-        me,
-    )
 }

@@ -1,30 +1,46 @@
 //! Measures the desktop app: cold start to first rendered list, memory, and
 //! the cost of rendering a 5k-user room that keeps changing.
 //!
-//! Run with `scripts/bench-app.sh`, which builds the release app and runs
-//! this under Xvfb. `MESH_PRESENCE_APP` names the app binary; `USERS` sets
-//! the room size (default 5000).
+//! Run with `scripts/bench-app.sh`, which builds the release app and server
+//! and runs this under Xvfb. `MESH_PRESENCE_APP` names the app binary and
+//! `MESH_SERVER_BIN` the standalone server; `USERS` sets the room size
+//! (default 5000); `ROOM_SERVER=embedded` puts the room on the app's own
+//! server instead of a standalone one.
 
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mesh_client::{ClientOptions, MeshClient};
-use mesh_presence_e2e::app::{output_dir, Driver};
+use mesh_presence_e2e::app::{output_dir, App, Driver};
 use mesh_presence_e2e::wait_for;
 use serde_json::{json, Value};
 
 const ROOM: &str = "general";
 
 /// Installs timers around the list's `apply` (one backend event) and
-/// `render` (one frame's DOM work), and a rAF loop recording frame gaps.
+/// `render` (one frame's DOM work), and a rAF loop recording frame gaps and
+/// each frame's main-thread work: from the start of its rAF callbacks to the
+/// first task after them, which runs once style, layout and paint are done.
 const INSTRUMENT_JS: &str = "
-  const b = window.__bench = {apply: [], render: [], frames: []};
-  const wrap = (name) => { const f = list[name].bind(list);
-    list[name] = (...a) => { const t = performance.now(); const r = f(...a); b[name].push(performance.now() - t); return r; }; };
-  wrap('apply'); wrap('render');
-  let last = performance.now();
-  const tick = (t) => { b.frames.push(t - last); last = t; if (!b.stop) requestAnimationFrame(tick); };
+  const b = window.__bench = {apply: [], render: [], frames: [], work: []};
+  if (!list.__wrapped) {
+    list.__wrapped = true;
+    const wrap = (name) => { const f = list[name].bind(list);
+      list[name] = (...a) => { const t = performance.now(); const r = f(...a); window.__bench[name].push(performance.now() - t); return r; }; };
+    wrap('apply'); wrap('render');
+  }
+  let last = null;
+  const tick = (t) => { if (last !== null) b.frames.push(t - last); last = t;
+    const s = performance.now(); setTimeout(() => b.work.push(performance.now() - s), 0);
+    if (!b.stop) requestAnimationFrame(tick); };
   requestAnimationFrame(tick);
   return true;";
+
+/// One display refresh at 60 Hz; a frame gap over 1.5 of these is a frame
+/// that missed its refresh.
+const REFRESH_MS: f64 = 1000.0 / 60.0;
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
@@ -36,10 +52,7 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 }
 
 fn summary(name: &str, values: &Value) -> String {
-    let mut v: Vec<f64> = values
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default();
+    let mut v = numbers(values);
     let n = v.len();
     format!(
         "{name}: n={n} p50={:.2} ms p95={:.2} ms p99={:.2} ms max={:.2} ms",
@@ -121,12 +134,137 @@ fn process_start_epoch_ms(app_binary: &str) -> Option<f64> {
     None
 }
 
+/// The numbers in a JSON array (none when it is not one).
+fn numbers(values: &Value) -> Vec<f64> {
+    values
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// CPU time (clock ticks) used so far by every process, with its name, so
+/// a phase can say who kept the two cores busy.
+fn cpu_ticks() -> HashMap<u32, (String, u64)> {
+    let mut by_pid = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, rest)) = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(')')) else {
+            continue;
+        };
+        // utime and stime are fields 14 and 15; `rest` starts at field 3.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        by_pid.insert(pid, (name.to_string(), ticks(11) + ticks(12)));
+    }
+    by_pid
+}
+
+/// Records the page's frames while `during` runs, and prints them with the
+/// CPU each busy program used meanwhile.
+async fn frames<F: std::future::Future<Output = ()>>(app: &App, label: &str, during: F) {
+    app.js(INSTRUMENT_JS).expect("instrument");
+    let (cpu_before, t) = (cpu_ticks(), Instant::now());
+    during.await;
+    let (cpu_after, secs) = (cpu_ticks(), t.elapsed().as_secs_f64());
+    let stats = app
+        .js("window.__bench.stop = true; return window.__bench;")
+        .expect("stats");
+    let gaps = numbers(&stats["frames"]);
+    let late = gaps.iter().filter(|&&g| g > 1.5 * REFRESH_MS).count();
+    println!("{label}:");
+    println!("  {}", summary("event apply (JS)", &stats["apply"]));
+    println!("  {}", summary("frame render (JS)", &stats["render"]));
+    println!("  {}", summary("frame work (main thread)", &stats["work"]));
+    println!("  {}", summary("frame interval (rAF)", &stats["frames"]));
+    println!(
+        "  frames that missed a 60 Hz refresh: {late} of {} ({:.1}%)",
+        gaps.len(),
+        100.0 * late as f64 / gaps.len().max(1) as f64
+    );
+    // By pid, then summed by name: a kernel worker renames itself with the
+    // work it is doing, so names alone do not match across snapshots.
+    let mut by_name: HashMap<&str, u64> = HashMap::new();
+    for (pid, (name, after)) in &cpu_after {
+        let before = cpu_before.get(pid).map_or(0, |(_, t)| *t);
+        let name = name.split('/').next().unwrap_or(name);
+        *by_name.entry(name).or_insert(0) += after.saturating_sub(before);
+    }
+    // 100 ticks per second, so ticks per second is % of one core.
+    let mut busy: Vec<(f64, &str)> = by_name
+        .into_iter()
+        .map(|(name, used)| (used as f64 / secs, name))
+        .filter(|(pct, _)| *pct >= 2.0)
+        .collect();
+    busy.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let busy: Vec<String> = busy
+        .iter()
+        .map(|(pct, name)| format!("{name} {pct:.0}%"))
+        .collect();
+    println!("  CPU (% of one core): {}", busy.join(", "));
+}
+
+/// Starts the standalone `mesh-server` on a free port; returns it and its URL.
+fn standalone_server() -> (Child, String) {
+    let bin =
+        std::env::var("MESH_SERVER_BIN").expect("MESH_SERVER_BIN names the mesh-server binary");
+    let mut child = Command::new(bin)
+        .args(["--addr", "127.0.0.1:0", "--track", ROOM])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mesh-server starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = loop {
+        let line = lines.next().expect("server log ended").expect("log line");
+        if let Some(start) = line.find("ws://") {
+            let rest = &line[start..];
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            break rest[..end].to_string();
+        }
+    };
+    // Keep draining so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, url)
+}
+
+/// Points the app at `url` through its settings panel and waits until it is
+/// online there.
+fn use_server(app: &App, url: &str) {
+    app.click("#open-settings").expect("settings");
+    app.fill("#setting-server", url).expect("server field");
+    app.click("#settings-save").expect("save");
+    wait_for(
+        "the app on the standalone server",
+        Duration::from_secs(20),
+        || {
+            let shown = app.server_url()?;
+            Ok((shown == url && app.connection()? == "online").then_some(()))
+        },
+    )
+    .expect("online on the standalone server");
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let users: usize = std::env::var("USERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
+    let update_secs: u64 = std::env::var("UPDATE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let embedded = std::env::var("ROOM_SERVER").as_deref() == Ok("embedded");
     let out = output_dir("bench");
     let data = tempfile::tempdir().expect("temp dir");
     let driver = Driver::start(data.path(), &out).expect("tauri-driver");
@@ -164,8 +302,34 @@ async fn main() {
         web_rss / 1024
     );
 
-    // A room of `users` people, each a real connection to the embedded server.
-    let url = app.server_url().expect("server url");
+    // The floor: frames of the idle window, nothing changing.
+    frames(
+        &app,
+        "idle window, 3 s",
+        tokio::time::sleep(Duration::from_secs(3)),
+    )
+    .await;
+
+    // A room of `users` people, each a real connection. By default the room
+    // lives on a standalone server, as a 5k room would: the app then does
+    // only what it does for its user (one connection, the list, the page).
+    let mut server = None;
+    let url = if embedded {
+        app.server_url().expect("server url")
+    } else {
+        let (child, url) = standalone_server();
+        server = Some(child);
+        tokio::task::block_in_place(|| use_server(&app, &url));
+        url
+    };
+    println!(
+        "room on the {} server",
+        if embedded {
+            "app's embedded"
+        } else {
+            "standalone"
+        }
+    );
     let t = Instant::now();
     let mut clients = Vec::with_capacity(users);
     for chunk in (0..users).collect::<Vec<_>>().chunks(200) {
@@ -208,30 +372,50 @@ async fn main() {
     );
     let _ = app.screenshot("5k-users");
 
+    frames(
+        &app,
+        &format!("{users}-user room, still, 3 s"),
+        tokio::time::sleep(Duration::from_secs(3)),
+    )
+    .await;
+
     // Keep it changing: 10 users change status every 10 ms for 5 s.
-    app.js(INSTRUMENT_JS).expect("instrument");
-    let start = Instant::now();
-    let mut round = 0usize;
-    while start.elapsed() < Duration::from_secs(5) {
-        for k in 0..10 {
-            let i = (round * 10 + k) * 7919 % users;
-            let state = json!({"userId": format!("bench-{i:05}"), "username": format!("User {i:05}"), "status": format!("update {round}")});
-            let c = clients[i].clone();
-            tokio::spawn(async move { c.publish_presence_state(ROOM, state, None, false).await });
+    let changes = async {
+        let start = Instant::now();
+        let mut round = 0usize;
+        while start.elapsed() < Duration::from_secs(update_secs) {
+            for k in 0..10 {
+                let i = (round * 10 + k) * 7919 % users;
+                let state = json!({"userId": format!("bench-{i:05}"), "username": format!("User {i:05}"), "status": format!("update {round}")});
+                let c = clients[i].clone();
+                tokio::spawn(
+                    async move { c.publish_presence_state(ROOM, state, None, false).await },
+                );
+            }
+            round += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        round += 1;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let stats = app
-        .js("window.__bench.stop = true; return window.__bench;")
-        .expect("stats");
-    println!("{} status changes sent over 5 s", round * 10);
-    println!("{}", summary("event apply (JS)", &stats["apply"]));
-    println!("{}", summary("frame render (JS)", &stats["render"]));
-    println!("{}", summary("frame interval (rAF)", &stats["frames"]));
+        println!("{} status changes sent over {update_secs} s", round * 10);
+    };
+    frames(
+        &app,
+        &format!("{users}-user room, 10 changes every 10 ms, {update_secs} s"),
+        changes,
+    )
+    .await;
+    let (app_rss, web_rss) = rss_kb(&binary.display().to_string());
+    println!(
+        "RSS after the changes: app {} MB, WebKit helpers {} MB",
+        app_rss / 1024,
+        web_rss / 1024
+    );
     let _ = app.screenshot("5k-users-updating");
     drop(app);
     for c in clients {
         c.close().await;
+    }
+    if let Some(mut child) = server {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

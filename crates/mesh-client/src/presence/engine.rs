@@ -41,7 +41,7 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A function that reads a group key out of a presence state.
 pub type StateKeyFn = Arc<dyn Fn(&Value) -> Option<String> + Send + Sync>;
@@ -149,8 +149,8 @@ pub struct User {
     pub state: Option<Arc<Value>>,
     /// Number of connections (tabs, devices) of this user.
     pub tab_count: usize,
-    /// Connection ids of this user, sorted.
-    pub members: Vec<Arc<str>>,
+    /// Connection ids of this user, sorted. Shared, so a list is cheap to build.
+    pub members: Arc<[Arc<str>]>,
     /// The connection that sent the current state, while it is still here.
     pub representative: Option<Arc<str>>,
     /// When the state last changed (milliseconds since the Unix epoch).
@@ -170,6 +170,9 @@ enum Placement {
 
 struct Group {
     members: HashSet<Arc<str>>,
+    /// `members` sorted, built on first use after a change: a list is
+    /// emitted up to once a frame, and members change far less often.
+    sorted: OnceLock<Arc<[Arc<str>]>>,
     state: Option<Arc<Value>>,
     representative: Option<Arc<str>>,
     timestamp: u64,
@@ -179,10 +182,21 @@ impl Group {
     fn new() -> Self {
         Group {
             members: HashSet::new(),
+            sorted: OnceLock::new(),
             state: None,
             representative: None,
             timestamp: 0,
         }
+    }
+
+    fn sorted_members(&self) -> Arc<[Arc<str>]> {
+        self.sorted
+            .get_or_init(|| {
+                let mut members: Vec<Arc<str>> = self.members.iter().cloned().collect();
+                members.sort_unstable();
+                members.into()
+            })
+            .clone()
     }
 }
 
@@ -532,6 +546,7 @@ impl PresenceEngine {
             .insert(conn.clone(), Placement::Placed(key.clone()));
         let group = self.groups.entry(key.clone()).or_insert_with(Group::new);
         group.members.insert(conn.clone());
+        group.sorted.take();
         let event = if group.members.len() == 1 {
             self.order.insert(key.clone());
             UserEvent::Joined { id: key }
@@ -552,6 +567,7 @@ impl PresenceEngine {
         if !group.members.remove(conn) {
             return None;
         }
+        group.sorted.take();
         let was_representative = group.representative.as_ref() == Some(conn);
         let carried = if was_representative {
             group.representative = None;
@@ -599,13 +615,11 @@ impl PresenceEngine {
 }
 
 fn to_user(key: &Arc<str>, group: &Group) -> User {
-    let mut members: Vec<Arc<str>> = group.members.iter().cloned().collect();
-    members.sort_unstable();
     User {
         id: key.clone(),
         state: group.state.clone(),
         tab_count: group.members.len(),
-        members,
+        members: group.sorted_members(),
         representative: group.representative.clone(),
         timestamp: group.timestamp,
     }

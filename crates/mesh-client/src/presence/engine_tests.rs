@@ -219,8 +219,8 @@ fn two_tabs_one_closes_then_both() {
     e.resolve("b", Some("u1".into()));
     assert_eq!(ids(&e), vec![("u1".to_string(), 2)]);
     assert_eq!(
-        e.user("u1").unwrap().members,
-        vec![Arc::from("a"), Arc::from("b")]
+        &e.user("u1").unwrap().members[..],
+        [Arc::from("a"), Arc::from("b")]
     );
     assert_eq!(
         e.take_events(),
@@ -230,6 +230,8 @@ fn two_tabs_one_closes_then_both() {
     e.leave("a");
     assert_eq!(ids(&e), vec![("u1".to_string(), 1)], "still present, 1 tab");
     assert_eq!(e.take_events(), vec![updated("u1", Change::Tabs)]);
+    // The member list read before the leave is not served again.
+    assert_eq!(&e.user("u1").unwrap().members[..], [Arc::from("b")]);
 
     e.leave("b");
     assert!(e.users().is_empty(), "gone");
