@@ -63,6 +63,11 @@ fn summary(name: &str, values: &Value) -> String {
     )
 }
 
+/// Kibibytes (as /proc reports them) in mebibytes.
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 /// Resident memory (kB) of the app process and of its WebKit helper
 /// processes, found through /proc by parent pid.
 fn rss_kb(app_binary: &str) -> (u64, u64) {
@@ -297,9 +302,9 @@ async fn main() {
     }
     let (app_rss, web_rss) = rss_kb(&binary.display().to_string());
     println!(
-        "RSS idle: app {} MB, WebKit helpers {} MB",
-        app_rss / 1024,
-        web_rss / 1024
+        "RSS idle: app {:.1} MiB, WebKit helpers {:.1} MiB",
+        mib(app_rss),
+        mib(web_rss)
     );
 
     // The floor: frames of the idle window, nothing changing.
@@ -366,11 +371,10 @@ async fn main() {
     .expect("full list");
     let (app_rss, web_rss) = rss_kb(&binary.display().to_string());
     println!(
-        "RSS with {users} users: app {} MB, WebKit helpers {} MB",
-        app_rss / 1024,
-        web_rss / 1024
+        "RSS with {users} users: app {:.1} MiB, WebKit helpers {:.1} MiB",
+        mib(app_rss),
+        mib(web_rss)
     );
-    let _ = app.screenshot("5k-users");
 
     frames(
         &app,
@@ -378,6 +382,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(3)),
     )
     .await;
+    // After the still frames: a WebDriver screenshot makes the page render
+    // one long frame of its own.
+    let _ = app.screenshot("5k-users");
 
     // Keep it changing: 10 users change status every 10 ms for 5 s.
     let changes = async {
@@ -405,9 +412,9 @@ async fn main() {
     .await;
     let (app_rss, web_rss) = rss_kb(&binary.display().to_string());
     println!(
-        "RSS after the changes: app {} MB, WebKit helpers {} MB",
-        app_rss / 1024,
-        web_rss / 1024
+        "RSS after the changes: app {:.1} MiB, WebKit helpers {:.1} MiB",
+        mib(app_rss),
+        mib(web_rss)
     );
     let _ = app.screenshot("5k-users-updating");
     drop(app);
