@@ -30,6 +30,8 @@
 //! Layout, in the order a connection meets it:
 //!
 //! * [`server`]: the builder, the running server and its [`ServerHandle`].
+//! * `admission`: connection limits (total, per address) and the accept
+//!   loop's back-off.
 //! * `handshake`: HTTP request head, `GET /healthz`, `Origin` check, upgrade.
 //! * `connection`: the task that owns a socket: heartbeat, frames, cleanup.
 //! * `commands`: one function per built-in command.
@@ -42,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod backend;
 mod commands;
 mod config;
@@ -53,6 +56,7 @@ pub mod hooks;
 pub mod server;
 pub mod tracking;
 
+pub use admission::raise_fd_limit;
 pub use backend::{Backend, BackendError, MemoryBackend, RedisBackend, RedisConfig, UpdateSink};
 pub use config::Limits;
 pub use error::ServerError;

@@ -76,6 +76,18 @@ struct Args {
     /// Requests per second allowed per connection (0 = unlimited).
     #[arg(long, env = "MESH_MAX_REQUESTS_PER_SECOND", default_value_t = 0)]
     max_requests_per_second: u32,
+    /// Unrequested control frames (pings, pongs) tolerated per connection
+    /// per minute before closing it (1008).
+    #[arg(long, env = "MESH_MAX_CONTROL_FRAMES", default_value_t = 100)]
+    max_control_frames: u32,
+    /// Most connections open at once (503 past it); lowered to fit the
+    /// open-file limit.
+    #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Most connections open at once from one IP address (503 past it; 0 =
+    /// no limit).
+    #[arg(long, env = "MESH_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    max_connections_per_ip: usize,
 }
 
 /// Reads `500ms`, `30s`, `2m`, `1h`; a bare number is milliseconds.
@@ -104,6 +116,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
+    // A server for many clients wants every descriptor it is allowed.
+    mesh_server::raise_fd_limit();
     let ttl = (!args.presence_ttl.is_zero()).then_some(args.presence_ttl);
     let mut builder = Server::builder()
         .addr(args.addr)
@@ -118,7 +132,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_rooms_per_connection(args.max_rooms)
         .max_queued_bytes(args.max_queued_bytes)
         .max_bad_frames(args.max_bad_frames)
-        .max_requests_per_second(args.max_requests_per_second);
+        .max_requests_per_second(args.max_requests_per_second)
+        .max_control_frames(args.max_control_frames)
+        .max_connections(args.max_connections)
+        .max_connections_per_ip(args.max_connections_per_ip);
     if let Some(url) = &args.redis {
         builder = builder.redis(RedisConfig::new(url.as_str()).prefix(args.redis_prefix.as_str()));
     }
