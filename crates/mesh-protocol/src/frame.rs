@@ -53,6 +53,8 @@ pub enum DecodeError {
     NotJson {
         /// The request id, if it was read before the error.
         id: Option<u64>,
+        /// The command, if it was read before the error.
+        command: Option<String>,
         /// What was wrong, and where.
         reason: String,
     },
@@ -71,6 +73,14 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// The command the sender gave, when it was read before the error.
+    pub fn command(&self) -> Option<&str> {
+        match self {
+            DecodeError::NotJson { command, .. } => command.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The request id the sender gave, when it could be read; a receiver
     /// answers the error to that id and stays silent otherwise.
     pub fn request_id(&self) -> Option<u64> {
@@ -335,8 +345,13 @@ impl Frame {
         let read = read_envelope(text, &mut seen, true);
         let id = seen.id.unwrap_or(Ok(None));
         if let Err(reason) = read {
+            let command = match seen.command {
+                Some(Value::String(c)) => Some(c),
+                _ => None,
+            };
             return Err(DecodeError::NotJson {
                 id: id.ok().flatten(),
+                command,
                 reason,
             });
         }
@@ -473,6 +488,9 @@ mod tests {
         for (text, why) in cases {
             let err = Frame::decode(text, 1 << 20).unwrap_err();
             assert_eq!(err.request_id(), Some(5), "{text}");
+            if !text.contains(r#""command":"a""#) {
+                assert_eq!(err.command(), Some("mesh/noop"), "{text}");
+            }
             assert!(err.to_string().contains(why), "{text}: {err}");
         }
         // Nesting up to the limit (the envelope is the first level) is fine.

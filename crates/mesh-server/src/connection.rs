@@ -467,7 +467,8 @@ impl Connection {
             Err(e) => {
                 if let Some(id) = e.request_id() {
                     let error = ErrorPayload::new(ErrorCode::Invalid, e.to_string());
-                    self.send(Frame::error_reply(Some(id), command_of(text), &error));
+                    let command = e.command().map_or_else(|| command_of(text), str::to_string);
+                    self.send(Frame::error_reply(Some(id), command, &error));
                 }
                 self.bad_frames
                     .spend(Instant::now())
@@ -609,11 +610,13 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Message>,
     state: Arc<OutboxState>,
 ) {
-    while let Some(msg) = rx.recv().await {
+    // A failed write ends in `close` too: after the peer's close frame our
+    // own is refused, and `close` is what sends tungstenite's echo of it.
+    'outbox: while let Some(msg) = rx.recv().await {
         let mut bytes = msg.len();
         let mut closing = msg.is_close();
-        if !feed(&mut sink, msg).await {
-            return;
+        if sink.feed(msg).await.is_err() {
+            break;
         }
         while !closing && bytes < WRITE_BATCH_BYTES {
             let Ok(msg) = rx.try_recv() else {
@@ -621,12 +624,12 @@ async fn write_loop(
             };
             bytes += msg.len();
             closing = msg.is_close();
-            if !feed(&mut sink, msg).await {
-                return;
+            if sink.feed(msg).await.is_err() {
+                break 'outbox;
             }
         }
         if sink.flush().await.is_err() {
-            return;
+            break;
         }
         state.drained(bytes);
         if closing {
@@ -634,19 +637,4 @@ async fn write_loop(
         }
     }
     let _ = sink.close().await;
-}
-
-/// Hands one message to the socket; `false` once the socket is unusable.
-/// tungstenite's buffer is bounded and may be full of the pongs it queued
-/// by itself: then it is flushed first, which waits for the peer to read
-/// like any other write (a peer that never reads is a slow consumer).
-async fn feed(sink: &mut SplitSink<Socket, Message>, msg: Message) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    match sink.feed(msg).await {
-        Ok(()) => true,
-        Err(Error::WriteBufferFull(msg)) => {
-            sink.flush().await.is_ok() && sink.feed(*msg).await.is_ok()
-        }
-        Err(_) => false,
-    }
 }

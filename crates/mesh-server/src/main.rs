@@ -80,6 +80,9 @@ struct Args {
     /// per minute before closing it (1008).
     #[arg(long, env = "MESH_MAX_CONTROL_FRAMES", default_value_t = 100)]
     max_control_frames: u32,
+    /// Time a new connection has to send its HTTP request head.
+    #[arg(long, env = "MESH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
     /// Most connections open at once (503 past it); lowered to fit the
     /// open-file limit.
     #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -134,6 +137,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_bad_frames(args.max_bad_frames)
         .max_requests_per_second(args.max_requests_per_second)
         .max_control_frames(args.max_control_frames)
+        .handshake_timeout(args.handshake_timeout)
         .max_connections(args.max_connections)
         .max_connections_per_ip(args.max_connections_per_ip);
     if let Some(url) = &args.redis {

@@ -181,6 +181,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Time a new connection has to send its HTTP request head (default
+    /// 10 s); a slower one is closed.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.limits.handshake_timeout = timeout;
+        self
+    }
+
     /// Unrequested control frames (pings, pongs) tolerated per minute per
     /// connection before it is closed with 1008 (default 100).
     pub fn max_control_frames(mut self, n: u32) -> Self {
@@ -329,14 +336,15 @@ fn websocket_config(limits: &Limits) -> WebSocketConfig {
     let write_buffer = 8 * 1024;
     // Small buffers keep idle connections cheap; tungstenite's own size
     // limits sit above ours so that we can answer `ETOOLARGE` ourselves.
-    // Its outgoing buffer is bounded too (its default is not): pongs it
-    // queues by itself for a peer that never reads then stop at the bound
-    // instead of piling up, and every message we queue fits, since none is
-    // larger than the outbox bound.
+    // Its outgoing buffer is bounded too (its default is not), so that the
+    // pongs it queues by itself for a peer that never reads stop piling up.
+    // The bound fits any message we queue (none is over the outbox bound)
+    // plus the pongs the control-frame budget lets through; past it, the
+    // writer stops and the connection ends as a slow consumer.
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(write_buffer)
-        .max_write_buffer_size(write_buffer + limits.max_queued_bytes.max(write_buffer))
+        .max_write_buffer_size(limits.max_queued_bytes.max(write_buffer) + 64 * 1024)
         .max_message_size(Some(limits.max_frame_bytes.saturating_mul(4)))
         .max_frame_size(Some(limits.max_frame_bytes.saturating_mul(4)))
 }
