@@ -129,7 +129,8 @@ impl<'de> Visitor<'de> for EnvelopeReader<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut keys = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !keys.insert(key.clone()) {
+            // A frame only read for its id need not be checked in full.
+            if self.keep_values && !keys.insert(key.clone()) {
                 return Err(de::Error::custom(format_args!("duplicate key {key:?}")));
             }
             let strict = StrictValue { depth: 1 };
@@ -332,9 +333,15 @@ impl Frame {
     /// fault, so that the sender can be answered.
     pub fn decode(text: &str, max_bytes: usize) -> Result<Frame, DecodeError> {
         if text.len() > max_bytes {
-            // Still read the id, so the sender learns which request failed.
+            // Still read the id, so the sender learns which request failed,
+            // but from the first `max_bytes` only: refusing a frame must
+            // not cost more than accepting one.
+            let mut end = max_bytes;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
             let mut seen = Seen::default();
-            let _ = read_envelope(text, &mut seen, false);
+            let _ = read_envelope(&text[..end], &mut seen, false);
             return Err(DecodeError::TooLarge {
                 id: seen.id.and_then(Result::ok).flatten(),
                 len: text.len(),

@@ -1,6 +1,7 @@
 //! Server settings and limits.
 
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Bounds that protect the server from a single connection.
 ///
@@ -59,6 +60,28 @@ impl Default for Limits {
             max_requests_per_second: 0,
             handshake_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl Limits {
+    /// The tungstenite settings a server with these limits gives every
+    /// connection.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        let write_buffer = 8 * 1024;
+        // Small buffers keep idle connections cheap; tungstenite's own size
+        // limits sit above ours so that we can answer `ETOOLARGE` ourselves.
+        // Its outgoing buffer is bounded too (its default is not), so that
+        // the pongs it queues by itself for a peer that never reads stop
+        // piling up. The bound fits any message we queue (none is over the
+        // outbox bound) plus the pongs the control-frame budget lets
+        // through; past it, the writer stops and the connection ends as a
+        // slow consumer.
+        WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(write_buffer)
+            .max_write_buffer_size(self.max_queued_bytes.max(write_buffer) + 64 * 1024)
+            .max_message_size(Some(self.max_frame_bytes.saturating_mul(4)))
+            .max_frame_size(Some(self.max_frame_bytes.saturating_mul(4)))
     }
 }
 

@@ -304,6 +304,30 @@ mod tests {
         assert_eq!(status(parse_head(b"\x00\x01 nonsense\r\n\r\n")), 400);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Arbitrary bytes never panic the parser, and the reader stops
+        /// within one read of the head limit, whatever comes.
+        #[test]
+        fn arbitrary_heads_are_bounded(
+            prefix in proptest::prelude::prop_oneof![
+                proptest::prelude::Just(Vec::new()),
+                proptest::prelude::Just(upgrade("")),
+                proptest::prelude::Just(b"GET /healthz HTTP/1.1\r\n".to_vec()),
+            ],
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3 * MAX_HEAD_BYTES),
+        ) {
+            let input = [prefix, bytes].concat();
+            let _ = parse_head(&input);
+            let mut rest: &[u8] = &input;
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _ = runtime.block_on(read_head(&mut rest));
+            let consumed = input.len() - rest.len();
+            proptest::prop_assert!(consumed < MAX_HEAD_BYTES + 1024, "read {consumed} bytes");
+        }
+    }
+
     #[test]
     fn query_is_decoded() {
         let q = parse_query("userId=u1&username=Ada+L%C3%B6w&flag&bad=%zz&end=%4");

@@ -299,7 +299,7 @@ impl ServerBuilder {
         }
         let limits = &self.config.limits;
         let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
-        let ws_config = websocket_config(limits);
+        let ws_config = limits.websocket_config();
         let subscribers = Arc::new(Subscribers::default());
         backend.attach(subscribers.clone()).await?;
         let shared = Arc::new(Shared {
@@ -329,24 +329,6 @@ impl ServerBuilder {
             done_rx,
         })
     }
-}
-
-/// tungstenite's settings for every connection.
-fn websocket_config(limits: &Limits) -> WebSocketConfig {
-    let write_buffer = 8 * 1024;
-    // Small buffers keep idle connections cheap; tungstenite's own size
-    // limits sit above ours so that we can answer `ETOOLARGE` ourselves.
-    // Its outgoing buffer is bounded too (its default is not), so that the
-    // pongs it queues by itself for a peer that never reads stop piling up.
-    // The bound fits any message we queue (none is over the outbox bound)
-    // plus the pongs the control-frame budget lets through; past it, the
-    // writer stops and the connection ends as a slow consumer.
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(write_buffer)
-        .max_write_buffer_size(limits.max_queued_bytes.max(write_buffer) + 64 * 1024)
-        .max_message_size(Some(limits.max_frame_bytes.saturating_mul(4)))
-        .max_frame_size(Some(limits.max_frame_bytes.saturating_mul(4)))
 }
 
 fn new_instance_id() -> String {
