@@ -8,13 +8,13 @@ use crate::error::ServerError;
 use crate::hooks::CommandRequest;
 use crate::server::ServerHandle;
 use crate::tracking::{GuardRequest, TrackOptions};
+use bytes::Bytes;
 use mesh_protocol::payload::{
     ConnectionMetadataRequest, PublishPresenceState, RoomRequest, SetMetadataRequest,
 };
 use mesh_protocol::{
     command, now_millis, validate_room_name, ErrorCode, ErrorPayload, PresenceUpdate,
 };
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::io::Write;

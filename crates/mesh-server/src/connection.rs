@@ -12,8 +12,8 @@
 
 use crate::commands::{self, Payload};
 use crate::handshake::{self, Request};
-use crate::outbox::{self, Kind, Outbox, Outgoing, ReadSide};
 use crate::hooks::{ConnectionInfo, DisconnectInfo};
+use crate::outbox::{self, Kind, Outbox, Outgoing, ReadSide};
 use crate::server::ServerHandle;
 use crate::tracking::TrackOptions;
 use bytes::Bytes;
@@ -326,23 +326,21 @@ impl Connection {
                 _ = crate::server::stopped(shutdown) => return Ending::Shutdown,
                 _ = outbox.overflowed() => return Ending::SlowConsumer,
                 _ = &mut deadline => {
-                    // Still reading what we queued (our ping among it)?
-                    // Then it is our backlog, not the client, that is late.
-                    let window = config.liveness_window();
-                    match outbox.draining_since() {
-                        Some(progress) if progress + window > Instant::now() => {
-                            self.alive_until = progress + window;
-                        }
-                        _ => return Ending::Unresponsive,
+                    // Still taking in what we send it? Then its pong is
+                    // late behind our own backlog to it, not missing.
+                    let progress = outbox.last_progress() + config.liveness_window();
+                    if progress <= Instant::now() {
+                        return Ending::Unresponsive;
                     }
+                    self.alive_until = progress;
                 }
                 _ = outbox.drained(), if backlogged => {}
                 _ = ping.tick() => {
-                    self.send(Frame::push(command::PING, json!({})));
+                    self.heartbeat(Frame::push(command::PING, json!({})));
                 }
                 _ = latency.tick() => {
                     self.latency_sent = Some(Instant::now());
-                    self.send(Frame::push(command::LATENCY_REQUEST, json!({})));
+                    self.heartbeat(Frame::push(command::LATENCY_REQUEST, json!({})));
                 }
                 msg = stream.next(), if !backlogged => match msg {
                     Some(Ok(Message::Text(text))) => {
@@ -461,21 +459,30 @@ impl Connection {
 
     /// Queues a push to this connection.
     pub(crate) fn send(&self, frame: Frame) {
-        self.outbox.push(Outgoing::text(Kind::Push, &frame.encode()));
+        self.outbox
+            .push(Outgoing::text(Kind::Push, &frame.encode()));
+    }
+
+    /// Queues a ping or latency probe.
+    fn heartbeat(&self, frame: Frame) {
+        self.outbox
+            .push(Outgoing::text(Kind::Heartbeat, &frame.encode()));
     }
 
     /// Queues a reply to one of this connection's requests.
     fn reply(&self, frame: Frame) {
-        self.outbox.push(Outgoing::text(Kind::Reply, &frame.encode()));
+        self.outbox
+            .push(Outgoing::text(Kind::Reply, &frame.encode()));
     }
 
     /// Queues the reply to request `id`: `payload` as it is, or, when it is
     /// larger than any reply may be, an `ETOOLARGE` error in its place.
     fn reply_with(&self, id: u64, command: String, payload: Payload) {
         let frame = match payload {
-            Payload::Value(value) => {
-                Outgoing::text(Kind::Reply, &Frame::reply(Some(id), &command, value).encode())
-            }
+            Payload::Value(value) => Outgoing::text(
+                Kind::Reply,
+                &Frame::reply(Some(id), &command, value).encode(),
+            ),
             // The envelope around a body shared with other askers.
             Payload::Shared(body) => {
                 let head = Frame::reply(Some(id), &command, Value::Null).encode();

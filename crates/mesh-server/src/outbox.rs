@@ -22,8 +22,8 @@
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -39,8 +39,11 @@ const MAX_SLICES: usize = 256;
 /// What an outgoing frame is, for the budgets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// Pushed by the server (or the WebSocket layer); bounded.
+    /// Pushed by the server; bounded.
     Push,
+    /// A ping, a latency probe, or the WebSocket layer's own pong: bounded
+    /// like pushes, but writing one does not show that the client reads.
+    Heartbeat,
     /// The answer to one of the connection's requests.
     Reply,
     /// The close frame: the last thing written.
@@ -94,7 +97,7 @@ impl Outgoing {
     pub(crate) fn raw(bytes: &[u8]) -> Self {
         Outgoing {
             parts: Parts::One(Bytes::copy_from_slice(bytes)),
-            kind: Kind::Push,
+            kind: Kind::Heartbeat,
         }
     }
 
@@ -180,8 +183,8 @@ struct Queue {
     push_bytes: usize,
     /// Bytes of replies queued or being written.
     reply_bytes: usize,
-    /// When the writer last got bytes into the socket, or the backlog last
-    /// started from empty.
+    /// When the writer last got bytes of anything but heartbeats into the
+    /// socket: the client was reading, or its buffers had room.
     progress: Instant,
     overflowed: bool,
     /// A close frame is queued: nothing more is accepted.
@@ -221,7 +224,7 @@ impl Outbox {
             return false;
         }
         match frame.kind {
-            Kind::Push => {
+            Kind::Push | Kind::Heartbeat => {
                 if q.push_bytes + len > self.0.limit {
                     q.overflowed = true;
                     drop(q);
@@ -232,9 +235,6 @@ impl Outbox {
             }
             Kind::Reply => q.reply_bytes += len,
             Kind::Close => q.closing = true,
-        }
-        if q.push_bytes + q.reply_bytes == len {
-            q.progress = Instant::now();
         }
         let was_empty = q.items.is_empty();
         q.items.push_back(frame);
@@ -265,11 +265,14 @@ impl Outbox {
         self.0.drained.notified().await;
     }
 
-    /// While something waits to be written: when the writer last made
-    /// progress (the client is reading). `None` when nothing waits.
-    pub(crate) fn draining_since(&self) -> Option<Instant> {
-        let q = self.queue();
-        (q.push_bytes + q.reply_bytes > 0).then_some(q.progress)
+    /// When the writer last got anything but heartbeats into the socket.
+    ///
+    /// A client that stopped reading stops this clock within the size of
+    /// the socket buffers (after that, writes stall); a client that reads
+    /// a long backlog slowly keeps it going, even while our ping to it is
+    /// stuck behind that backlog.
+    pub(crate) fn last_progress(&self) -> Instant {
+        self.queue().progress
     }
 
     /// Everything queued, once there is something; the queue left behind
@@ -286,13 +289,15 @@ impl Outbox {
         }
     }
 
-    /// The writer got `pushes` and `replies` bytes of whole frames, and
-    /// some bytes in all, into the socket.
-    fn wrote(&self, pushes: usize, replies: usize) {
+    /// The writer got `pushes` and `replies` bytes of whole frames into the
+    /// socket, and bytes of frames other than heartbeats if `real`.
+    fn wrote(&self, pushes: usize, replies: usize, real: bool) {
         let mut q = self.queue();
         q.push_bytes -= pushes;
         q.reply_bytes -= replies;
-        q.progress = Instant::now();
+        if real {
+            q.progress = Instant::now();
+        }
         drop(q);
         self.0.drained.notify_one();
     }
@@ -325,7 +330,11 @@ impl AsyncRead for ReadSide {
 }
 
 impl AsyncWrite for ReadSide {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         // Refused only when the connection is closing or already over
         // budget; its task is then ending it anyway.
         self.outbox.push(Outgoing::raw(buf));
@@ -392,8 +401,9 @@ async fn write_all(
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        let (mut left, mut pushes, mut replies) = (written, 0, 0);
+        let (mut left, mut pushes, mut replies, mut real) = (written, 0, 0, false);
         while left > 0 {
+            real |= batch[frame].kind != Kind::Heartbeat;
             let parts = batch[frame].parts();
             let rest = parts[part].len() - offset;
             if left < rest {
@@ -405,7 +415,7 @@ async fn write_all(
             part += 1;
             if part == parts.len() {
                 match batch[frame].kind {
-                    Kind::Push => pushes += batch[frame].len(),
+                    Kind::Push | Kind::Heartbeat => pushes += batch[frame].len(),
                     Kind::Reply => replies += batch[frame].len(),
                     Kind::Close => return Ok(()),
                 }
@@ -413,7 +423,7 @@ async fn write_all(
                 part = 0;
             }
         }
-        outbox.wrote(pushes, replies);
+        outbox.wrote(pushes, replies, real);
     }
     Ok(())
 }

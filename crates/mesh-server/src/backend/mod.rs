@@ -104,7 +104,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn members_snapshot(&self, room: &str) -> BackendResult<Bytes> {
         let ids = self.room_members(room).await?;
         let metadata = self.get_metadata_many(&ids).await?;
-        Ok(encode_members(ids.iter().map(String::as_str).zip(metadata.iter().map(Option::as_ref))))
+        Ok(encode_members(
+            ids.iter()
+                .map(String::as_str)
+                .zip(metadata.iter().map(Option::as_ref)),
+        ))
     }
 
     /// The present connections of `room` with their metadata, encoded as
@@ -113,7 +117,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn present_snapshot(&self, room: &str) -> BackendResult<Bytes> {
         let ids = self.present(room).await?;
         let metadata = self.get_metadata_many(&ids).await?;
-        Ok(encode_members(ids.iter().map(String::as_str).zip(metadata.iter().map(Option::as_ref))))
+        Ok(encode_members(
+            ids.iter()
+                .map(String::as_str)
+                .zip(metadata.iter().map(Option::as_ref)),
+        ))
     }
 
     /// Every state of `room`, encoded as the `states` object of a
@@ -200,7 +208,9 @@ pub trait Backend: Send + Sync + 'static {
 
 /// Encodes `[{"id", "metadata"}]`; a connection without metadata has
 /// `null`.
-pub(crate) fn encode_members<'a>(members: impl Iterator<Item = (&'a str, Option<&'a Value>)>) -> Bytes {
+pub(crate) fn encode_members<'a>(
+    members: impl Iterator<Item = (&'a str, Option<&'a Value>)>,
+) -> Bytes {
     #[derive(serde::Serialize)]
     struct Member<'a> {
         id: &'a str,
