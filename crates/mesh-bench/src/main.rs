@@ -140,6 +140,14 @@ impl SpawnedServer {
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(&bin)
             .args(["--addr", &addr])
+            // Every client of this tool comes from one address, and the
+            // idle benchmark opens 10,000 of them.
+            .args([
+                "--max-connections-per-ip",
+                "0",
+                "--max-connections",
+                "100000",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -128,6 +128,10 @@ pub async fn close_of(tcp: &mut TcpStream) -> Option<(u16, String)> {
     loop {
         let (op, payload) = read_frame(tcp).await?;
         if op == CLOSE {
+            // No payload: "no status code" (1005).
+            if payload.len() < 2 {
+                return Some((1005, String::new()));
+            }
             let code = u16::from_be_bytes([payload[0], payload[1]]);
             return Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
         }
