@@ -30,6 +30,7 @@
 //! Layout, in the order a connection meets it:
 //!
 //! * [`server`]: the builder, the running server and its [`ServerHandle`].
+//! * [`auth`]: signed tokens, the identity they attest, the rooms they open.
 //! * `handshake`: HTTP request head, `GET /healthz`, `Origin` check, upgrade.
 //! * `connection`: the task that owns a socket: heartbeat, frames, cleanup.
 //! * `commands`: one function per built-in command.
@@ -42,6 +43,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backend;
 mod commands;
 mod config;
@@ -53,6 +55,7 @@ pub mod hooks;
 pub mod server;
 pub mod tracking;
 
+pub use auth::{Auth, Claims};
 pub use backend::{Backend, BackendError, MemoryBackend, RedisBackend, RedisConfig, UpdateSink};
 pub use config::Limits;
 pub use error::ServerError;
