@@ -34,8 +34,10 @@
 //! * `handshake`: HTTP request head, `GET /healthz`, `Origin` check, upgrade.
 //! * `connection`: the task that owns a socket: heartbeat, frames, cleanup.
 //! * `commands`: one function per built-in command.
-//! * `fanout`: per-connection bounded outboxes, and the subscriber registry
-//!   that encodes each presence update once for all local subscribers.
+//! * `outbox`: the write path: each connection's queue of encoded frames
+//!   (bounded for pushes) and the writer task that drains it.
+//! * `fanout`: the subscriber registry that encodes each presence update
+//!   once for all local subscribers.
 //! * [`backend`]: the [`Backend`] trait, the [`MemoryBackend`], and the
 //!   [`RedisBackend`] that lets several instances share presence.
 //! * [`tracking`]: tracked-room patterns, presence TTL and guards.
@@ -52,12 +54,13 @@ mod error;
 mod fanout;
 mod handshake;
 pub mod hooks;
+mod outbox;
 pub mod server;
 pub mod tracking;
 
 pub use auth::{Auth, Claims};
 pub use backend::{Backend, BackendError, MemoryBackend, RedisBackend, RedisConfig, UpdateSink};
-pub use config::Limits;
+pub use config::{Limits, DEFAULT_MAX_ROOM_MEMBERS};
 pub use error::ServerError;
 pub use hooks::{CommandRequest, ConnectionInfo, DisconnectInfo, Refusal};
 pub use server::{RunningServer, Server, ServerBuilder, ServerHandle};
