@@ -173,6 +173,10 @@ async fn join_room(conn: &mut Connection, room: String) -> Reply {
             .map_err(backend_error)?;
         conn.rooms
             .insert(room.clone(), shared.tracker.lookup(&room));
+        conn.server
+            .interest_gained(&room)
+            .await
+            .map_err(server_error)?;
     }
     // Marking presence again on a repeated join restores a presence whose
     // TTL lapsed (a stalled client rejoining) and refreshes it otherwise.
@@ -216,8 +220,8 @@ async fn leave_room(conn: &mut Connection, room: String) -> Reply {
     Ok(json!({ "success": true }))
 }
 
-/// Takes `conn` out of `room`; in a tracked room also removes its presence
-/// and state and announces the `leave`.
+/// Takes `conn` (a local connection) out of `room`; in a tracked room also
+/// removes its presence and state and announces the `leave`.
 pub(crate) async fn leave(
     server: &ServerHandle,
     conn: &str,
@@ -225,6 +229,7 @@ pub(crate) async fn leave(
     tracked: bool,
 ) -> Result<(), ServerError> {
     let backend = &server.shared.backend;
+    server.interest_lost(room);
     backend.leave_room(room, conn).await?;
     if tracked && backend.mark_absent(room, conn).await? {
         server
@@ -262,6 +267,12 @@ async fn subscribe_presence(conn: &mut Connection, room: String) -> Reply {
         // then delivered, never lost.
         shared.subscribers.add(&room, &conn.id, conn.outbox.clone());
         conn.subscriptions.insert(room.clone());
+        // And make sure the backend delivers the room here before the
+        // snapshot is read.
+        conn.server
+            .interest_gained(&room)
+            .await
+            .map_err(server_error)?;
     }
     let ids = shared.backend.present(&room).await.map_err(backend_error)?;
     let present = conn.server.with_metadata(ids).await.map_err(server_error)?;
@@ -273,6 +284,7 @@ fn unsubscribe_presence(conn: &mut Connection, room: String) -> Reply {
     let was = conn.subscriptions.remove(&room);
     if was {
         conn.server.shared.subscribers.remove(&room, &conn.id);
+        conn.server.interest_lost(&room);
     }
     Ok(json!(was))
 }
