@@ -169,10 +169,18 @@ impl ServerBuilder {
         self
     }
 
-    /// Most bytes queued to one connection before it is dropped as a slow
-    /// consumer (default 1 MiB).
+    /// Most bytes of pushes queued to one connection before it is dropped
+    /// as a slow consumer (default 1 MiB). Replies to its own requests are
+    /// not counted (see [`Limits::max_queued_bytes`]).
     pub fn max_queued_bytes(mut self, n: usize) -> Self {
         self.config.limits.max_queued_bytes = n;
+        self
+    }
+
+    /// Most members in one room (default 10,000); a join past it is
+    /// refused with `ETOOLARGE`.
+    pub fn max_room_members(mut self, n: usize) -> Self {
+        self.config.limits.max_room_members = n;
         self
     }
 
