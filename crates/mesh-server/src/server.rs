@@ -2,6 +2,7 @@
 //! to act on it.
 
 use crate::admission::{fit_fd_limit, Admission, Backoff};
+use crate::auth::Auth;
 use crate::backend::{Backend, MemoryBackend, RedisBackend, RedisConfig};
 use crate::config::{Config, Limits};
 use crate::connection;
@@ -11,6 +12,8 @@ use crate::hooks::{
     command_handler, connect_hook, disconnect_hook, CommandHandler, CommandRequest, ConnectHook,
     ConnectionInfo, DisconnectHook, DisconnectInfo, Refusal,
 };
+use crate::interest::Interest;
+use crate::metrics::Metrics;
 use crate::tracking::{TrackOptions, Tracker};
 use mesh_protocol::payload::Member;
 use mesh_protocol::{ErrorPayload, PresenceUpdate, Strategy};
@@ -141,6 +144,15 @@ impl ServerBuilder {
         S: Into<String>,
     {
         self.config.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires every connection to present a token that `auth` verifies
+    /// (`?token=` or `Authorization: Bearer`); others get `401` before the
+    /// upgrade. The token's claims become the connection's identity and
+    /// decide which rooms it may join or watch (see [`crate::auth`]).
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.config.auth = Some(auth);
         self
     }
 
@@ -308,13 +320,23 @@ impl ServerBuilder {
         let limits = &self.config.limits;
         let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
         let ws_config = limits.websocket_config();
-        let subscribers = Arc::new(Subscribers::default());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let deliveries = crate::metrics::deliveries_counter();
+        let subscribers = Arc::new(Subscribers::new(deliveries.clone()));
+        let interest = Arc::new(Interest::default());
+        let rooms = {
+            let interest = interest.clone();
+            Arc::new(move || interest.room_count())
+        };
+        let metrics = Metrics::new(backend.clone(), connections.clone(), rooms, deliveries);
         backend.attach(subscribers.clone()).await?;
         let shared = Arc::new(Shared {
             instance_id: new_instance_id(),
             next_id: AtomicU64::new(1),
-            connections: AtomicUsize::new(0),
+            connections,
             admission,
+            metrics,
+            interest,
             config: self.config,
             ws_config,
             backend,
@@ -329,6 +351,13 @@ impl ServerBuilder {
         let (done_tx, done_rx) = mpsc::channel(1);
         let accept = tokio::spawn(accept_loop(listener, handle.clone(), shutdown_rx, done_tx));
         tracing::info!(%local_addr, instance = %handle.shared.instance_id, "mesh server listening");
+        if handle.shared.config.auth.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                %local_addr,
+                "no authentication: anyone who can reach this address can join any room and \
+                 claim any identity; configure token verification for a shared server"
+            );
+        }
         Ok(RunningServer {
             handle,
             local_addr,
@@ -347,8 +376,10 @@ fn new_instance_id() -> String {
 pub(crate) struct Shared {
     pub(crate) instance_id: String,
     next_id: AtomicU64,
-    pub(crate) connections: AtomicUsize,
+    pub(crate) connections: Arc<AtomicUsize>,
     pub(crate) admission: Arc<Admission>,
+    pub(crate) metrics: Metrics,
+    pub(crate) interest: Arc<Interest>,
     pub(crate) config: Config,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) backend: Arc<dyn Backend>,
@@ -571,6 +602,20 @@ impl ServerHandle {
                 metadata: metadata.unwrap_or(Value::Null),
             })
             .collect())
+    }
+
+    /// One more local member or subscriber in `room`; returns once the
+    /// backend delivers the room's updates to this instance, so that a
+    /// snapshot read afterwards cannot miss an update.
+    pub(crate) async fn interest_gained(&self, room: &str) -> Result<(), ServerError> {
+        self.shared.interest.add(room);
+        Ok(self.shared.backend.watch_room(room).await?)
+    }
+
+    /// One fewer local member or subscriber in `room`.
+    pub(crate) fn interest_lost(&self, room: &str) {
+        self.shared.interest.remove(room);
+        self.shared.backend.unwatch_room(room);
     }
 
     /// Publishes a presence update through the backend.
