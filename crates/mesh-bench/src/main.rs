@@ -13,6 +13,11 @@
 //! Idle mode (`--idle`): opens M connections that do nothing, and reports
 //! the server's RSS growth per connection.
 //!
+//! Scaling mode (`--scale 400,1000,2000,5000`): the burst with one state
+//! per client at each N, each on a freshly spawned server, then one table:
+//! connect time, join and state deliveries/s, state latency, duplicates,
+//! the server's peak RSS and its RSS 5 s after every client left.
+//!
 //! The server is either given by `--url` (and optionally `--server-pid` for
 //! RSS), or spawned by `--spawn-server` from the `mesh-server` binary next
 //! to this one.
@@ -55,6 +60,14 @@ struct Args {
     /// Path of the server binary to spawn (default: next to mesh-bench).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// An argument for the spawned server (repeatable), e.g.
+    /// `--server-arg=--ping-interval --server-arg=1s`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Scaling mode: run the burst (one state per client) at each of these
+    /// client counts, each on a fresh server, and print one table.
+    #[arg(long, value_delimiter = ',')]
+    scale: Vec<usize>,
     /// Pid of an already running server, to report its RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -94,9 +107,12 @@ fn main() -> Result<(), BoxError> {
 }
 
 async fn run(mut args: Args) -> Result<(), BoxError> {
+    if !args.scale.is_empty() {
+        return scale(args).await;
+    }
     let mut server = None;
     if args.spawn_server {
-        let spawned = SpawnedServer::start(args.server_bin.clone()).await?;
+        let spawned = SpawnedServer::start(args.server_bin.clone(), &args.server_args).await?;
         args.url = spawned.url.clone();
         args.server_pid = Some(spawned.child.id());
         server = Some(spawned);
@@ -110,7 +126,7 @@ async fn run(mut args: Args) -> Result<(), BoxError> {
     } else if let Some(rate) = args.rate {
         steady(&args, rate).await
     } else {
-        burst(&args).await
+        burst(&args).await.map(drop)
     };
     if let Some(server) = server {
         server.stop();
@@ -125,7 +141,7 @@ struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    async fn start(bin: Option<PathBuf>) -> Result<Self, BoxError> {
+    async fn start(bin: Option<PathBuf>, extra: &[String]) -> Result<Self, BoxError> {
         let bin = match bin {
             Some(bin) => bin,
             None => std::env::current_exe()?
@@ -140,6 +156,7 @@ impl SpawnedServer {
         let addr = format!("127.0.0.1:{port}");
         let child = Command::new(&bin)
             .args(["--addr", &addr])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -411,7 +428,20 @@ fn micros_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
 }
 
-async fn burst(args: &Args) -> Result<(), BoxError> {
+/// The figures of one burst.
+struct BurstReport {
+    clients: usize,
+    connect: Duration,
+    join_per_sec: f64,
+    states: u64,
+    expected: u64,
+    states_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    duplicates: u64,
+}
+
+async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
     let n = args.clients;
     let k = args.states;
     report_rss(args);
@@ -521,6 +551,17 @@ async fn burst(args: &Args) -> Result<(), BoxError> {
         deliveries as f64 / burst_time.as_secs_f64()
     );
     print_latency(&latencies);
+    let report = BurstReport {
+        clients: n,
+        connect: connect_time,
+        join_per_sec: join_deliveries / join_time.as_secs_f64(),
+        states: deliveries,
+        expected: (n * n * k) as u64,
+        states_per_sec: deliveries as f64 / burst_time.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        duplicates,
+    };
     if let (Some(before), Some(after)) = (cpu_before, args.server_pid.and_then(cpu_time)) {
         let cpu = after.saturating_sub(before);
         println!(
@@ -531,6 +572,48 @@ async fn burst(args: &Args) -> Result<(), BoxError> {
     }
     report_rss(args);
     drop(clients);
+    Ok(report)
+}
+
+/// Scaling mode: one burst per client count, each on a fresh server.
+async fn scale(mut args: Args) -> Result<(), BoxError> {
+    args.states = 1;
+    let mut rows = Vec::new();
+    for &n in &args.scale.clone() {
+        println!("== {n} clients");
+        let server = SpawnedServer::start(args.server_bin.clone(), &args.server_args).await?;
+        args.url = server.url.clone();
+        let pid = server.child.id();
+        args.server_pid = Some(pid);
+        args.clients = n;
+        let report = burst(&args).await;
+        // Every client has left (burst drops them); give the server 5 s.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rss = rss_kib(pid);
+        server.stop();
+        let report = report?;
+        let (after, peak) = rss.ok_or("cannot read server RSS")?;
+        rows.push((report, peak, after));
+    }
+    println!();
+    println!("| members | connect | join deliveries/s | state deliveries/s | state latency p50 / p99 | duplicates | server peak RSS | RSS 5 s after all left |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (r, peak, after) in rows {
+        println!(
+            "| {} | {:.2} s | {:.0}k | {:.0}k ({} of {}) | {:.0} / {:.0} ms | {} | {:.1} MiB | {:.1} MiB |",
+            r.clients,
+            r.connect.as_secs_f64(),
+            r.join_per_sec / 1000.0,
+            r.states_per_sec / 1000.0,
+            r.states,
+            r.expected,
+            r.p50_ms,
+            r.p99_ms,
+            r.duplicates,
+            peak as f64 / 1024.0,
+            after as f64 / 1024.0,
+        );
+    }
     Ok(())
 }
 
