@@ -18,9 +18,14 @@
 //! connect time, join and state deliveries/s, state latency, duplicates,
 //! the server's peak RSS and its RSS 5 s after every client left.
 //!
+//! The yardstick (`--bare`): the same runs against a bare fan-out server
+//! (see `bare`), spawned as another mesh-bench process, to compare with.
+//!
 //! The server is either given by `--url` (and optionally `--server-pid` for
 //! RSS), or spawned by `--spawn-server` from the `mesh-server` binary next
 //! to this one.
+
+mod bare;
 
 use clap::Parser;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -64,6 +69,14 @@ struct Args {
     /// `--server-arg=--ping-interval --server-arg=1s`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// Spawn the bare fan-out server (the yardstick) instead of
+    /// `mesh-server`.
+    #[arg(long)]
+    bare: bool,
+    /// Run as the bare fan-out server on this address (what `--bare`
+    /// spawns).
+    #[arg(long, hide = true)]
+    serve_bare: Option<String>,
     /// Scaling mode: run the burst (one state per client) at each of these
     /// client counts, each on a fresh server, and print one table.
     #[arg(long, value_delimiter = ',')]
@@ -99,6 +112,9 @@ struct Args {
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    if let Some(addr) = &args.serve_bare {
+        return tokio::runtime::Runtime::new()?.block_on(bare::serve(addr));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -112,7 +128,7 @@ async fn run(mut args: Args) -> Result<(), BoxError> {
     }
     let mut server = None;
     if args.spawn_server {
-        let spawned = SpawnedServer::start(args.server_bin.clone(), &args.server_args).await?;
+        let spawned = SpawnedServer::start(&args).await?;
         args.url = spawned.url.clone();
         args.server_pid = Some(spawned.child.id());
         server = Some(spawned);
@@ -141,9 +157,10 @@ struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    async fn start(bin: Option<PathBuf>, extra: &[String]) -> Result<Self, BoxError> {
-        let bin = match bin {
-            Some(bin) => bin,
+    async fn start(args: &Args) -> Result<Self, BoxError> {
+        let bin = match &args.server_bin {
+            _ if args.bare => std::env::current_exe()?,
+            Some(bin) => bin.clone(),
             None => std::env::current_exe()?
                 .parent()
                 .ok_or("no parent directory")?
@@ -154,9 +171,10 @@ impl SpawnedServer {
             .local_addr()?
             .port();
         let addr = format!("127.0.0.1:{port}");
+        let listen = if args.bare { "--serve-bare" } else { "--addr" };
         let child = Command::new(&bin)
-            .args(["--addr", &addr])
-            .args(extra)
+            .args([listen, &addr])
+            .args(&args.server_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -581,7 +599,7 @@ async fn scale(mut args: Args) -> Result<(), BoxError> {
     let mut rows = Vec::new();
     for &n in &args.scale.clone() {
         println!("== {n} clients");
-        let server = SpawnedServer::start(args.server_bin.clone(), &args.server_args).await?;
+        let server = SpawnedServer::start(&args).await?;
         args.url = server.url.clone();
         let pid = server.child.id();
         args.server_pid = Some(pid);
