@@ -81,6 +81,10 @@ struct Args {
     /// client counts, each on a fresh server, and print one table.
     #[arg(long, value_delimiter = ',')]
     scale: Vec<usize>,
+    /// Scaling mode: seconds to wait after every client left before the
+    /// server's RSS is read.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
     /// Pid of an already running server, to report its RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -605,8 +609,8 @@ async fn scale(mut args: Args) -> Result<(), BoxError> {
         args.server_pid = Some(pid);
         args.clients = n;
         let report = burst(&args).await;
-        // Every client has left (burst drops them); give the server 5 s.
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Every client has left (burst drops them); give the server time.
+        tokio::time::sleep(Duration::from_secs(args.settle)).await;
         let rss = rss_kib(pid);
         server.stop();
         let report = report?;
@@ -614,7 +618,7 @@ async fn scale(mut args: Args) -> Result<(), BoxError> {
         rows.push((report, peak, after));
     }
     println!();
-    println!("| members | connect | join deliveries/s | state deliveries/s | state latency p50 / p99 | duplicates | server peak RSS | RSS 5 s after all left |");
+    println!("| members | connect | join deliveries/s | state deliveries/s | state latency p50 / p99 | duplicates | server peak RSS | RSS {} s after all left |", args.settle);
     println!("|---|---|---|---|---|---|---|---|");
     for (r, peak, after) in rows {
         println!(

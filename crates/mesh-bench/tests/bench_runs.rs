@@ -44,7 +44,7 @@ async fn small_burst_counts_every_delivery() {
 fn scaling_mode_prints_one_row_per_size() {
     // Against the bare fan-out server, which mesh-bench spawns from itself.
     let output = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
-        .args(["--bare", "--scale", "5,10"])
+        .args(["--bare", "--scale", "5,10", "--settle", "0"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
