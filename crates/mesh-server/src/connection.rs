@@ -137,11 +137,9 @@ pub(crate) async fn serve(
     let writer = tokio::spawn(outbox::write_loop(write, outbox.clone()));
     let socket = WebSocketStream::from_partially_read(
         ReadSide::new(read, outbox.clone()),
-        {
-            // The rest of the request head is not needed any more.
-            let head = head;
-            head.leftover
-        },
+        // Moved out of a temporary, so the rest of the request head is
+        // freed now rather than kept for the connection's lifetime.
+        std::convert::identity(head).leftover,
         Role::Server,
         Some(shared.ws_config),
     )
