@@ -207,6 +207,10 @@ async fn join_room(conn: &mut Connection, room: String) -> Result<Payload, Error
         }
         conn.rooms
             .insert(room.clone(), shared.tracker.lookup(&room));
+        conn.server
+            .interest_gained(&room)
+            .await
+            .map_err(server_error)?;
     }
     // Marking presence again on a repeated join restores a presence whose
     // TTL lapsed (a stalled client rejoining) and refreshes it otherwise.
@@ -256,8 +260,8 @@ async fn leave_room(conn: &mut Connection, room: String) -> Reply {
     Ok(json!({ "success": true }))
 }
 
-/// Takes `conn` out of `room`; in a tracked room also removes its presence
-/// and state and announces the `leave`.
+/// Takes `conn` (a local connection) out of `room`; in a tracked room also
+/// removes its presence and state and announces the `leave`.
 pub(crate) async fn leave(
     server: &ServerHandle,
     conn: &str,
@@ -265,6 +269,7 @@ pub(crate) async fn leave(
     tracked: bool,
 ) -> Result<(), ServerError> {
     let backend = &server.shared.backend;
+    server.interest_lost(room);
     backend.leave_room(room, conn).await?;
     if tracked && backend.mark_absent(room, conn).await? {
         server
@@ -302,6 +307,12 @@ async fn subscribe_presence(conn: &mut Connection, room: String) -> Result<Paylo
         // then delivered, never lost.
         shared.subscribers.add(&room, &conn.id, conn.outbox.clone());
         conn.subscriptions.insert(room.clone());
+        // And make sure the backend delivers the room here before the
+        // snapshot is read.
+        conn.server
+            .interest_gained(&room)
+            .await
+            .map_err(server_error)?;
     }
     let backend = &shared.backend;
     let present = backend
@@ -325,6 +336,7 @@ fn unsubscribe_presence(conn: &mut Connection, room: String) -> Reply {
     let was = conn.subscriptions.remove(&room);
     if was {
         conn.server.shared.subscribers.remove(&room, &conn.id);
+        conn.server.interest_lost(&room);
     }
     Ok(json!(was))
 }

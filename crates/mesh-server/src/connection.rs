@@ -82,6 +82,12 @@ pub(crate) async fn serve(
             let _ = handshake::respond(&mut stream, status, body).await;
             return;
         }
+        Request::Metrics => {
+            let body = shared.metrics.render();
+            let _ = handshake::respond_typed(&mut stream, 200, crate::metrics::CONTENT_TYPE, &body)
+                .await;
+            return;
+        }
         Request::Upgrade { head, key } => (head, key),
     };
     if !shared.config.origin_allowed(head.header("origin")) {
@@ -284,8 +290,10 @@ impl Connection {
         // otherwise the close frame is the last message it sends.
         for room in &self.subscriptions {
             shared.subscribers.remove(room, &self.id);
+            self.server.interest_lost(room);
         }
         if ending == Ending::SlowConsumer {
+            shared.metrics.slow_consumers_dropped.inc();
             writer.abort();
         } else {
             self.outbox

@@ -4,18 +4,28 @@
 use crate::backend::UpdateSink;
 use crate::outbox::{framed_text, Kind, Outbox, Outgoing};
 use mesh_protocol::PresenceUpdate;
+use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::RwLock;
 
 /// This instance's presence subscribers, by room. The backend delivers
 /// every update here; the update is encoded once and the same bytes are
 /// queued to each local subscriber of its room.
-#[derive(Default)]
 pub(crate) struct Subscribers {
     rooms: RwLock<HashMap<String, HashMap<String, Outbox>>>,
+    /// Bumped once per fan-out by the number of subscribers reached.
+    deliveries: IntCounter,
 }
 
 impl Subscribers {
+    /// An empty registry counting its deliveries in `deliveries`.
+    pub(crate) fn new(deliveries: IntCounter) -> Self {
+        Subscribers {
+            rooms: RwLock::default(),
+            deliveries,
+        }
+    }
+
     /// Subscribes a connection; `false` if it already was.
     pub(crate) fn add(&self, room: &str, conn: &str, outbox: Outbox) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
@@ -51,6 +61,7 @@ impl UpdateSink for Subscribers {
         for outbox in subs.values() {
             outbox.push(Outgoing::shared(Kind::Push, frame.clone()));
         }
+        self.deliveries.inc_by(subs.len() as u64);
     }
 }
 
@@ -60,7 +71,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_encoding_shared_by_all_subscribers() {
-        let subs = Subscribers::default();
+        let subs = Subscribers::new(crate::metrics::deliveries_counter());
         let (a, b) = (Outbox::new(1 << 20), Outbox::new(1 << 20));
         subs.add("r", "a", a.clone());
         subs.add("r", "b", b.clone());

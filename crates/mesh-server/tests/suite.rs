@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_update, error_code, BackendKind, Peer, WAIT};
+use common::{assert_update, error_code, metric, scrape, BackendKind, Peer, WAIT};
 use mesh_protocol::{command, PresenceUpdate, Strategy};
 use mesh_server::{DisconnectInfo, Guard, Refusal, TrackOptions};
 use serde_json::{json, Value};
@@ -902,6 +902,8 @@ async fn slow_consumer_is_dropped(kind: BackendKind) {
         }
     }
     assert!(dropped, "the slow consumer was never dropped");
+    let metrics = scrape(server.local_addr()).await;
+    assert_eq!(metric(&metrics, "mesh_slow_consumers_dropped_total"), 1);
     assert!(!server
         .handle()
         .room_members("r")
@@ -1122,6 +1124,51 @@ async fn origin_allow_list_and_healthz(kind: BackendKind) {
     server.shutdown().await;
 }
 
+async fn metrics_are_served(kind: BackendKind) {
+    let server = kind.serve_every_room().await;
+    let before = scrape(server.local_addr()).await;
+    for name in [
+        "mesh_connections",
+        "mesh_rooms",
+        "mesh_deliveries_total",
+        "mesh_slow_consumers_dropped_total",
+        "mesh_backend_messages_received_total",
+        "mesh_backend_errors_total",
+    ] {
+        assert!(
+            before.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{before}"
+        );
+    }
+    assert_eq!(metric(&before, "mesh_connections"), 0);
+    assert_eq!(metric(&before, "mesh_rooms"), 0);
+
+    let mut a = Peer::connect(&server.url()).await;
+    let mut b = Peer::connect(&server.url()).await;
+    a.subscribe("m1").await;
+    b.subscribe("m1").await;
+    a.join("m1").await;
+    b.join("m2").await;
+    b.publish("m2", json!({"x": 1})).await;
+    a.publish("m1", json!({"x": 1})).await;
+    // a's join reached a and b, b's join in m2 reached nobody, a's state
+    // reached a and b.
+    for peer in [&mut a, &mut b] {
+        peer.next_update().await;
+        peer.next_update().await;
+    }
+    let after = scrape(server.local_addr()).await;
+    assert_eq!(metric(&after, "mesh_connections"), 2);
+    assert_eq!(metric(&after, "mesh_rooms"), 2);
+    assert_eq!(
+        metric(&after, "mesh_deliveries_total") - metric(&before, "mesh_deliveries_total"),
+        4
+    );
+    drop(a);
+    drop(b);
+    server.shutdown().await;
+}
+
 async fn graceful_shutdown_cleans_up(kind: BackendKind) {
     let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<String>();
     let backend = kind.backend().await;
@@ -1264,6 +1311,7 @@ suite!(
     oversized_frame_beyond_hard_limit_closes,
     request_rate_is_limited,
     origin_allow_list_and_healthz,
+    metrics_are_served,
     graceful_shutdown_cleans_up,
     instances_share_presence,
 );

@@ -42,6 +42,15 @@ pub enum BackendError {
 /// Result of a backend operation.
 pub type BackendResult<T> = Result<T, BackendError>;
 
+/// What a backend counts about itself, read by `GET /metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Presence updates received from other instances.
+    pub messages_received: u64,
+    /// Operations that failed (each failed request to a remote store).
+    pub errors: u64,
+}
+
 /// Receives the presence updates a backend fans out to one server instance.
 ///
 /// `deliver` runs on the backend's task and must not block: the server's
@@ -78,6 +87,23 @@ pub trait Backend: Send + Sync + 'static {
     async fn connection_opened(&self, conn: &str) -> BackendResult<()> {
         let _ = conn;
         Ok(())
+    }
+
+    /// This instance gained a local member or subscriber in `room`. A
+    /// backend that routes updates by interest starts delivering the room's
+    /// updates to the attached sinks (if it was not already) and returns
+    /// once they flow, so that a snapshot read afterwards misses nothing.
+    /// Every call is paired with one [`Backend::unwatch_room`].
+    async fn watch_room(&self, room: &str) -> BackendResult<()> {
+        let _ = room;
+        Ok(())
+    }
+
+    /// This instance lost a local member or subscriber in `room`; when it
+    /// was the last one, the room's updates may stop reaching this
+    /// instance.
+    fn unwatch_room(&self, room: &str) {
+        let _ = room;
     }
 
     /// Sends an update to every attached instance.
@@ -204,6 +230,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `room`'s metadata, `None` when it has none.
     async fn get_room_metadata(&self, room: &str) -> BackendResult<Option<Value>>;
+
+    /// The backend's own counters; zero for a backend that keeps none.
+    fn stats(&self) -> BackendStats {
+        BackendStats::default()
+    }
 }
 
 /// Encodes `[{"id", "metadata"}]`; a connection without metadata has
