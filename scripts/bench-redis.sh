@@ -3,6 +3,9 @@
 # rate, first on one in-memory server, then spread over two servers that
 # share a private redis-server (200 clients each).
 #   scripts/bench-redis.sh [RATE] [SECONDS]     (default 100000 deliveries/s, 10 s)
+# then four instances with one room of 100 clients each (ROOMS_RATE
+# deliveries/s in all, default 40000), by interest and with every instance
+# in every room.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${1:-100000}"
@@ -33,3 +36,49 @@ RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$A" --redis "redis://127.0.0.
 RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$B" --redis "redis://127.0.0.1:$RP/" >/dev/null & pids+=($!)
 wait_port "$A"; wait_port "$B"
 "$BIN/mesh-bench" --url "ws://127.0.0.1:$A" --also-url "ws://127.0.0.1:$B" -n 400 --rate "$RATE" --duration "$SECS" --threads 2
+cleanup; pids=()
+
+# Fan-out by interest: each instance should receive only its own room's
+# updates. ROOMS_RATE is the total delivery rate of the four rooms.
+ROOMS_RATE="${ROOMS_RATE:-40000}"
+received() { # PORT -> mesh_backend_messages_received_total of that instance
+  exec 3<>"/dev/tcp/127.0.0.1/$1"
+  printf 'GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n' >&3
+  awk '/^mesh_backend_messages_received_total / { print $2 }' <&3
+  exec 3<&-
+}
+echo "== redis backend: four instances, four rooms of 100 clients, each room on one instance"
+cargo build --release -q -p mesh-client --bin mesh
+RP=$(free_port)
+redis-server --port "$RP" --save '' --appendonly no --daemonize no >/dev/null & pids+=($!)
+wait_port "$RP"
+PORTS=()
+for i in 0 1 2 3; do
+  P=$(free_port); PORTS+=("$P")
+  RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$P" --redis "redis://127.0.0.1:$RP/" >/dev/null & pids+=($!)
+done
+for P in "${PORTS[@]}"; do wait_port "$P"; done
+four_rooms() { # LABEL
+  local before=() after=() benches=() i
+  for i in 0 1 2 3; do before+=("$(received "${PORTS[$i]}")"); done
+  for i in 0 1 2 3; do
+    "$BIN/mesh-bench" --url "ws://127.0.0.1:${PORTS[$i]}" --room "room$i" -n 100 \
+      --rate $((ROOMS_RATE / 4)) --duration "$SECS" > "$TMP/bench$i.txt" & benches+=($!)
+  done
+  wait "${benches[@]}"
+  for i in 0 1 2 3; do after+=("$(received "${PORTS[$i]}")"); done
+  for i in 0 1 2 3; do
+    echo "$1: instance $i (room$i): $(grep -h '^steady' "$TMP/bench$i.txt" | sed 's/.*(\(.*\)\/s)/\1 deliveries\/s/'), $(grep -h 'p99' "$TMP/bench$i.txt" | head -1), received from others: $(( ${after[$i]} - ${before[$i]} ))"
+  done
+}
+TMP=$(mktemp -d)
+four_rooms "by interest"
+# What one shared channel cost: every instance interested in every room
+# (a watcher of each room on each instance), as when all updates went to
+# every instance.
+for i in 0 1 2 3; do for r in 0 1 2 3; do
+  "$BIN/mesh" --url "ws://127.0.0.1:${PORTS[$i]}" watch "room$r" --json >/dev/null & pids+=($!)
+done; done
+sleep 1 # the watchers connect; nothing to wait on but their start
+four_rooms "every instance in every room"
+rm -rf "$TMP"

@@ -1274,6 +1274,7 @@ macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         for_backend!(Memory, memory, [$($test),*]);
         for_backend!(Redis, redis, [$($test),*]);
+        for_backend!(RedisCluster, redis_cluster, [$($test),*]);
     };
 }
 

@@ -30,6 +30,8 @@ pub enum BackendKind {
     Memory,
     /// The Redis backend, on the tests' Redis under a fresh key prefix.
     Redis,
+    /// The Redis backend on the tests' three-node Redis Cluster.
+    RedisCluster,
 }
 
 impl BackendKind {
@@ -38,6 +40,9 @@ impl BackendKind {
         match self {
             BackendKind::Memory => Arc::new(MemoryBackend::new()),
             BackendKind::Redis => Arc::new(redis::backend(&redis::unique_prefix()).await),
+            BackendKind::RedisCluster => {
+                Arc::new(redis::cluster_backend(&redis::unique_prefix()).await)
+            }
         }
     }
 
@@ -54,6 +59,13 @@ impl BackendKind {
                 (
                     Arc::new(redis::backend(&prefix).await),
                     Arc::new(redis::backend(&prefix).await),
+                )
+            }
+            BackendKind::RedisCluster => {
+                let prefix = redis::unique_prefix();
+                (
+                    Arc::new(redis::cluster_backend(&prefix).await),
+                    Arc::new(redis::cluster_backend(&prefix).await),
                 )
             }
         }
