@@ -41,11 +41,12 @@ export MESH_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
 echo "redis-server on port $REDIS_PORT"
 
 echo "== a three-node Redis Cluster for the cluster tests"
-# Three primaries on free ports below 55536 (each node also listens on its
-# port + 10000 for the cluster bus), joined with redis-cli, stopped on exit.
+# Three primaries on free ports (each node also listens on its port + 10000
+# for the cluster bus; both below Linux's ephemeral range, so that no test
+# connection takes them), joined with redis-cli, stopped on exit.
 free_pair() {
   while :; do
-    p=$((20000 + RANDOM % 35000))
+    p=$((20000 + RANDOM % 2700))
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
     (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null && continue
     echo "$p"; return

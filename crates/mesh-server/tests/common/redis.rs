@@ -246,12 +246,13 @@ impl RedisCluster {
                     .args(["-p", &port.to_string(), "cluster", "info"])
                     .output()
                     .expect("run redis-cli");
-                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                let info = String::from_utf8_lossy(&out.stdout);
+                if info.contains("cluster_state:ok") {
                     break;
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "the redis cluster did not come up"
+                    "the redis cluster did not come up: node {port}: {info}"
                 );
                 // The cluster state has no readiness signal to await.
                 std::thread::sleep(Duration::from_millis(50));
@@ -269,12 +270,13 @@ impl Drop for RedisCluster {
     }
 }
 
-/// `n` free ports below 55536, whose cluster bus ports (+10000) are free
-/// too.
+/// `n` free ports whose cluster bus ports (+10000) are free too. Both stay
+/// below Linux's ephemeral range (32768 and up), so that no connection of a
+/// test can take the port of a node that is being restarted.
 fn free_cluster_ports(n: usize) -> Vec<u16> {
     let mut ports = Vec::new();
     while ports.len() < n {
-        let port: u16 = 20000 + rand::random::<u16>() % 35000;
+        let port: u16 = 20000 + rand::random::<u16>() % 2700;
         let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
         if !ports.contains(&port) && free(port) && free(port + 10000) {
             ports.push(port);
