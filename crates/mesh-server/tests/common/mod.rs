@@ -1,7 +1,7 @@
 //! Shared pieces of the integration tests: which backend to run against,
 //! and a small raw-WebSocket Mesh peer that speaks the protocol by hand.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 pub mod redis;
 
@@ -80,7 +80,7 @@ impl BackendKind {
             .ping_interval(Duration::from_millis(200))
             // Peers answer pings only while a test reads from them; a wide
             // window keeps an idle peer from being dropped on a busy machine.
-            .max_missed_pongs(50)
+            .max_missed_pongs(300)
     }
 
     /// A running server from [`BackendKind::builder`] that tracks presence
@@ -319,4 +319,28 @@ pub fn error_code(reply: &Value) -> Option<String> {
         .get("code")
         .and_then(Value::as_str)
         .map(str::to_string)
+}
+
+/// One `#[tokio::test]` per test for one backend, in a module named after it.
+macro_rules! for_backend {
+    ($kind:ident, $module:ident, [$($test:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::BackendKind::$kind).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The whole suite of a test file, once per backend. Another backend is
+/// one more line.
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        for_backend!(Memory, memory, [$($test),*]);
+        for_backend!(Redis, redis, [$($test),*]);
+        for_backend!(RedisCluster, redis_cluster, [$($test),*]);
+    };
 }
