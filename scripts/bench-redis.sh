@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The scale-out benchmark: 400 clients in one room at a steady delivery
 # rate, first on one in-memory server, then spread over two servers that
-# share a private redis-server (200 clients each).
+# share a private redis-server (200 clients each), then the same on a
+# private three-node Redis Cluster;
 #   scripts/bench-redis.sh [RATE] [SECONDS]     (default 100000 deliveries/s, 10 s)
 # then four instances with one room of 100 clients each (ROOMS_RATE
 # deliveries/s in all, default 40000), by interest and with every instance
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE="${1:-100000}"
 SECS="${2:-10}"
-cargo build --release -q -p mesh-server -p mesh-bench
+cargo build --release -q -p mesh-server -p mesh-bench -p mesh-client
 BIN=target/release
 
 free_port() { while :; do p=$((20000 + RANDOM % 40000)); (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }; done; }
@@ -38,6 +39,34 @@ wait_port "$A"; wait_port "$B"
 "$BIN/mesh-bench" --url "ws://127.0.0.1:$A" --also-url "ws://127.0.0.1:$B" -n 400 --rate "$RATE" --duration "$SECS" --threads 2
 cleanup; pids=()
 
+echo "== redis cluster (three nodes): two instances, 200 clients each"
+CDIR=$(mktemp -d)
+CPORTS=()
+for i in 0 1 2; do
+  while :; do
+    p=$((20000 + RANDOM % 2700))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+    (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null && continue
+    break
+  done
+  mkdir -p "$CDIR/$p"
+  (cd "$CDIR/$p" && exec redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
+    --save '' --appendonly no --daemonize no >/dev/null) & pids+=($!)
+  CPORTS+=("$p")
+done
+for p in "${CPORTS[@]}"; do wait_port "$p"; done
+redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CPORTS[@]}") --cluster-replicas 0 --cluster-yes >/dev/null
+for p in "${CPORTS[@]}"; do
+  until redis-cli -p "$p" cluster info | grep -q cluster_state:ok; do sleep 0.05; done
+done
+SEEDS=$(printf 'redis://127.0.0.1:%s,' "${CPORTS[@]}"); SEEDS="${SEEDS%,}"
+A=$(free_port); B=$(free_port)
+RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$A" --redis-cluster "$SEEDS" >/dev/null & pids+=($!)
+RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$B" --redis-cluster "$SEEDS" >/dev/null & pids+=($!)
+wait_port "$A"; wait_port "$B"
+"$BIN/mesh-bench" --url "ws://127.0.0.1:$A" --also-url "ws://127.0.0.1:$B" -n 400 --rate "$RATE" --duration "$SECS" --threads 2
+cleanup; pids=(); rm -rf "$CDIR"
+
 # Fan-out by interest: each instance should receive only its own room's
 # updates. ROOMS_RATE is the total delivery rate of the four rooms.
 ROOMS_RATE="${ROOMS_RATE:-40000}"
@@ -48,7 +77,6 @@ received() { # PORT -> mesh_backend_messages_received_total of that instance
   exec 3<&-
 }
 echo "== redis backend: four instances, four rooms of 100 clients, each room on one instance"
-cargo build --release -q -p mesh-client --bin mesh
 RP=$(free_port)
 redis-server --port "$RP" --save '' --appendonly no --daemonize no >/dev/null & pids+=($!)
 wait_port "$RP"
