@@ -36,6 +36,24 @@ async fn server_on(backend: RedisBackend) -> RunningServer {
         .unwrap()
 }
 
+/// Asks `asker` for `room`'s presence; asserts exactly `ids` are present
+/// and returns the snapshot.
+async fn present_exactly<const N: usize>(
+    asker: &mut Peer,
+    room: &str,
+    ids: [String; N],
+) -> serde_json::Value {
+    let snap = asker
+        .request(command::GET_PRESENCE_STATE, json!({ "roomName": room }))
+        .await;
+    let mut present: Vec<String> = serde_json::from_value(snap["present"].clone()).unwrap();
+    present.sort();
+    let mut expected = Vec::from(ids);
+    expected.sort();
+    assert_eq!(present, expected);
+    snap
+}
+
 /// Waits for the backend's next resynchronisation after `seen`.
 async fn resynced(backend: &RedisBackend, seen: u64) {
     let mut resyncs = backend.resyncs();
@@ -338,14 +356,8 @@ async fn presence_recovers_after_redis_restarts() {
     resynced(&backend_one, seen_one).await;
     resynced(&backend_two, seen_two).await;
 
-    let snap = a
-        .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
-        .await;
-    let mut present: Vec<String> = serde_json::from_value(snap["present"].clone()).unwrap();
-    present.sort();
-    let mut expected = vec![a.id.clone(), b.id.clone()];
-    expected.sort();
-    assert_eq!(present, expected);
+    let ids = [a.id.clone(), b.id.clone()];
+    let snap = present_exactly(&mut a, "r", ids).await;
     assert_eq!(snap["states"], json!({ b.id.clone(): {"status": "here"} }));
     let reply = a
         .request(
@@ -449,14 +461,7 @@ async fn redis_pause_sweeps_only_the_dead() {
     }
     watcher.sync().await;
     assert_eq!(watcher.pending_updates(), 0, "no leave/join churn");
-    let snap = watcher
-        .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
-        .await;
-    let mut present: Vec<String> = serde_json::from_value(snap["present"].clone()).unwrap();
-    present.sort();
-    let mut expected = vec![a.id.clone(), b.id.clone()];
-    expected.sort();
-    assert_eq!(present, expected);
+    present_exactly(&mut watcher, "r", [a.id.clone(), b.id.clone()]).await;
     one.shutdown().await;
     two.shutdown().await;
 }
@@ -573,14 +578,8 @@ async fn a_killed_cluster_node_is_survived_like_an_outage() {
     resynced(&backend_one, seen_one).await;
     resynced(&backend_two, seen_two).await;
 
-    let snap = a
-        .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
-        .await;
-    let mut present: Vec<String> = serde_json::from_value(snap["present"].clone()).unwrap();
-    present.sort();
-    let mut expected = vec![a.id.clone(), b.id.clone()];
-    expected.sort();
-    assert_eq!(present, expected);
+    let ids = [a.id.clone(), b.id.clone()];
+    let snap = present_exactly(&mut a, "r", ids).await;
     assert_eq!(snap["states"], json!({ b.id.clone(): {"status": "here"} }));
     // Live updates flow again, and nothing else arrived (no leave/join).
     b.publish("r", json!({"status": "back"})).await;

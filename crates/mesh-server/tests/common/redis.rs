@@ -70,20 +70,10 @@ impl RedisServer {
     fn spawn(&mut self) {
         let socket = self.socket();
         let _ = std::fs::remove_file(&socket);
-        // The shell stops redis-server once our end of its stdin closes,
-        // which happens when this process exits, however it exits.
-        let script = format!(
-            "redis-server --port 0 --unixsocket '{}' --save '' --appendonly no --daemonize no \
-             >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill -9 $pid",
+        self.child = Some(spawn_guarded(&format!(
+            "redis-server --port 0 --unixsocket '{}' --save '' --appendonly no --daemonize no",
             socket.display()
-        );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("start sh for redis-server");
-        self.child = Some(child);
+        )));
         wait_for_socket(&socket);
     }
 
@@ -110,6 +100,20 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Runs `command` (a redis-server) under a shell that kills it once our end
+/// of the shell's stdin closes: when the `Child` is dropped or waited after
+/// closing stdin, or when this process exits, however it exits.
+fn spawn_guarded(command: &str) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{command} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill -9 $pid"
+        ))
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start sh for redis-server")
 }
 
 /// Waits (bounded) for redis-server to accept connections on `socket`.
@@ -202,20 +206,11 @@ impl RedisCluster {
         let node_dir = self.dir.join(format!("node{i}"));
         std::fs::create_dir_all(&node_dir).expect("create a node directory");
         let port = self.ports[i];
-        // As for `RedisServer`: the shell stops the node once our end of
-        // its stdin closes.
-        let script = format!(
+        let child = spawn_guarded(&format!(
             "cd '{}' && redis-server --port {port} --bind 127.0.0.1 --cluster-enabled yes \
-             --cluster-node-timeout 2000 --save '' --appendonly no --daemonize no \
-             >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill -9 $pid",
+             --cluster-node-timeout 2000 --save '' --appendonly no --daemonize no",
             node_dir.display()
-        );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("start sh for redis-server");
+        ));
         wait_for_port(port);
         child
     }
