@@ -5,36 +5,45 @@
 //! owns the writing half and drains the connection's [`Outbox`]. Replies
 //! and presence pushes both go through the outbox, so they reach the client
 //! in the order they were produced.
+//!
+//! A connection is alive while it answers pings, or while it is still
+//! reading what we sent it: a ping stuck behind our own backlog to it is
+//! our delay, not the client's.
 
-use crate::commands;
-use crate::fanout::{Outbox, OutboxState};
+use crate::auth::{self, Claims, IDENTITY_FIELDS};
+use crate::commands::{self, Payload};
+use crate::config::Config;
 use crate::handshake::{self, Request};
 use crate::hooks::{ConnectionInfo, DisconnectInfo};
+use crate::outbox::{self, Kind, Outbox, Outgoing, ReadSide};
 use crate::server::ServerHandle;
 use crate::tracking::TrackOptions;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use mesh_protocol::{command, DecodeError, ErrorCode, ErrorPayload, Frame, Strategy};
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-type Socket = WebSocketStream<TcpStream>;
+/// The reading side of a connection's WebSocket; writes go through the
+/// outbox.
+type Socket = WebSocketStream<ReadSide>;
 
 /// Longest we wait for a closing connection's last bytes to leave.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
-/// Most bytes the writer batches before flushing.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// The close reason of a connection whose token expired.
+pub(crate) const TOKEN_EXPIRED: &str = "token expired";
 
 /// Whether `name` is a command the server handles itself.
 pub(crate) fn is_builtin(name: &str) -> bool {
@@ -60,17 +69,27 @@ pub(crate) async fn serve(
     _done: mpsc::Sender<()>,
 ) {
     let shared = &server.shared;
-    let request =
-        match handshake::read_request(&mut stream, shared.config.limits.handshake_timeout).await {
-            Ok(request) => request,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "handshake failed");
-                return;
-            }
-        };
+    let request = match Box::pin(handshake::read_request(
+        &mut stream,
+        shared.config.limits.handshake_timeout,
+    ))
+    .await
+    {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            return;
+        }
+    };
     let (head, key) = match request {
         Request::Plain { status, body } => {
             let _ = handshake::respond(&mut stream, status, body).await;
+            return;
+        }
+        Request::Metrics => {
+            let body = shared.metrics.render();
+            let _ = handshake::respond_typed(&mut stream, 200, crate::metrics::CONTENT_TYPE, &body)
+                .await;
             return;
         }
         Request::Upgrade { head, key } => (head, key),
@@ -80,23 +99,38 @@ pub(crate) async fn serve(
         let _ = handshake::respond(&mut stream, 403, "origin not allowed\n").await;
         return;
     }
+    // The token is checked before anything is stored for the connection,
+    // and a refusal says nothing more than 401.
+    let claims = match &shared.config.auth {
+        None => None,
+        Some(auth) => {
+            let token = auth::token_of(
+                head.header("authorization"),
+                head.query.get("token").map(String::as_str),
+            );
+            match token.map(|t| auth.verify(t)) {
+                Some(Ok(claims)) => Some(Arc::new(claims)),
+                refused => {
+                    let reason = match refused {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "no token".to_string(),
+                    };
+                    tracing::info!(%peer, %reason, "connection refused");
+                    let _ = handshake::respond(&mut stream, 401, "unauthorized\n").await;
+                    return;
+                }
+            }
+        }
+    };
     let id = shared.new_connection_id();
     if let Err(e) = shared.backend.connection_opened(&id).await {
         tracing::warn!(%peer, error = %e, "could not register the connection");
         let _ = handshake::respond(&mut stream, 503, "backend unavailable\n").await;
         return;
     }
-    if shared.config.metadata_from_query && !head.query.is_empty() {
-        let metadata: Map<String, Value> = head
-            .query
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        if let Err(e) = server
-            .set_metadata(&id, Value::Object(metadata), Strategy::Replace)
-            .await
-        {
-            tracing::warn!(%peer, error = %e, "could not attach query metadata");
+    if let Some(metadata) = initial_metadata(&shared.config, &head.query, claims.as_deref()) {
+        if let Err(e) = server.set_metadata(&id, metadata, Strategy::Replace).await {
+            tracing::warn!(%peer, error = %e, "could not attach metadata");
             let _ = shared.backend.remove_metadata(&id).await;
             let _ = handshake::respond(&mut stream, 503, "backend unavailable\n").await;
             return;
@@ -108,6 +142,7 @@ pub(crate) async fn serve(
             path: head.path.clone(),
             query: head.query.clone(),
             headers: head.headers.clone(),
+            claims: claims.clone(),
             server: server.clone(),
         };
         if let Err(refusal) = hook(info).await {
@@ -123,16 +158,50 @@ pub(crate) async fn serve(
         let _ = shared.backend.remove_metadata(&id).await;
         return;
     }
+    let (read, write) = stream.into_split();
+    let outbox = Outbox::new(shared.config.limits.max_queued_bytes);
+    let writer = tokio::spawn(outbox::write_loop(write, outbox.clone()));
     let socket = WebSocketStream::from_partially_read(
-        stream,
-        head.leftover,
+        ReadSide::new(read, outbox.clone()),
+        // Moved out of a temporary, so the rest of the request head is
+        // freed now rather than kept for the connection's lifetime.
+        std::convert::identity(head).leftover,
         Role::Server,
         Some(shared.ws_config),
     )
     .await;
-    Connection::new(id, server.clone(), shutdown.clone())
-        .run(socket, peer, shutdown)
+    Connection::new(id, server.clone(), outbox, claims, shutdown.clone())
+        .run(socket, writer, peer, shutdown)
         .await;
+}
+
+/// What a new connection's metadata starts as: the URL query when the
+/// server is configured so, and the token's claims over it. With tokens,
+/// the query can neither carry the token into metadata nor set an
+/// identity field.
+fn initial_metadata(
+    config: &Config,
+    query: &BTreeMap<String, String>,
+    claims: Option<&Claims>,
+) -> Option<Value> {
+    let mut metadata: Map<String, Value> = Map::new();
+    if config.metadata_from_query {
+        metadata.extend(
+            query
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone()))),
+        );
+    }
+    if let Some(claims) = claims {
+        metadata.remove("token");
+        for field in IDENTITY_FIELDS {
+            metadata.remove(field);
+        }
+        if let Value::Object(attested) = claims.metadata() {
+            metadata.extend(attested);
+        }
+    }
+    (!metadata.is_empty()).then_some(Value::Object(metadata))
 }
 
 /// Why a connection ended.
@@ -150,6 +219,8 @@ enum Ending {
     SlowConsumer,
     /// A frame over the hard size limit.
     Oversized,
+    /// Its token expired and no newer one came.
+    TokenExpired,
 }
 
 impl Ending {
@@ -161,6 +232,7 @@ impl Ending {
             Ending::Unresponsive => (CloseCode::Away, "missed pongs"),
             Ending::Garbage => (CloseCode::Policy, "too many malformed frames"),
             Ending::Oversized => (CloseCode::Size, "frame too large"),
+            Ending::TokenExpired => (CloseCode::Policy, TOKEN_EXPIRED),
         };
         Some(CloseFrame {
             code,
@@ -174,11 +246,14 @@ pub(crate) struct Connection {
     pub(crate) id: String,
     pub(crate) server: ServerHandle,
     pub(crate) outbox: Outbox,
-    outbox_rx: Option<mpsc::UnboundedReceiver<Message>>,
     /// Joined rooms, with their tracking options when tracked.
     pub(crate) rooms: HashMap<String, Option<Arc<TrackOptions>>>,
     /// Rooms whose presence this connection is subscribed to.
     pub(crate) subscriptions: HashSet<String>,
+    /// The verified token's claims, on a server with authentication.
+    pub(crate) claims: Option<Arc<Claims>>,
+    /// When the token expires and the connection is closed.
+    pub(crate) token_expires: Option<Instant>,
     /// When the connection is considered dead without a pong.
     alive_until: Instant,
     latency_sent: Option<Instant>,
@@ -224,9 +299,14 @@ impl RateLimiter {
 }
 
 impl Connection {
-    fn new(id: String, server: ServerHandle, shutdown: watch::Receiver<bool>) -> Self {
+    fn new(
+        id: String,
+        server: ServerHandle,
+        outbox: Outbox,
+        claims: Option<Arc<Claims>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let limits = &server.shared.config.limits;
-        let (outbox, rx) = Outbox::new(limits.max_queued_bytes);
         let requests = RateLimiter::new(limits.max_requests_per_second, Instant::now());
         let now = Instant::now();
         Connection {
@@ -234,9 +314,10 @@ impl Connection {
             id,
             server,
             outbox,
-            outbox_rx: Some(rx),
             rooms: HashMap::new(),
             subscriptions: HashSet::new(),
+            token_expires: claims.as_ref().map(|c| now + c.time_left()),
+            claims,
             latency_sent: None,
             bad_frames: 0,
             bad_window_start: now,
@@ -245,21 +326,19 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, socket: Socket, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
-        let (sink, mut stream) = socket.split();
-        let Some(rx) = self.outbox_rx.take() else {
-            return;
-        };
-        let outbox_state = self.outbox.state();
-        let mut writer = tokio::spawn(write_loop(sink, rx, outbox_state.clone()));
+    async fn run(
+        mut self,
+        mut stream: Socket,
+        mut writer: JoinHandle<()>,
+        peer: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let shared = self.server.shared.clone();
         shared.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(id = %self.id, %peer, "connected");
         self.send(Frame::push(command::ASSIGN_ID, json!(self.id)));
 
-        let ending = self
-            .event_loop(&mut stream, &mut shutdown, &outbox_state)
-            .await;
+        let ending = self.event_loop(&mut stream, &mut shutdown).await;
         tracing::debug!(id = %self.id, ?ending, "closing");
         if ending != Ending::PeerGone && ending != Ending::Shutdown {
             tracing::info!(id = %self.id, %peer, ?ending, "connection closed by server");
@@ -270,13 +349,16 @@ impl Connection {
         // otherwise the close frame is the last message it sends.
         for room in &self.subscriptions {
             shared.subscribers.remove(room, &self.id);
+            self.server.interest_lost(room);
         }
         if ending == Ending::SlowConsumer {
+            shared.metrics.slow_consumers_dropped.inc();
             writer.abort();
         } else {
-            self.outbox.push(Message::Close(ending.close_frame()));
+            self.outbox
+                .push(Outgoing::close(ending.close_frame().as_ref()));
         }
-        self.cleanup().await;
+        Box::pin(self.cleanup()).await;
         if tokio::time::timeout(WRITER_GRACE, &mut writer)
             .await
             .is_err()
@@ -289,10 +371,10 @@ impl Connection {
 
     async fn event_loop(
         &mut self,
-        stream: &mut SplitStream<Socket>,
+        stream: &mut Socket,
         shutdown: &mut watch::Receiver<bool>,
-        outbox_state: &OutboxState,
     ) -> Ending {
+        let outbox = self.outbox.clone();
         let config = self.server.shared.config.clone();
         let mut ping =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
@@ -304,24 +386,45 @@ impl Connection {
         latency.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let deadline = tokio::time::sleep_until(self.alive_until);
         tokio::pin!(deadline);
+        let expiry = tokio::time::sleep_until(self.token_expires.unwrap_or_else(far_future));
+        tokio::pin!(expiry);
 
         loop {
             if deadline.deadline() != self.alive_until {
                 deadline.as_mut().reset(self.alive_until);
             }
+            // A refreshed token moves the expiry.
+            if let Some(expires) = self.token_expires {
+                if expiry.deadline() != expires {
+                    expiry.as_mut().reset(expires);
+                }
+            }
+            // While our replies to it pile up, read no more requests: a
+            // client that asks without reading slows only itself.
+            let backlogged = outbox.replies_backlogged();
             tokio::select! {
                 biased;
                 _ = crate::server::stopped(shutdown) => return Ending::Shutdown,
-                _ = outbox_state.overflowed() => return Ending::SlowConsumer,
-                _ = &mut deadline => return Ending::Unresponsive,
+                _ = outbox.overflowed() => return Ending::SlowConsumer,
+                _ = &mut deadline => {
+                    // Still taking in what we send it? Then its pong is
+                    // late behind our own backlog to it, not missing.
+                    let progress = outbox.last_progress() + config.liveness_window();
+                    if progress <= Instant::now() {
+                        return Ending::Unresponsive;
+                    }
+                    self.alive_until = progress;
+                }
+                _ = outbox.drained(), if backlogged => {}
+                _ = &mut expiry, if self.token_expires.is_some() => return Ending::TokenExpired,
                 _ = ping.tick() => {
-                    self.send(Frame::push(command::PING, json!({})));
+                    self.heartbeat(Frame::push(command::PING, json!({})));
                 }
                 _ = latency.tick() => {
                     self.latency_sent = Some(Instant::now());
-                    self.send(Frame::push(command::LATENCY_REQUEST, json!({})));
+                    self.heartbeat(Frame::push(command::LATENCY_REQUEST, json!({})));
                 }
-                msg = stream.next() => match msg {
+                msg = stream.next(), if !backlogged => match msg {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(ending) = self.on_text(text.as_str()).await {
                             return ending;
@@ -374,14 +477,14 @@ impl Connection {
                         ErrorCode::TooLarge,
                         format!("frame is {len} bytes; the limit is {max}"),
                     );
-                    self.send(Frame::error_reply(id, command, &error));
+                    self.reply(Frame::error_reply(id, command, &error));
                 }
                 None
             }
             Err(e) => {
                 if let Some(id) = e.request_id() {
                     let error = ErrorPayload::new(ErrorCode::Invalid, e.to_string());
-                    self.send(Frame::error_reply(Some(id), command_of(text), &error));
+                    self.reply(Frame::error_reply(Some(id), command_of(text), &error));
                 }
                 self.count_bad_frame().then_some(Ending::Garbage)
             }
@@ -395,7 +498,7 @@ impl Connection {
             payload,
         } = frame;
         match command.as_str() {
-            command::PONG => self.on_pong().await,
+            command::PONG => Box::pin(self.on_pong()).await,
             command::LATENCY_RESPONSE => {
                 if let Some(sent) = self.latency_sent.take() {
                     // Whole milliseconds, as the reference server sends them.
@@ -405,7 +508,9 @@ impl Connection {
             }
             _ => {
                 let result = if self.requests.allow(Instant::now()) {
-                    commands::dispatch(self, &command, payload).await
+                    // Boxed: a command's state lives on the heap only while
+                    // it runs, which keeps idle connections small.
+                    Box::pin(commands::dispatch(self, &command, payload)).await
                 } else {
                     Err(ErrorPayload::new(
                         ErrorCode::RateLimit,
@@ -413,11 +518,10 @@ impl Connection {
                     ))
                 };
                 if let Some(id) = id {
-                    let payload = match result {
-                        Ok(value) => value,
-                        Err(error) => error.to_value(),
-                    };
-                    self.send(Frame::reply(Some(id), command, payload));
+                    match result {
+                        Ok(payload) => self.reply_with(id, command, payload),
+                        Err(error) => self.reply(Frame::error_reply(Some(id), command, &error)),
+                    }
                 } else if let Err(error) = result {
                     tracing::debug!(id = %self.id, %command, %error, "fire-and-forget command failed");
                 }
@@ -437,9 +541,55 @@ impl Connection {
         }
     }
 
-    /// Queues a frame to this connection.
+    /// Queues a push to this connection.
     pub(crate) fn send(&self, frame: Frame) {
-        self.outbox.push_text(frame.encode());
+        self.outbox
+            .push(Outgoing::text(Kind::Push, &frame.encode()));
+    }
+
+    /// Queues a ping or latency probe.
+    fn heartbeat(&self, frame: Frame) {
+        self.outbox
+            .push(Outgoing::text(Kind::Heartbeat, &frame.encode()));
+    }
+
+    /// Queues a reply to one of this connection's requests.
+    fn reply(&self, frame: Frame) {
+        self.outbox
+            .push(Outgoing::text(Kind::Reply, &frame.encode()));
+    }
+
+    /// Queues the reply to request `id`: `payload` as it is, or, when it is
+    /// larger than any reply may be, an `ETOOLARGE` error in its place.
+    fn reply_with(&self, id: u64, command: String, payload: Payload) {
+        let frame = match payload {
+            Payload::Value(value) => Outgoing::text(
+                Kind::Reply,
+                &Frame::reply(Some(id), &command, value).encode(),
+            ),
+            // The envelope around a body shared with other askers.
+            Payload::Shared(body) => {
+                let head = Frame::reply(Some(id), &command, Value::Null).encode();
+                // The payload is encoded last: `..."payload":null}`.
+                let head = head.strip_suffix("null}").unwrap_or(&head);
+                let mut parts = Vec::with_capacity(body.len() + 2);
+                parts.push(Bytes::copy_from_slice(head.as_bytes()));
+                parts.extend(body);
+                parts.push(Bytes::from_static(b"}"));
+                Outgoing::text_parts(Kind::Reply, &parts)
+            }
+        };
+        let max = self.server.shared.config.max_reply_bytes();
+        if frame.len() > max {
+            let len = frame.len();
+            tracing::info!(id = %self.id, %command, len, max, "reply too large to send");
+            let error = ErrorPayload::new(
+                ErrorCode::TooLarge,
+                format!("the reply is {len} bytes; the limit is {max}"),
+            );
+            return self.reply(Frame::error_reply(Some(id), command, &error));
+        }
+        self.outbox.push(frame);
     }
 
     /// Leaves every room (announcing it where tracked), drops the
@@ -471,6 +621,11 @@ impl Connection {
     }
 }
 
+/// A deadline that never comes, for a timer that is not armed.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
 /// The command of a frame we could not fully decode, for the error reply.
 fn command_of(text: &str) -> String {
     #[derive(serde::Deserialize)]
@@ -483,38 +638,4 @@ fn command_of(text: &str) -> String {
         .and_then(|c| c.command)
         .and_then(|c| c.as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-/// Drains the outbox into the socket, batching what is queued into one
-/// flush, then closes the socket once the outbox is closed.
-async fn write_loop(
-    mut sink: SplitSink<Socket, Message>,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-    state: Arc<OutboxState>,
-) {
-    while let Some(msg) = rx.recv().await {
-        let mut bytes = msg.len();
-        let mut closing = msg.is_close();
-        if sink.feed(msg).await.is_err() {
-            return;
-        }
-        while !closing && bytes < WRITE_BATCH_BYTES {
-            let Ok(msg) = rx.try_recv() else {
-                break;
-            };
-            bytes += msg.len();
-            closing = msg.is_close();
-            if sink.feed(msg).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-        state.drained(bytes);
-        if closing {
-            break;
-        }
-    }
-    let _ = sink.close().await;
 }

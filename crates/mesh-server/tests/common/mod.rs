@@ -1,7 +1,7 @@
 //! Shared pieces of the integration tests: which backend to run against,
 //! and a small raw-WebSocket Mesh peer that speaks the protocol by hand.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 pub mod redis;
 
@@ -256,6 +256,41 @@ impl Peer {
     }
 }
 
+/// Starts the `mesh-server` binary (of the crate under test) with `args`,
+/// logging at info, and waits for the URL it logs once it listens. The
+/// log keeps being drained so that the server never blocks on it.
+pub fn spawn_binary(binary: &str, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(binary)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("server binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("log ended early").unwrap();
+        if let Some(start) = line.find("ws://") {
+            let rest = &line[start..];
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            break rest[..end].to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, url)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
 /// Asserts the update is a join/leave/state of `conn` in `room`.
 pub fn assert_update(update: &PresenceUpdate, kind: &str, conn: &str, room: &str) {
     let actual = match update {
@@ -268,10 +303,66 @@ pub fn assert_update(update: &PresenceUpdate, kind: &str, conn: &str, room: &str
     assert_eq!(update.room_name(), room);
 }
 
+/// `GET /metrics` from the server at `addr`: the response body.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .expect("connect for /metrics");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut response))
+        .await
+        .expect("timed out reading /metrics")
+        .expect("read /metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("content-type: text/plain; version=0.0.4"),
+        "{response}"
+    );
+    let (_, body) = response.split_once("\r\n\r\n").expect("a body");
+    body.to_string()
+}
+
+/// The value of an unlabelled metric in a `/metrics` body.
+pub fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 /// The error code of a reply payload, if it is an error.
 pub fn error_code(reply: &Value) -> Option<String> {
     reply
         .get("code")
         .and_then(Value::as_str)
         .map(str::to_string)
+}
+
+/// One `#[tokio::test]` per test for one backend, in a module named after it.
+macro_rules! for_backend {
+    ($kind:ident, $module:ident, [$($test:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::BackendKind::$kind).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The whole suite of a test file, once per backend. Another backend is
+/// one more line.
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        for_backend!(Memory, memory, [$($test),*]);
+        for_backend!(Redis, redis, [$($test),*]);
+    };
 }
