@@ -32,6 +32,11 @@ pub fn output_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// Where an app started by a [`Driver`] on `data_dir` keeps its store file.
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("data").join("dev.meshpresence.app")
+}
+
 /// One `tauri-driver` (and the WebKitWebDriver it runs), with the app's data
 /// directories pointed at `data_dir` so that runs never share state. Several
 /// app launches in a row with the same driver share that data, like restarts.
