@@ -11,4 +11,4 @@ export MESH_HOSTILE_SERVER="$PWD/target/release/mesh-server"
 export MESH_HOSTILE_SECONDS="${MESH_HOSTILE_SECONDS:-5}"
 export MESH_HOSTILE_P99_MS="${MESH_HOSTILE_P99_MS:-50}"
 cargo test --release -p mesh-server --test hostile -- --test-threads=1 --nocapture 2>&1 |
-  grep -E '^hostile:|^test result|FAILED|panicked'
+  grep -oE 'hostile: .*|^test result.*|FAILED|panicked.*'
