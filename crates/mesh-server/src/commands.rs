@@ -258,11 +258,11 @@ async fn join_room(conn: &mut Connection, room: String) -> Result<Payload, Error
         .members_snapshot(&room)
         .await
         .map_err(backend_error)?;
-    Ok(Payload::Shared(vec![
-        Bytes::from_static(br#"{"success":true,"present":"#),
-        present,
-        Bytes::from_static(b"}"),
-    ]))
+    let mut parts = Vec::with_capacity(present.len() + 2);
+    parts.push(Bytes::from_static(br#"{"success":true,"present":"#));
+    parts.extend(present);
+    parts.push(Bytes::from_static(b"}"));
+    Ok(Payload::Shared(parts))
 }
 
 fn room_full(max: usize) -> ErrorPayload {
@@ -346,13 +346,13 @@ async fn subscribe_presence(conn: &mut Connection, room: String) -> Result<Paylo
         .states_snapshot(&room)
         .await
         .map_err(backend_error)?;
-    Ok(Payload::Shared(vec![
-        Bytes::from_static(br#"{"success":true,"present":"#),
-        present,
-        Bytes::from_static(br#","states":"#),
-        states,
-        Bytes::from_static(b"}"),
-    ]))
+    let mut parts = Vec::with_capacity(present.len() + 4);
+    parts.push(Bytes::from_static(br#"{"success":true,"present":"#));
+    parts.extend(present);
+    parts.push(Bytes::from_static(br#","states":"#));
+    parts.push(states);
+    parts.push(Bytes::from_static(b"}"));
+    Ok(Payload::Shared(parts))
 }
 
 fn unsubscribe_presence(conn: &mut Connection, room: String) -> Reply {

@@ -2,19 +2,27 @@
 //! encoded frame shared by every subscriber on this instance.
 
 use crate::backend::UpdateSink;
-use crate::outbox::{framed_text, Kind, Outbox, Outgoing};
+use crate::feed::Feed;
+use crate::outbox::{framed_text, Outbox};
 use mesh_protocol::PresenceUpdate;
 use prometheus::IntCounter;
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// This instance's presence subscribers, by room. The backend delivers
-/// every update here; the update is encoded once and the same bytes are
-/// queued to each local subscriber of its room.
+/// every update here; the update is encoded once into the room's feed and
+/// each local subscriber of the room is handed its place in that feed.
 pub(crate) struct Subscribers {
-    rooms: RwLock<HashMap<String, HashMap<String, Outbox>>>,
+    rooms: RwLock<HashMap<String, Room>>,
     /// Bumped once per fan-out by the number of subscribers reached.
     deliveries: IntCounter,
+}
+
+/// One room's local subscribers and the feed they read.
+#[derive(Default)]
+struct Room {
+    feed: Arc<Feed>,
+    subs: HashMap<String, Outbox>,
 }
 
 impl Subscribers {
@@ -32,6 +40,7 @@ impl Subscribers {
         rooms
             .entry(room.to_string())
             .or_default()
+            .subs
             .insert(conn.to_string(), outbox)
             .is_none()
     }
@@ -39,11 +48,11 @@ impl Subscribers {
     /// Unsubscribes a connection; `false` if it was not subscribed.
     pub(crate) fn remove(&self, room: &str, conn: &str) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
-        let Some(subs) = rooms.get_mut(room) else {
+        let Some(r) = rooms.get_mut(room) else {
             return false;
         };
-        let removed = subs.remove(conn).is_some();
-        if subs.is_empty() {
+        let removed = r.subs.remove(conn).is_some();
+        if r.subs.is_empty() {
             rooms.remove(room);
         }
         removed
@@ -53,15 +62,18 @@ impl Subscribers {
 impl UpdateSink for Subscribers {
     fn deliver(&self, update: &PresenceUpdate) {
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
-        let Some(subs) = rooms.get(update.room_name()) else {
+        let Some(room) = rooms.get(update.room_name()) else {
             return;
         };
-        // Encoded and framed once; each clone below shares the same bytes.
+        // Encoded and framed once, and kept once, in the room's feed.
         let frame = framed_text(&update.to_frame_text());
-        for outbox in subs.values() {
-            outbox.push(Outgoing::shared(Kind::Push, frame.clone()));
+        let len = frame.len();
+        let seq = room.feed.append(frame);
+        for outbox in room.subs.values() {
+            outbox.push_feed(&room.feed, seq, len);
         }
-        self.deliveries.inc_by(subs.len() as u64);
+        room.feed.trim();
+        self.deliveries.inc_by(room.subs.len() as u64);
     }
 }
 
@@ -80,9 +92,18 @@ mod tests {
             room_name: "r".into(),
             timestamp: 1,
         });
+        subs.deliver(&PresenceUpdate::Leave {
+            connection_id: "x".into(),
+            room_name: "r".into(),
+            timestamp: 2,
+        });
         let (fa, fb) = (a.take_one().await, b.take_one().await);
-        // Same allocation, not two encodings.
-        assert_eq!(fa.first_part().as_ptr(), fb.first_part().as_ptr());
+        let (fa, fb) = (fa.buffers(), fb.buffers());
+        // Both updates in one queue entry each, and the same allocations,
+        // not two encodings.
+        assert_eq!(fa.len(), 2);
+        assert_eq!(fa[0].as_ptr(), fb[0].as_ptr());
+        assert_eq!(fa[1].as_ptr(), fb[1].as_ptr());
         assert!(subs.remove("r", "a"));
         assert!(!subs.remove("r", "a"));
     }

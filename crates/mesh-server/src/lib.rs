@@ -59,6 +59,7 @@ mod config;
 mod connection;
 mod error;
 mod fanout;
+mod feed;
 mod handshake;
 pub mod hooks;
 mod interest;

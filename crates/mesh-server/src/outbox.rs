@@ -6,7 +6,9 @@
 //! buffer, and a room snapshot to every asker as the same body. The writer
 //! hands those buffers to the kernel with vectored writes and keeps no
 //! buffer of its own, so what a connection holds is its queue and nothing
-//! more: a large reply is released as soon as it has been written.
+//! more: a large reply is released as soon as it has been written. A run
+//! of updates from one room is queued as one range of that room's
+//! [`Feed`], so a long backlog costs the connection a few words.
 //!
 //! Two budgets, because a backlog and a big answer are different things:
 //!
@@ -19,6 +21,7 @@
 //!   connection's task reads no further requests, so a client that asks
 //!   without reading slows only itself.
 
+use crate::feed::{Feed, Range};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -59,6 +62,8 @@ pub(crate) struct Outgoing {
 enum Parts {
     One(Bytes),
     Many(Box<[Bytes]>),
+    /// Several whole frames: a run of a room's updates.
+    Feed(Range),
 }
 
 impl Outgoing {
@@ -81,14 +86,6 @@ impl Outgoing {
             .collect();
         Outgoing {
             parts: Parts::Many(all),
-            kind,
-        }
-    }
-
-    /// An already framed text frame (see [`framed_text`]), shared.
-    pub(crate) fn shared(kind: Kind, frame: Bytes) -> Self {
-        Outgoing {
-            parts: Parts::One(frame),
             kind,
         }
     }
@@ -117,16 +114,13 @@ impl Outgoing {
         }
     }
 
-    fn parts(&self) -> &[Bytes] {
-        match &self.parts {
-            Parts::One(b) => std::slice::from_ref(b),
-            Parts::Many(parts) => parts,
-        }
-    }
-
-    /// Bytes on the wire.
+    /// Bytes on the wire (of a frame that is not a feed range).
     pub(crate) fn len(&self) -> usize {
-        self.parts().iter().map(Bytes::len).sum()
+        match &self.parts {
+            Parts::One(b) => b.len(),
+            Parts::Many(parts) => parts.iter().map(Bytes::len).sum(),
+            Parts::Feed(_) => 0,
+        }
     }
 }
 
@@ -238,6 +232,42 @@ impl Outbox {
         }
         let was_empty = q.items.is_empty();
         q.items.push_back(frame);
+        drop(q);
+        if was_empty {
+            self.0.wake_writer.notify_one();
+        }
+        true
+    }
+
+    /// Queues frame `seq` of `feed` (`len` bytes) as a push: it joins the
+    /// last queued range when it follows it, so a run of one room's updates
+    /// is one entry however long it gets. `false` as for [`Outbox::push`].
+    pub(crate) fn push_feed(&self, feed: &Arc<Feed>, seq: u64, len: usize) -> bool {
+        let mut q = self.queue();
+        if q.closing || q.overflowed {
+            return false;
+        }
+        if q.push_bytes + len > self.0.limit {
+            q.overflowed = true;
+            drop(q);
+            self.0.overflow.notify_one();
+            return false;
+        }
+        q.push_bytes += len;
+        if let Some(Outgoing {
+            parts: Parts::Feed(range),
+            ..
+        }) = q.items.back_mut()
+        {
+            if range.extend(feed, seq) {
+                return true;
+            }
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(Outgoing {
+            parts: Parts::Feed(Range::one(feed, seq)),
+            kind: Kind::Push,
+        });
         drop(q);
         if was_empty {
             self.0.wake_writer.notify_one();
@@ -367,6 +397,94 @@ pub(crate) async fn write_loop(mut socket: OwnedWriteHalf, outbox: Outbox) {
     }
 }
 
+/// One buffer waiting to be written.
+struct Slice {
+    bytes: Bytes,
+    kind: Kind,
+    /// On the last buffer of a frame: the frame's bytes, for the budgets.
+    frame_end: Option<usize>,
+}
+
+/// Walks a batch frame by frame, expanding feed ranges a chunk at a time,
+/// and stops after a close frame.
+struct Frames<'a> {
+    batch: &'a VecDeque<Outgoing>,
+    item: usize,
+    /// Within a feed range: the next sequence number.
+    seq: Option<u64>,
+    done: bool,
+}
+
+impl<'a> Frames<'a> {
+    fn new(batch: &'a VecDeque<Outgoing>) -> Self {
+        Frames {
+            batch,
+            item: 0,
+            seq: None,
+            done: false,
+        }
+    }
+
+    /// Adds buffers of whole frames to `out` until it holds about `max`.
+    fn fill(&mut self, out: &mut VecDeque<Slice>, max: usize) {
+        while !self.done && out.len() < max {
+            let Some(item) = self.batch.get(self.item) else {
+                self.done = true;
+                return;
+            };
+            let kind = item.kind;
+            match &item.parts {
+                Parts::Feed(range) => {
+                    let (feed, from, to) = range.bounds();
+                    let mut next = self.seq.unwrap_or(from);
+                    let got = feed.get(next, to, max - out.len());
+                    let ended = got.is_empty();
+                    for bytes in got {
+                        let len = bytes.len();
+                        out.push_back(Slice {
+                            bytes,
+                            kind,
+                            frame_end: Some(len),
+                        });
+                        next += 1;
+                    }
+                    // (A range's frames stay in its feed, so `ended` means
+                    // the range is done, never that frames went missing.)
+                    if ended || next >= to {
+                        self.item += 1;
+                        self.seq = None;
+                    } else {
+                        self.seq = Some(next);
+                    }
+                }
+                Parts::One(bytes) => {
+                    out.push_back(Slice {
+                        bytes: bytes.clone(),
+                        kind,
+                        frame_end: Some(bytes.len()),
+                    });
+                    self.item += 1;
+                }
+                Parts::Many(parts) => {
+                    let len = item.len();
+                    let last = parts.len().saturating_sub(1);
+                    for (i, bytes) in parts.iter().enumerate() {
+                        out.push_back(Slice {
+                            bytes: bytes.clone(),
+                            kind,
+                            frame_end: (i == last).then_some(len),
+                        });
+                    }
+                    self.item += 1;
+                }
+            }
+            if kind == Kind::Close {
+                self.done = true;
+            }
+        }
+    }
+}
+
 /// Writes every frame of `batch` (up to and including a close frame),
 /// reporting progress to `outbox` after each write.
 async fn write_all(
@@ -374,28 +492,22 @@ async fn write_all(
     batch: &VecDeque<Outgoing>,
     outbox: &Outbox,
 ) -> io::Result<()> {
-    // Position: frame, part of the frame, byte of the part.
-    let (mut frame, mut part, mut offset) = (0, 0, 0);
-    while frame < batch.len() {
+    let mut frames = Frames::new(batch);
+    let mut pending: VecDeque<Slice> = VecDeque::new();
+    // Bytes of `pending[0]` already written.
+    let mut offset = 0;
+    loop {
+        frames.fill(&mut pending, MAX_SLICES);
+        if pending.is_empty() {
+            return Ok(());
+        }
         let written = {
-            let mut slices = Vec::with_capacity(MAX_SLICES.min(batch.len() * 2));
-            let (mut f, mut p, mut off) = (frame, part, offset);
-            'fill: while f < batch.len() {
-                let parts = batch[f].parts();
-                while p < parts.len() {
-                    if slices.len() == MAX_SLICES {
-                        break 'fill;
-                    }
-                    slices.push(IoSlice::new(&parts[p][off..]));
-                    off = 0;
-                    p += 1;
-                }
-                if batch[f].kind == Kind::Close {
-                    break;
-                }
-                f += 1;
-                p = 0;
-            }
+            let slices: Vec<IoSlice<'_>> = pending
+                .iter()
+                .take(MAX_SLICES)
+                .enumerate()
+                .map(|(i, s)| IoSlice::new(if i == 0 { &s.bytes[offset..] } else { &s.bytes }))
+                .collect();
             socket.write_vectored(&slices).await?
         };
         if written == 0 {
@@ -403,29 +515,26 @@ async fn write_all(
         }
         let (mut left, mut pushes, mut replies, mut real) = (written, 0, 0, false);
         while left > 0 {
-            real |= batch[frame].kind != Kind::Heartbeat;
-            let parts = batch[frame].parts();
-            let rest = parts[part].len() - offset;
+            let Some(front) = pending.front() else { break };
+            real |= front.kind != Kind::Heartbeat;
+            let rest = front.bytes.len() - offset;
             if left < rest {
                 offset += left;
                 break;
             }
             left -= rest;
             offset = 0;
-            part += 1;
-            if part == parts.len() {
-                match batch[frame].kind {
-                    Kind::Push | Kind::Heartbeat => pushes += batch[frame].len(),
-                    Kind::Reply => replies += batch[frame].len(),
+            let done = pending.pop_front().expect("front exists");
+            if let Some(len) = done.frame_end {
+                match done.kind {
+                    Kind::Push | Kind::Heartbeat => pushes += len,
+                    Kind::Reply => replies += len,
                     Kind::Close => return Ok(()),
                 }
-                frame += 1;
-                part = 0;
             }
         }
         outbox.wrote(pushes, replies, real);
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -438,8 +547,22 @@ impl Outbox {
 
 #[cfg(test)]
 impl Outgoing {
-    pub(crate) fn first_part(&self) -> &Bytes {
-        &self.parts()[0]
+    /// The buffers of every frame this entry holds.
+    pub(crate) fn buffers(&self) -> Vec<Bytes> {
+        let batch = VecDeque::from([Outgoing {
+            parts: match &self.parts {
+                Parts::One(b) => Parts::One(b.clone()),
+                Parts::Many(p) => Parts::Many(p.clone()),
+                Parts::Feed(r) => {
+                    let (feed, from, to) = r.bounds();
+                    Parts::Many(feed.get(from, to, usize::MAX).into())
+                }
+            },
+            kind: Kind::Push,
+        }]);
+        let mut out = VecDeque::new();
+        Frames::new(&batch).fill(&mut out, usize::MAX);
+        out.into_iter().map(|s| s.bytes).collect()
     }
 }
 
@@ -450,13 +573,13 @@ mod tests {
     #[test]
     fn frames_carry_their_header() {
         let small = Outgoing::text(Kind::Push, "{}");
-        assert_eq!(small.parts()[0].as_ref(), b"\x81\x02{}");
+        assert_eq!(small.buffers()[0].as_ref(), b"\x81\x02{}");
         let body = Bytes::from(vec![b'x'; 300]);
         let big = Outgoing::text_parts(Kind::Reply, &[Bytes::from_static(b"["), body.clone()]);
-        assert_eq!(big.parts()[0].as_ref(), &[0x81, 126, 0x01, 0x2d]);
+        assert_eq!(big.buffers()[0].as_ref(), &[0x81, 126, 0x01, 0x2d]);
         assert_eq!(big.len(), 4 + 301);
         // The body is shared, not copied.
-        assert_eq!(big.parts()[2].as_ptr(), body.as_ptr());
+        assert_eq!(big.buffers()[2].as_ptr(), body.as_ptr());
     }
 
     #[tokio::test]

@@ -8,9 +8,10 @@
 //! one `MemoryBackend` (it fans out to every attached sink), which is how
 //! the tests exercise cross-instance behaviour without Redis.
 
-use super::{check_len, encode_members, json_len, Backend, BackendResult, UpdateSink};
+use super::{check_len, json_len, write_member_items, Backend, BackendResult, UpdateSink};
 use async_trait::async_trait;
 use bytes::Bytes;
+use indexmap::{IndexMap, IndexSet};
 use mesh_protocol::{now_millis, PresenceUpdate, Strategy};
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -55,9 +56,12 @@ enum Expiry {
 
 #[derive(Default)]
 struct Room {
-    members: HashSet<String>,
-    /// Present connections and the deadline of their TTL, if any.
-    present: HashMap<String, Option<Instant>>,
+    /// Members in the order they joined (kept while nobody leaves, so the
+    /// encoded start of the list stays valid as the room grows).
+    members: IndexSet<String>,
+    /// Present connections and the deadline of their TTL, if any, in the
+    /// order they arrived.
+    present: IndexMap<String, Option<Instant>>,
     /// States and their expiry deadline, if any.
     states: HashMap<String, (Value, Option<Instant>)>,
     /// Encoded snapshots, built on demand and dropped on every change.
@@ -67,22 +71,84 @@ struct Room {
 /// The snapshot of a room that does not exist.
 const EMPTY_LIST: Bytes = Bytes::from_static(b"[]");
 
-/// `slot`, or else `ids` with their metadata encoded into it.
-fn member_list<'a>(
-    slot: &mut Option<Bytes>,
-    ids: impl Iterator<Item = &'a String>,
-    metadata: &HashMap<String, Value>,
-) -> Bytes {
-    slot.get_or_insert_with(|| encode_members(ids.map(|id| (id.as_str(), metadata.get(id)))))
-        .clone()
+/// Members per encoded chunk of a member list.
+const CHUNK: usize = 128;
+
+/// A member list (`members` or `present`) encoded in chunks of [`CHUNK`]
+/// members. A room that only grows keeps its full chunks: a join then
+/// encodes at most one chunk, and every snapshot of the room shares the
+/// chunks' bytes, instead of the n-th joiner's reply costing n encodings
+/// and n members' worth of memory of its own.
+#[derive(Default)]
+struct Chunks {
+    /// Full chunks, covering the first `full.len() * CHUNK` members.
+    full: Vec<Bytes>,
+    /// The rest of the list, while nothing changed.
+    tail: Option<Bytes>,
+}
+
+impl Chunks {
+    /// A member was added at the end of the list: the full chunks still
+    /// hold.
+    fn appended(&mut self) {
+        self.tail = None;
+    }
+
+    /// The list as the parts of one JSON array: `len` ids, the `i`-th
+    /// given by `id_at(i)`, each with its metadata.
+    fn parts<'a>(
+        &mut self,
+        len: usize,
+        id_at: impl Fn(usize) -> &'a str,
+        metadata: &HashMap<String, Value>,
+    ) -> Vec<Bytes> {
+        if len == 0 {
+            return vec![EMPTY_LIST];
+        }
+        let encode = |range: std::ops::Range<usize>| {
+            let mut out = Vec::with_capacity(64 * range.len());
+            write_member_items(
+                &mut out,
+                range.map(|i| {
+                    let id = id_at(i);
+                    (id, metadata.get(id))
+                }),
+            );
+            Bytes::from(out)
+        };
+        while self.full.len() < len / CHUNK {
+            let start = self.full.len() * CHUNK;
+            self.full.push(encode(start..start + CHUNK));
+        }
+        let tail = self
+            .tail
+            .get_or_insert_with(|| encode(len / CHUNK * CHUNK..len))
+            .clone();
+        let mut parts = Vec::with_capacity(2 * self.full.len() + 3);
+        parts.push(Bytes::from_static(b"["));
+        for (i, chunk) in self.full.iter().enumerate() {
+            if i > 0 {
+                parts.push(Bytes::from_static(b","));
+            }
+            parts.push(chunk.clone());
+        }
+        if !tail.is_empty() {
+            if !self.full.is_empty() {
+                parts.push(Bytes::from_static(b","));
+            }
+            parts.push(tail);
+        }
+        parts.push(Bytes::from_static(b"]"));
+        parts
+    }
 }
 
 /// A room's encoded snapshots, shared by every asker until the room
 /// changes.
 #[derive(Default)]
 struct Snapshots {
-    members: Option<Bytes>,
-    present: Option<Bytes>,
+    members: Chunks,
+    present: Chunks,
     states: Option<Bytes>,
 }
 
@@ -155,7 +221,7 @@ impl State {
                     if r.present.get(&conn) != Some(&Some(when)) {
                         continue;
                     }
-                    r.present.remove(&conn);
+                    r.present.swap_remove(&conn);
                     r.snapshots = Snapshots::default();
                     if let Some((_, Some(state_when))) = r.states.remove(&conn) {
                         self.expirations.remove(&(
@@ -311,7 +377,11 @@ impl Backend for MemoryBackend {
             .or_default()
             .members
             .insert(conn.to_string());
-        state.changed(room);
+        if added {
+            if let Some(r) = state.rooms.get_mut(room) {
+                r.snapshots.members.appended();
+            }
+        }
         state
             .conn_rooms
             .entry(conn.to_string())
@@ -325,7 +395,7 @@ impl Backend for MemoryBackend {
         let removed = state
             .rooms
             .get_mut(room)
-            .is_some_and(|r| r.members.remove(conn));
+            .is_some_and(|r| r.members.swap_remove(conn));
         state.changed(room);
         if let Some(rooms) = state.conn_rooms.get_mut(conn) {
             rooms.remove(room);
@@ -350,23 +420,31 @@ impl Backend for MemoryBackend {
         Ok(self.state().rooms.get(room).map_or(0, |r| r.members.len()))
     }
 
-    async fn members_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+    async fn members_snapshot(&self, room: &str) -> BackendResult<Vec<Bytes>> {
         let mut state = self.state();
         let State {
             rooms, metadata, ..
         } = &mut *state;
-        Ok(rooms.get_mut(room).map_or(EMPTY_LIST, |r| {
-            member_list(&mut r.snapshots.members, r.members.iter(), metadata)
+        Ok(rooms.get_mut(room).map_or(vec![EMPTY_LIST], |r| {
+            let ids = &r.members;
+            r.snapshots
+                .members
+                .parts(ids.len(), |i| ids[i].as_str(), metadata)
         }))
     }
 
-    async fn present_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+    async fn present_snapshot(&self, room: &str) -> BackendResult<Vec<Bytes>> {
         let mut state = self.state();
         let State {
             rooms, metadata, ..
         } = &mut *state;
-        Ok(rooms.get_mut(room).map_or(EMPTY_LIST, |r| {
-            member_list(&mut r.snapshots.present, r.present.keys(), metadata)
+        Ok(rooms.get_mut(room).map_or(vec![EMPTY_LIST], |r| {
+            let ids = &r.present;
+            r.snapshots.present.parts(
+                ids.len(),
+                |i| ids.get_index(i).map_or("", |(id, _)| id),
+                metadata,
+            )
         }))
     }
 
@@ -412,8 +490,8 @@ impl Backend for MemoryBackend {
         };
         if let Some(old_when) = old {
             state.cancel(old_when, key());
-        } else {
-            state.changed(room);
+        } else if let Some(r) = state.rooms.get_mut(room) {
+            r.snapshots.present.appended();
         }
         if let Some(when) = when {
             self.schedule(&mut state, when, key());
@@ -446,7 +524,7 @@ impl Backend for MemoryBackend {
         let Some(r) = state.rooms.get_mut(room) else {
             return Ok(false);
         };
-        let was = r.present.remove(conn);
+        let was = r.present.swap_remove(conn);
         let old_state = r.states.remove(conn);
         r.snapshots = Snapshots::default();
         if let Some(when) = was {
@@ -700,5 +778,50 @@ mod tests {
         assert_eq!(merged, json!({"a": {"x": 1, "y": 2}}));
         b.remove_metadata("c1").await.unwrap();
         assert_eq!(b.get_metadata("c1").await.unwrap(), None);
+    }
+
+    /// The snapshot of a growing room, built from shared chunks, is the
+    /// same JSON as one encoded whole, through joins, a metadata change
+    /// and a leave; and a join re-encodes only the last chunk.
+    #[tokio::test]
+    async fn chunked_member_lists_match_the_whole_list() {
+        let b = MemoryBackend::new();
+        let joined = |b: &MemoryBackend| {
+            let state = b.state();
+            let r = &state.rooms["r"];
+            let ids: Vec<&str> = r.members.iter().map(String::as_str).collect();
+            super::super::encode_members(ids.into_iter().map(|id| (id, state.metadata.get(id))))
+        };
+        let concat = |parts: Vec<Bytes>| parts.concat();
+        for i in 0..(CHUNK * 2 + 5) {
+            b.join_room("r", &format!("c{i}")).await.unwrap();
+            let parts = b.members_snapshot("r").await.unwrap();
+            assert_eq!(concat(parts), joined(&b).to_vec(), "after {} joins", i + 1);
+        }
+        let first = b.members_snapshot("r").await.unwrap()[1].clone();
+        b.join_room("r", "late").await.unwrap();
+        // The first chunk is shared, not encoded again.
+        assert_eq!(
+            b.members_snapshot("r").await.unwrap()[1].as_ptr(),
+            first.as_ptr()
+        );
+
+        b.set_metadata("c3", json!({"name": "Ada"}), Strategy::Replace, None)
+            .await
+            .unwrap();
+        let parts = b.members_snapshot("r").await.unwrap();
+        assert!(String::from_utf8(concat(parts.clone()))
+            .unwrap()
+            .contains("Ada"));
+        assert_eq!(concat(parts), joined(&b).to_vec());
+        b.leave_room("r", "c0").await.unwrap();
+        assert_eq!(
+            concat(b.members_snapshot("r").await.unwrap()),
+            joined(&b).to_vec()
+        );
+        let list: Value =
+            serde_json::from_slice(&concat(b.members_snapshot("r").await.unwrap())).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), CHUNK * 2 + 5);
+        assert_eq!(concat(b.members_snapshot("none").await.unwrap()), b"[]");
     }
 }

@@ -159,17 +159,18 @@ pub trait Backend: Send + Sync + 'static {
     }
 
     /// The members of `room` with their metadata, encoded as the `present`
-    /// list of a `mesh/join-room` reply (`[{"id", "metadata"}]`). A backend
-    /// that can tell when a room changes builds it once per change and
-    /// hands every asker the same bytes.
-    async fn members_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+    /// list of a `mesh/join-room` reply (`[{"id", "metadata"}]`), in parts
+    /// to be sent in order. A backend that can tell when a room changes
+    /// builds it once per change and hands every asker the same bytes, and
+    /// may keep the parts of a growing room that did not change.
+    async fn members_snapshot(&self, room: &str) -> BackendResult<Vec<Bytes>> {
         let ids = self.room_members(room).await?;
         with_metadata_encoded(self, &ids).await
     }
     /// The present connections of `room` with their metadata, encoded as
     /// the `present` list of a `mesh/subscribe-presence` reply; shared like
     /// [`Backend::members_snapshot`].
-    async fn present_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+    async fn present_snapshot(&self, room: &str) -> BackendResult<Vec<Bytes>> {
         let ids = self.present(room).await?;
         with_metadata_encoded(self, &ids).await
     }
@@ -269,13 +270,13 @@ pub trait Backend: Send + Sync + 'static {
 async fn with_metadata_encoded<B: Backend + ?Sized>(
     backend: &B,
     ids: &[String],
-) -> BackendResult<Bytes> {
+) -> BackendResult<Vec<Bytes>> {
     let metadata = backend.get_metadata_many(ids).await?;
-    Ok(encode_members(
+    Ok(vec![encode_members(
         ids.iter()
             .map(String::as_str)
             .zip(metadata.iter().map(Option::as_ref)),
-    ))
+    )])
 }
 
 /// Encodes `[{"id", "metadata"}]`; a connection without metadata has
@@ -283,13 +284,24 @@ async fn with_metadata_encoded<B: Backend + ?Sized>(
 pub(crate) fn encode_members<'a>(
     members: impl Iterator<Item = (&'a str, Option<&'a Value>)>,
 ) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    out.push(b'[');
+    write_member_items(&mut out, members);
+    out.push(b']');
+    Bytes::from(out)
+}
+
+/// Writes the items of [`encode_members`]' list, comma-separated, without
+/// the brackets: a run of members that can be spliced into a list.
+pub(crate) fn write_member_items<'a>(
+    out: &mut Vec<u8>,
+    members: impl Iterator<Item = (&'a str, Option<&'a Value>)>,
+) {
     #[derive(serde::Serialize)]
     struct Member<'a> {
         id: &'a str,
         metadata: &'a Value,
     }
-    let mut out = Vec::with_capacity(64);
-    out.push(b'[');
     for (i, (id, metadata)) in members.enumerate() {
         if i > 0 {
             out.push(b',');
@@ -299,8 +311,6 @@ pub(crate) fn encode_members<'a>(
             metadata: metadata.unwrap_or(&Value::Null),
         };
         // Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, &member);
+        let _ = serde_json::to_writer(&mut *out, &member);
     }
-    out.push(b']');
-    Bytes::from(out)
 }
