@@ -5,104 +5,14 @@ mod support;
 use mesh_client::presence::{
     GroupKey, MemoryStore, Presence, PresenceError, PresenceOptions, StateStore, User,
 };
-use mesh_client::{MeshClient, PresenceEvent, PresenceUpdate};
-use mesh_server::{RunningServer, Server, TrackOptions};
-use serde_json::{json, Value};
+use mesh_client::{PresenceEvent, PresenceUpdate};
+use serde_json::json;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{fast_options, within};
-use tokio::sync::watch;
-
-const ROOM: &str = "lobby";
-const KEY: &str = "user-state:lobby";
-
-async fn start_server_at(addr: SocketAddr) -> RunningServer {
-    Server::builder()
-        .addr(addr)
-        .ping_interval(Duration::from_millis(500))
-        .track_presence("^lobby$", TrackOptions::default())
-        .metadata_from_query(true)
-        .bind()
-        .await
-        .unwrap()
-}
-
-async fn start_server() -> RunningServer {
-    start_server_at("127.0.0.1:0".parse().unwrap()).await
-}
-
-async fn connect_as(server_url: &str, user: &str) -> MeshClient {
-    let url = format!("{server_url}/?userId={user}");
-    MeshClient::connect(&url, fast_options()).await.unwrap()
-}
-
-fn options() -> PresenceOptions {
-    PresenceOptions {
-        republish_jitter: Duration::from_millis(100),
-        resolve_retry_after: Duration::from_millis(100),
-        ..PresenceOptions::default()
-    }
-}
-
-/// One tab: a connection of `user` with its own presence and store.
-async fn tab(server: &RunningServer, user: &str, key: GroupKey) -> (MeshClient, Presence) {
-    tab_with(server, user, key, Arc::new(MemoryStore::new()), options()).await
-}
-
-async fn tab_with(
-    server: &RunningServer,
-    user: &str,
-    key: GroupKey,
-    store: Arc<dyn StateStore>,
-    options: PresenceOptions,
-) -> (MeshClient, Presence) {
-    let client = connect_as(&server.url(), user).await;
-    let presence = Presence::with_options(client.clone(), ROOM, KEY, key, store, options)
-        .await
-        .unwrap();
-    (client, presence)
-}
-
-/// Rows as (user id, tab count, state).
-fn rows(users: &[User]) -> Vec<(String, usize, Option<Value>)> {
-    users
-        .iter()
-        .map(|u| (u.id.to_string(), u.tab_count, u.state.as_deref().cloned()))
-        .collect()
-}
-
-/// Waits until the user list satisfies `pred`; returns that list.
-async fn wait_users(
-    rx: &mut watch::Receiver<Vec<User>>,
-    what: &str,
-    pred: impl Fn(&[User]) -> bool,
-) -> Vec<User> {
-    within(what, async {
-        loop {
-            {
-                let users = rx.borrow_and_update();
-                if pred(&users) {
-                    return users.clone();
-                }
-            }
-            rx.changed().await.expect("presence stopped");
-        }
-    })
-    .await
-}
-
-fn tabs_are<'a>(expected: &'a [(&'a str, usize)]) -> impl Fn(&[User]) -> bool + 'a {
-    move |users| {
-        users.len() == expected.len()
-            && users
-                .iter()
-                .zip(expected)
-                .all(|(u, (id, tabs))| &*u.id == *id && u.tab_count == *tabs)
-    }
-}
+use support::room::*;
+use support::within;
 
 #[tokio::test]
 async fn two_users_with_two_tabs_each_are_two_rows() {
