@@ -94,9 +94,24 @@ impl Outbox {
 #[derive(Default)]
 pub(crate) struct Subscribers {
     rooms: RwLock<HashMap<String, HashMap<String, Outbox>>>,
+    /// Set when the server shuts down: nothing more is delivered here.
+    closed: AtomicBool,
 }
 
 impl Subscribers {
+    /// Stops local delivery for good (the server is shutting down). Every
+    /// local subscriber is being closed too: hearing the others leave one
+    /// by one first would only make each client's list empty out before its
+    /// own socket closes, and then flicker back when the room reconnects.
+    /// Other instances still hear the leaves through the backend.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.rooms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Subscribes a connection; `false` if it already was.
     pub(crate) fn add(&self, room: &str, conn: &str, outbox: Outbox) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
@@ -123,6 +138,9 @@ impl Subscribers {
 
 impl UpdateSink for Subscribers {
     fn deliver(&self, update: &PresenceUpdate) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(subs) = rooms.get(update.room_name()) else {
             return;
