@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_client::presence::{GroupKey, Presence};
+use mesh_client::presence::{changed_at, GroupKey, Presence};
 use mesh_client::{ClientEvent, ClientOptions, MeshClient, Status};
 use serde_json::Value;
 use tauri::async_runtime::JoinHandle;
@@ -152,20 +152,27 @@ impl Session {
             expire_after_ms,
             mesh_protocol::now_millis(),
         );
-        self.publish_state(state.clone(), expire_after_ms).await?;
-        Ok(state)
+        self.publish_state(state, expire_after_ms).await
     }
 
     /// Publishes (and saves) `state`; a short-lived one gets a timer that
     /// clears its status when it runs out, so you keep your row and name.
+    /// A state that says when it changed (a saved one) keeps that time, so
+    /// it does not win over a change made since on another device. Returns
+    /// the state as published.
     async fn publish_state(
         &self,
         state: Value,
         expire_after_ms: Option<u64>,
-    ) -> Result<(), AppError> {
+    ) -> Result<Value, AppError> {
+        let published = match changed_at(&state) {
+            Some(at) => self.presence.publish_as_of(state, at).await,
+            None => self.presence.publish(state).await,
+        }
+        .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))?;
         let timer = expire_after_ms.map(|ms| {
             let presence = self.presence.clone();
-            let state = state.clone();
+            let state = published.clone();
             tauri::async_runtime::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 // Only if nothing newer was published since (here or, through
@@ -186,10 +193,7 @@ impl Session {
         {
             old.abort();
         }
-        self.presence
-            .publish(state)
-            .await
-            .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))
+        Ok(published)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod room;
 
 use futures_util::{SinkExt, StreamExt};

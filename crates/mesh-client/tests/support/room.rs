@@ -1,7 +1,9 @@
 //! A presence room on our own server, and the `Presence` tabs that use it.
 
 use super::{fast_options, within};
-use mesh_client::presence::{GroupKey, MemoryStore, Presence, PresenceOptions, StateStore, User};
+use mesh_client::presence::{
+    GroupKey, MemoryStore, Presence, PresenceOptions, StateStore, User, CHANGED_AT,
+};
 use mesh_client::MeshClient;
 use mesh_server::{RunningServer, Server, TrackOptions};
 use serde_json::Value;
@@ -60,18 +62,46 @@ pub async fn tab_with(
     store: Arc<dyn StateStore>,
     options: PresenceOptions,
 ) -> (MeshClient, Presence) {
-    let client = connect_as(&server.url(), user).await;
+    tab_at(&server.url(), user, key, store, options).await
+}
+
+/// A tab connected to `url` (a server, or a proxy in front of one).
+pub async fn tab_at(
+    url: &str,
+    user: &str,
+    key: GroupKey,
+    store: Arc<dyn StateStore>,
+    options: PresenceOptions,
+) -> (MeshClient, Presence) {
+    let client = connect_as(url, user).await;
     let presence = Presence::with_options(client.clone(), ROOM, KEY, key, store, options)
         .await
         .unwrap();
     (client, presence)
 }
 
-/// Rows as (user id, tab count, state).
+/// `state` without the `changedAt` that `Presence` adds, to compare it
+/// with what a test published.
+pub fn bare(state: Option<Value>) -> Option<Value> {
+    state.map(|mut state| {
+        if let Some(map) = state.as_object_mut() {
+            map.remove(CHANGED_AT);
+        }
+        state
+    })
+}
+
+/// Rows as (user id, tab count, state without its `changedAt`).
 pub fn rows(users: &[User]) -> Vec<(String, usize, Option<Value>)> {
     users
         .iter()
-        .map(|u| (u.id.to_string(), u.tab_count, u.state.as_deref().cloned()))
+        .map(|u| {
+            (
+                u.id.to_string(),
+                u.tab_count,
+                bare(u.state.as_deref().cloned()),
+            )
+        })
         .collect()
 }
 
