@@ -304,3 +304,74 @@ fn second_window_shows_me_once_with_two_tabs() {
     app.screenshot("01-two-windows").unwrap();
     app.quit().unwrap();
 }
+
+#[test]
+fn status_changed_in_the_second_window_is_what_a_newcomer_sees() {
+    let out = output_dir("status_changed_in_the_second_window_is_what_a_newcomer_sees");
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.fill("#status", "said in the first window").unwrap();
+    app.click("#update").unwrap();
+    app.wait_rows("my first status", |rows| {
+        rows.len() == 1 && rows[0].status == "said in the first window"
+    })
+    .unwrap();
+    let me = app.rows().unwrap()[0].id.clone();
+
+    app.click("#new-window").unwrap();
+    app.wait_rows("me with 2 tabs", |rows| {
+        rows.len() == 1 && rows[0].tabs == "2 tabs"
+    })
+    .unwrap();
+    app.switch_to_new_window().unwrap();
+    app.wait_connection("online").unwrap();
+    app.fill("#status", "said in the second window").unwrap();
+    app.click("#update").unwrap();
+    app.wait_rows("the second window shows it", |rows| {
+        rows.len() == 1 && rows[0].you && rows[0].status == "said in the second window"
+    })
+    .unwrap();
+    app.screenshot("01-second-window").unwrap();
+
+    // Newcomers, again and again (the server lists members in any order):
+    // each sees the new status, and both windows hold it on the server.
+    let url = app.server_url().unwrap();
+    let rt = runtime();
+    for _ in 0..5 {
+        let states = rt.block_on(async {
+            let client = MeshClient::connect(&url, ClientOptions::default())
+                .await
+                .expect("newcomer connects");
+            let (reply, _stream) = client.subscribe_presence(ROOM).await.expect("subscribes");
+            client.close().await;
+            reply.states
+        });
+        let mine: Vec<&Value> = states.values().filter(|s| s["userId"] == me.as_str()).collect();
+        assert_eq!(mine.len(), 2, "one state per window: {states:?}");
+        let latest = mine
+            .iter()
+            .max_by_key(|s| s["changedAt"].as_u64())
+            .unwrap();
+        assert_eq!(latest["status"], "said in the second window", "{states:?}");
+    }
+    wait_for("both windows holding the new status", UI_TIMEOUT, || {
+        let states = rt.block_on(async {
+            let client = MeshClient::connect(&url, ClientOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let reply = client.get_presence_state(ROOM).await.map_err(|e| e.to_string());
+            client.close().await;
+            reply
+        })?;
+        let held = states
+            .states
+            .values()
+            .filter(|s| s["userId"] == me.as_str() && s["status"] == "said in the second window")
+            .count();
+        Ok((held == 2).then_some(()))
+    })
+    .unwrap();
+    app.quit().unwrap();
+}
