@@ -169,11 +169,10 @@ impl Session {
         state: Value,
         expire_after_ms: Option<u64>,
     ) -> Result<Value, AppError> {
-        let published = self
-            .presence
-            .publish(state)
-            .await
-            .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))?;
+        let published =
+            self.presence.publish(state).await.map_err(|e| {
+                AppError::new("ESERVER", format!("Could not publish your state: {e}"))
+            })?;
         // The timer compares against the state as published, `changedAt`
         // included: that is what the store holds until something newer.
         self.clear_on_expiry(published.clone(), expire_after_ms);

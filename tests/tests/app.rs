@@ -404,7 +404,10 @@ fn status_changed_in_the_second_window_is_what_a_newcomer_sees() {
             let client = MeshClient::connect(&url, ClientOptions::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            let reply = client.get_presence_state(ROOM).await.map_err(|e| e.to_string());
+            let reply = client
+                .get_presence_state(ROOM)
+                .await
+                .map_err(|e| e.to_string());
             client.close().await;
             reply
         })?;
