@@ -26,6 +26,8 @@ pub struct SettingsView {
     pub display_name: String,
     /// Your user id (read-only).
     pub user_id: String,
+    /// The token sent to the server, if any (shown masked in the panel).
+    pub token: Option<String>,
 }
 
 /// What the window sends to publish: the fields a user types. The app adds
@@ -46,6 +48,7 @@ fn view(state: &AppState, settings: Settings) -> SettingsView {
         room: settings.room,
         display_name: settings.display_name,
         user_id: state.user_id().to_string(),
+        token: settings.token.map(|t| t.expose().to_string()),
     }
 }
 
@@ -64,6 +67,8 @@ pub async fn set_settings<R: Runtime>(
 ) -> Result<SettingsView, AppError> {
     let settings = settings.validate()?;
     app_state.store().save_settings(&settings)?;
+    // The file may hold a token now: keep it the user's alone.
+    crate::protect_store_file(&app);
     for label in app.webview_windows().into_keys() {
         let app = app.clone();
         tauri::async_runtime::spawn(async move {

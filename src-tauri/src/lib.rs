@@ -62,6 +62,8 @@ pub fn run() {
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(embedded::DEFAULT_PORT);
             app.manage(AppState::new(AppStore::new(store), port)?);
+            // Created by now (the user id is saved on first run).
+            protect_store_file(app.handle());
             app.set_menu(menu(app.handle())?)?;
             open_window_labelled(app.handle(), "main")?;
             Ok(())
@@ -124,6 +126,25 @@ fn menu<R: Runtime>(app: &AppHandle<R>) -> tauri::Result<Menu<R>> {
         ],
     )?;
     Menu::with_items(app, &[&file])
+}
+
+/// Makes the store file readable by its owner only: it may hold a token.
+/// Rewrites keep the mode, so this is needed once the file exists.
+pub fn protect_store_file<R: Runtime>(app: &AppHandle<R>) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(dir) = app.path().app_data_dir() else {
+            return;
+        };
+        let path = dir.join(STORE_FILE);
+        let private = std::fs::Permissions::from_mode(0o600);
+        if let Err(e) = std::fs::set_permissions(&path, private) {
+            tracing::warn!(error = %e, "could not make the store file private");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = app;
 }
 
 /// Opens another window (another connection for the same user) and returns

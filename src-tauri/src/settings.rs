@@ -3,6 +3,7 @@
 //! Settings are plain data with a `validate` step, so the checks run (and are
 //! tested) without a window or a store.
 
+use mesh_client::Token;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
@@ -13,6 +14,8 @@ pub const DEFAULT_ROOM: &str = "general";
 pub const MAX_NAME_CHARS: usize = 64;
 /// Longest status text we accept, in characters.
 pub const MAX_STATUS_CHARS: usize = 200;
+/// Longest token we accept, in bytes (a JWT with generous claims).
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// The user's settings, as stored and as shown in the settings panel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +30,10 @@ pub struct Settings {
     /// The name others see.
     #[serde(default)]
     pub display_name: String,
+    /// A signed token for a server with authentication; `None` sends none.
+    /// Its `Debug` form hides it, so settings can be logged.
+    #[serde(default)]
+    pub token: Option<Token>,
 }
 
 fn default_room() -> String {
@@ -39,6 +46,7 @@ impl Default for Settings {
             server_url: None,
             room: default_room(),
             display_name: String::new(),
+            token: None,
         }
     }
 }
@@ -55,8 +63,28 @@ impl Settings {
         mesh_protocol::validate_room_name(&self.room)
             .map_err(|e| AppError::invalid(format!("Room: {e}")))?;
         self.display_name = validate_name(&self.display_name)?;
+        self.token = match self.token.as_ref().map(|t| t.expose().trim()) {
+            None | Some("") => None,
+            Some(token) => Some(validate_token(token)?),
+        };
         Ok(self)
     }
+}
+
+/// Checks a token's shape (not its signature: only the server can): one
+/// line of visible ASCII, as an HTTP header needs, and not absurdly long.
+pub fn validate_token(token: &str) -> Result<Token, AppError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AppError::invalid(format!(
+            "Token is too long; the limit is {MAX_TOKEN_BYTES} bytes"
+        )));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AppError::invalid(
+            "Token must be one line of visible characters, as issued (no spaces)",
+        ));
+    }
+    Ok(Token::new(token))
 }
 
 /// Checks a server URL: `ws://` or `wss://`, a host, nothing else odd.
@@ -170,6 +198,22 @@ mod tests {
         assert_eq!(validate_name("  Ada  ").unwrap(), "Ada");
         assert!(validate_status(&"s".repeat(MAX_STATUS_CHARS + 1)).is_err());
         assert!(validate_status("a\u{7}").is_err());
+    }
+
+    #[test]
+    fn tokens_are_trimmed_checked_and_never_printed() {
+        let with_token = |t: &str| Settings {
+            token: Some(Token::new(t)),
+            ..Settings::default()
+        };
+        let s = with_token(" a.b.c ").validate().unwrap();
+        assert_eq!(s.token.as_ref().map(Token::expose), Some("a.b.c"));
+        assert!(!format!("{s:?}").contains("a.b.c"), "Debug hides the token");
+        assert_eq!(with_token("  ").validate().unwrap().token, None);
+        assert!(with_token("a b").validate().is_err());
+        assert!(with_token(&"x".repeat(MAX_TOKEN_BYTES + 1))
+            .validate()
+            .is_err());
     }
 
     #[test]

@@ -196,6 +196,7 @@ mod tests {
             server_url: Some("ws://10.0.0.2:4000".into()),
             room: "design".into(),
             display_name: "Ada".into(),
+            token: Some(mesh_client::Token::new("a.b.c")),
         };
         s.save_settings(&custom).unwrap();
         assert_eq!(s.settings(), custom);

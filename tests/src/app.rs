@@ -201,13 +201,16 @@ pub struct Row {
     pub you: bool,
     /// The remaining-time text of a short-lived status.
     pub expiry: String,
+    /// Whether the row is marked unverified.
+    pub unverified: bool,
 }
 
 const ROWS_JS: &str =
     "return Array.from(document.querySelectorAll('.user-row:not([hidden])')).map(r => ({
   id: r.dataset.userId, name: r.querySelector('.name').textContent,
   status: r.querySelector('.user-status').textContent, tabs: r.querySelector('.tabs').textContent,
-  you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent }))";
+  you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent,
+  unverified: r.classList.contains('unverified') }))";
 
 impl App {
     /// Runs a script in the page.
@@ -285,6 +288,7 @@ impl App {
                 tabs: r["tabs"].as_str().unwrap_or_default().into(),
                 you: r["you"].as_bool().unwrap_or(false),
                 expiry: r["expiry"].as_str().unwrap_or_default().into(),
+                unverified: r["unverified"].as_bool().unwrap_or(false),
             })
             .collect())
     }

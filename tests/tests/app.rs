@@ -6,12 +6,17 @@
 //! mesh-presence-e2e --features e2e -- --test-threads=1` after building the app).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mesh_client::{ClientOptions, MeshClient, PresenceEvent, PresenceStream, PresenceUpdate};
+use mesh_client::{
+    ClientOptions, MeshClient, PresenceEvent, PresenceStream, PresenceUpdate, Token,
+};
 use mesh_presence_e2e::app::{output_dir, Driver};
 use mesh_presence_e2e::{wait_for, UI_TIMEOUT};
-use mesh_server::{RunningServer, Server, TrackOptions};
+use mesh_server::auth::sign_hs256;
+use mesh_server::{Auth, RunningServer, Server, TrackOptions};
 use serde_json::{json, Value};
 
 const ROOM: &str = "general";
@@ -47,7 +52,11 @@ struct Peer {
 
 impl Peer {
     async fn join(url: &str, state: Value) -> Peer {
-        let client = MeshClient::connect(url, ClientOptions::default())
+        Peer::join_with(url, ClientOptions::default(), state).await
+    }
+
+    async fn join_with(url: &str, options: ClientOptions, state: Value) -> Peer {
+        let client = MeshClient::connect(url, options)
             .await
             .expect("peer connects");
         let (reply, stream) = client
@@ -303,4 +312,126 @@ fn second_window_shows_me_once_with_two_tabs() {
     assert_eq!(app.text("#count").unwrap(), "1", "{rows:?}");
     app.screenshot("01-two-windows").unwrap();
     app.quit().unwrap();
+}
+
+/// Forwards every TCP connection to `target` and counts them: how often a
+/// client tried to connect, whatever the server answered.
+async fn counting_proxy(target: SocketAddr) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (format!("ws://{addr}"), count)
+}
+
+#[test]
+fn auth_server_shows_verified_names_and_refuses_bad_tokens() {
+    let out = output_dir("auth_server_shows_verified_names_and_refuses_bad_tokens");
+    let data = tempfile::tempdir().unwrap();
+    let secret = b"a secret only the server and its operator know";
+    let rt = runtime();
+    let server = rt.block_on(async {
+        Server::builder()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .ping_interval(Duration::from_millis(500))
+            .track_presence(".*", TrackOptions::default())
+            .auth(Auth::hs256(secret).unwrap())
+            .bind()
+            .await
+            .expect("server binds")
+    });
+    let (url, attempts) = rt.block_on(counting_proxy(server.local_addr()));
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = |sub: &str, name: &str| {
+        sign_hs256(secret, &json!({"sub": sub, "name": name, "exp": exp})).unwrap()
+    };
+    let ada_token = token("ada", "Ada (verified)");
+
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.click("#open-settings").unwrap();
+    app.fill("#setting-server", &url).unwrap();
+    app.fill("#setting-token", &ada_token).unwrap();
+    app.click("#settings-save").unwrap();
+    // The server's word for who I am: its id and name, whatever I typed.
+    let rows = app
+        .wait_rows("my verified row", |rows| {
+            rows.iter()
+                .any(|r| r.you && r.id == "ada" && r.name == "Ada (verified)")
+        })
+        .unwrap();
+    assert!(rows.iter().all(|r| !r.unverified), "{rows:?}");
+    assert_eq!(app.connection().unwrap(), "online");
+
+    // Bob, with his own token, shows under his verified name.
+    let bob_options = ClientOptions {
+        token: Some(Token::new(token("bob", "Bob (verified)"))),
+        ..ClientOptions::default()
+    };
+    let _bob = rt.block_on(Peer::join_with(
+        &server.url(),
+        bob_options,
+        json!({"userId": "bob", "username": "Robert", "status": "reviewing"}),
+    ));
+    app.wait_rows("Bob's verified name and status", |rows| {
+        rows.iter().any(|r| {
+            r.id == "bob" && r.name == "Bob (verified)" && r.status == "reviewing" && !r.unverified
+        })
+    })
+    .unwrap();
+    app.screenshot("01-verified").unwrap();
+
+    // The store keeps the token for its owner only, and no log shows it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let file = data
+            .path()
+            .join("data/dev.meshpresence.app/mesh-presence.json");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    }
+
+    // A bad token: a clear message, offline, and no retry storm.
+    let before = attempts.load(Ordering::SeqCst);
+    app.click("#open-settings").unwrap();
+    app.fill("#setting-token", "not-a-token").unwrap();
+    app.click("#settings-save").unwrap();
+    let message = wait_for("the token error", UI_TIMEOUT, || {
+        let shown = app.js("return !document.getElementById('error').hidden")? == json!(true);
+        let text = app.text("#error-text")?;
+        Ok((shown && text.contains("refused your token")).then_some(text))
+    })
+    .unwrap();
+    assert!(message.contains("Settings"), "{message}");
+    app.wait_connection("offline").unwrap();
+    app.screenshot("02-bad-token").unwrap();
+    // Longer than the client's first reconnect delay (2 s): a client that
+    // retried would have by now. Proving an absence takes a wait.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        attempts.load(Ordering::SeqCst) - before,
+        1,
+        "one attempt, no retries"
+    );
+    app.quit().unwrap();
+    drop(driver);
+    let log = std::fs::read_to_string(out.join("driver.log")).unwrap();
+    assert!(!log.contains(&ada_token), "the token is never logged");
+    rt.block_on(server.shutdown());
 }
