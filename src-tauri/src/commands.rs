@@ -2,6 +2,7 @@
 //! [`Session`](crate::session::Session) or the store; the ACL in
 //! `capabilities/default.json` allows exactly these.
 
+use mesh_client::Token;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tauri::{AppHandle, Manager, Runtime, State, WebviewWindow};
@@ -26,8 +27,9 @@ pub struct SettingsView {
     pub display_name: String,
     /// Your user id (read-only).
     pub user_id: String,
-    /// The token sent to the server, if any (shown masked in the panel).
-    pub token: Option<String>,
+    /// The token sent to the server, if any (the panel shows it masked;
+    /// `Debug` hides it).
+    pub token: Option<Token>,
 }
 
 /// What the window sends to publish: the fields a user types. The app adds
@@ -48,7 +50,7 @@ fn view(state: &AppState, settings: Settings) -> SettingsView {
         room: settings.room,
         display_name: settings.display_name,
         user_id: state.user_id().to_string(),
-        token: settings.token.map(|t| t.expose().to_string()),
+        token: settings.token,
     }
 }
 
@@ -67,8 +69,6 @@ pub async fn set_settings<R: Runtime>(
 ) -> Result<SettingsView, AppError> {
     let settings = settings.validate()?;
     app_state.store().save_settings(&settings)?;
-    // The file may hold a token now: keep it the user's alone.
-    crate::protect_store_file(&app);
     for label in app.webview_windows().into_keys() {
         let app = app.clone();
         tauri::async_runtime::spawn(async move {
@@ -138,6 +138,14 @@ pub async fn clear<R: Runtime>(
 pub fn read(app_state: State<'_, AppState>) -> Option<Value> {
     let room = app_state.store().settings().room;
     app_state.store().last_state(&room)
+}
+
+/// What the user must be told about the app's start (a damaged store file
+/// moved aside, a saved setting that could not be used). Each notice is
+/// handed out once, to the first window that asks.
+#[tauri::command]
+pub fn take_notices(app_state: State<'_, AppState>) -> Vec<String> {
+    app_state.take_notices()
 }
 
 /// This window's connection status.

@@ -8,7 +8,7 @@
 //! one `MemoryBackend` (it fans out to every attached sink), which is how
 //! the tests exercise cross-instance behaviour without Redis.
 
-use super::{encode_members, Backend, BackendResult, UpdateSink};
+use super::{check_len, encode_members, json_len, Backend, BackendResult, UpdateSink};
 use async_trait::async_trait;
 use bytes::Bytes;
 use mesh_protocol::{now_millis, PresenceUpdate, Strategy};
@@ -62,6 +62,19 @@ struct Room {
     states: HashMap<String, (Value, Option<Instant>)>,
     /// Encoded snapshots, built on demand and dropped on every change.
     snapshots: Snapshots,
+}
+
+/// The snapshot of a room that does not exist.
+const EMPTY_LIST: Bytes = Bytes::from_static(b"[]");
+
+/// `slot`, or else `ids` with their metadata encoded into it.
+fn member_list<'a>(
+    slot: &mut Option<Bytes>,
+    ids: impl Iterator<Item = &'a String>,
+    metadata: &HashMap<String, Value>,
+) -> Bytes {
+    slot.get_or_insert_with(|| encode_members(ids.map(|id| (id.as_str(), metadata.get(id)))))
+        .clone()
 }
 
 /// A room's encoded snapshots, shared by every asker until the room
@@ -342,13 +355,9 @@ impl Backend for MemoryBackend {
         let State {
             rooms, metadata, ..
         } = &mut *state;
-        let Some(r) = rooms.get_mut(room) else {
-            return Ok(Bytes::from_static(b"[]"));
-        };
-        let snapshot = r.snapshots.members.get_or_insert_with(|| {
-            encode_members(r.members.iter().map(|id| (id.as_str(), metadata.get(id))))
-        });
-        Ok(snapshot.clone())
+        Ok(rooms.get_mut(room).map_or(EMPTY_LIST, |r| {
+            member_list(&mut r.snapshots.members, r.members.iter(), metadata)
+        }))
     }
 
     async fn present_snapshot(&self, room: &str) -> BackendResult<Bytes> {
@@ -356,13 +365,9 @@ impl Backend for MemoryBackend {
         let State {
             rooms, metadata, ..
         } = &mut *state;
-        let Some(r) = rooms.get_mut(room) else {
-            return Ok(Bytes::from_static(b"[]"));
-        };
-        let snapshot = r.snapshots.present.get_or_insert_with(|| {
-            encode_members(r.present.keys().map(|id| (id.as_str(), metadata.get(id))))
-        });
-        Ok(snapshot.clone())
+        Ok(rooms.get_mut(room).map_or(EMPTY_LIST, |r| {
+            member_list(&mut r.snapshots.present, r.present.keys(), metadata)
+        }))
     }
 
     async fn states_snapshot(&self, room: &str) -> BackendResult<Bytes> {
@@ -545,10 +550,14 @@ impl Backend for MemoryBackend {
         conn: &str,
         value: Value,
         strategy: Strategy,
+        max_bytes: Option<usize>,
     ) -> BackendResult<Value> {
         let mut state = self.state();
-        let old = state.metadata.remove(conn);
+        let old = state.metadata.get(conn).cloned();
         let new = strategy.apply(old, value);
+        if max_bytes.is_some() {
+            check_len(json_len(&new), max_bytes)?;
+        }
         state.metadata.insert(conn.to_string(), new.clone());
         state.metadata_changed(conn);
         Ok(new)
@@ -681,11 +690,11 @@ mod tests {
         assert!(b.shared.state.lock().unwrap().rooms.is_empty());
 
         assert_eq!(b.get_metadata("c1").await.unwrap(), None);
-        b.set_metadata("c1", json!({"a": {"x": 1}}), Strategy::Replace)
+        b.set_metadata("c1", json!({"a": {"x": 1}}), Strategy::Replace, None)
             .await
             .unwrap();
         let merged = b
-            .set_metadata("c1", json!({"a": {"y": 2}}), Strategy::DeepMerge)
+            .set_metadata("c1", json!({"a": {"y": 2}}), Strategy::DeepMerge, None)
             .await
             .unwrap();
         assert_eq!(merged, json!({"a": {"x": 1, "y": 2}}));

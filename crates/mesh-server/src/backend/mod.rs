@@ -34,9 +34,44 @@ pub enum BackendError {
     /// The backend cannot be reached (network, server down).
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The result of a write would be larger than the caller allows;
+    /// nothing was changed.
+    #[error("the result would be {len} bytes; the limit is {max}")]
+    TooLarge {
+        /// Size of the result's JSON encoding.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// Any other failure, described.
     #[error("backend error: {0}")]
     Other(String),
+}
+
+/// Size of a value's JSON encoding, without building the string.
+pub(crate) fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// `Err(TooLarge)` when `len` is over `max` (no limit when `None`).
+pub(crate) fn check_len(len: usize, max: Option<usize>) -> BackendResult<()> {
+    match max {
+        Some(max) if len > max => Err(BackendError::TooLarge { len, max }),
+        _ => Ok(()),
+    }
 }
 
 /// Result of a backend operation.
@@ -129,25 +164,14 @@ pub trait Backend: Send + Sync + 'static {
     /// hands every asker the same bytes.
     async fn members_snapshot(&self, room: &str) -> BackendResult<Bytes> {
         let ids = self.room_members(room).await?;
-        let metadata = self.get_metadata_many(&ids).await?;
-        Ok(encode_members(
-            ids.iter()
-                .map(String::as_str)
-                .zip(metadata.iter().map(Option::as_ref)),
-        ))
+        with_metadata_encoded(self, &ids).await
     }
-
     /// The present connections of `room` with their metadata, encoded as
     /// the `present` list of a `mesh/subscribe-presence` reply; shared like
     /// [`Backend::members_snapshot`].
     async fn present_snapshot(&self, room: &str) -> BackendResult<Bytes> {
         let ids = self.present(room).await?;
-        let metadata = self.get_metadata_many(&ids).await?;
-        Ok(encode_members(
-            ids.iter()
-                .map(String::as_str)
-                .zip(metadata.iter().map(Option::as_ref)),
-        ))
+        with_metadata_encoded(self, &ids).await
     }
 
     /// Every state of `room`, encoded as the `states` object of a
@@ -198,11 +222,15 @@ pub trait Backend: Send + Sync + 'static {
     async fn states(&self, room: &str) -> BackendResult<Map<String, Value>>;
 
     /// Combines `value` with `conn`'s metadata; returns the stored result.
+    /// When the result's JSON would be over `max_bytes`, nothing is stored
+    /// and the error is [`BackendError::TooLarge`]: the limit holds for
+    /// what is stored, whatever the strategy.
     async fn set_metadata(
         &self,
         conn: &str,
         value: Value,
         strategy: Strategy,
+        max_bytes: Option<usize>,
     ) -> BackendResult<Value>;
 
     /// `conn`'s metadata, `None` when it has none.
@@ -235,6 +263,19 @@ pub trait Backend: Send + Sync + 'static {
     fn stats(&self) -> BackendStats {
         BackendStats::default()
     }
+}
+
+/// `ids` with their metadata, encoded by [`encode_members`].
+async fn with_metadata_encoded<B: Backend + ?Sized>(
+    backend: &B,
+    ids: &[String],
+) -> BackendResult<Bytes> {
+    let metadata = backend.get_metadata_many(ids).await?;
+    Ok(encode_members(
+        ids.iter()
+            .map(String::as_str)
+            .zip(metadata.iter().map(Option::as_ref)),
+    ))
 }
 
 /// Encodes `[{"id", "metadata"}]`; a connection without metadata has
