@@ -633,13 +633,19 @@ mod tests {
         store.save_settings(&settings).unwrap();
         assert_eq!(mode(&path), 0o600);
         assert_eq!(store.settings().token, settings.token);
-        store.save_last_state("general", &json!({"status": "x"})).unwrap();
+        store
+            .save_last_state("general", &json!({"status": "x"}))
+            .unwrap();
         assert_eq!(mode(&path), 0o600);
         assert_eq!(files_in(dir.path()), [STORE_FILE]);
 
         // A damaged file (with the token still in it) is moved aside
         // private too, and the fresh file is private from the start.
-        fs::write(&path, r#"{"userId": "user-abc", "settings": {"token": "header.cla"#).unwrap();
+        fs::write(
+            &path,
+            r#"{"userId": "user-abc", "settings": {"token": "header.cla"#,
+        )
+        .unwrap();
         fs::set_permissions(&path, wide).unwrap();
         let (_, recovery) = open_file(&path).unwrap();
         let backup = recovery.unwrap().backup;

@@ -13,13 +13,25 @@ use crate::{free_port, wait_for, UI_TIMEOUT};
 
 /// The app binary: `$MESH_PRESENCE_APP`, or the workspace's debug build.
 pub fn app_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("MESH_PRESENCE_APP") {
+    built_binary("MESH_PRESENCE_APP", "mesh-presence")
+}
+
+/// The standalone server binary: `$MESH_SERVER_BIN`, or the workspace's
+/// debug build.
+pub fn server_binary() -> PathBuf {
+    built_binary("MESH_SERVER_BIN", "mesh-server")
+}
+
+/// The binary named in the environment variable `env`, or `name` in the
+/// workspace's debug build.
+fn built_binary(env: &str, name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env) {
         return PathBuf::from(path);
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug/mesh-presence")
+    target.join("debug").join(name)
 }
 
 /// Where a test's screenshots and logs go: `test-output/e2e/<test>/`.
