@@ -102,14 +102,17 @@ impl Driver {
     }
 
     /// Launches the app and waits until its page has loaded our script.
+    /// What the app prints (its log) is appended to `app.log` in the output
+    /// directory: WebKitWebDriver, which starts it, discards it.
     pub fn launch(&self) -> Result<App, String> {
         let binary = app_binary();
         if !binary.exists() {
             return Err(format!("app binary {} not built", binary.display()));
         }
+        let launcher = self.logging_launcher(&binary)?;
         let session = Session::start(
             &self.url,
-            json!({"browserName": "wry", "tauri:options": {"application": binary}}),
+            json!({"browserName": "wry", "tauri:options": {"application": launcher}}),
         )
         .map_err(|e| e.to_string())?;
         let app = App {
@@ -122,6 +125,22 @@ impl Driver {
                 .map(|v| v.as_bool().unwrap_or(false).then_some(()))
         })?;
         Ok(app)
+    }
+
+    /// A script that runs `binary` (same process, same arguments) with its
+    /// output appended to `app.log`.
+    fn logging_launcher(&self, binary: &Path) -> Result<PathBuf, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+        let script = format!(
+            "#!/bin/sh\nexec {} \"$@\" >>{} 2>&1\n",
+            quote(binary),
+            quote(&self.out.join("app.log"))
+        );
+        let path = self.out.join("mesh-presence.sh");
+        fs::write(&path, script).map_err(|e| e.to_string())?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        Ok(path)
     }
 }
 
