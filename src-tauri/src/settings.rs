@@ -155,10 +155,17 @@ fn stored_field<T>(
         Some(Value::String(text)) => match check(text) {
             Ok(value) => return Some(value),
             Err(e) if secret => format!("The saved {label} is not valid: {}", e.message),
-            Err(e) => format!("The saved {label} \"{text}\" is not valid: {}", e.message),
+            Err(e) => format!(
+                "The saved {label} \"{}\" is not valid: {}",
+                hide_token_param(text),
+                e.message
+            ),
         },
         Some(_) if secret => format!("The saved {label} is not text"),
-        Some(other) => format!("The saved {label} ({other}) is not text"),
+        Some(other) => format!(
+            "The saved {label} ({}) is not text",
+            hide_token_param(&other.to_string())
+        ),
     };
     notices.push(format!(
         "{problem}. Instead {fallback}; change it in Settings."
@@ -198,11 +205,32 @@ pub fn validate_token(token: &str) -> Result<Token, AppError> {
     Ok(Token::new(token))
 }
 
-/// Checks a server URL: `ws://` or `wss://`, a host, nothing else odd.
+/// `text` with the value of every `token=` parameter replaced by `…`: a
+/// URL may carry a token, and a message never shows one.
+fn hide_token_param(text: &str) -> String {
+    const PARAM: &str = "token=";
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(PARAM) {
+        let value = at + PARAM.len();
+        shown.push_str(&rest[..value]);
+        shown.push('…');
+        let end = rest[value..]
+            .find(['&', '#'])
+            .map_or(rest.len(), |len| value + len);
+        rest = &rest[end..];
+    }
+    shown.push_str(rest);
+    shown
+}
+
+/// Checks a server URL: `ws://` or `wss://`, a host, no token (that goes in
+/// the Token field, which is kept out of logs, messages and the window).
 pub fn validate_server_url(url: &str) -> Result<String, AppError> {
     let parsed = url::Url::parse(url).map_err(|e| {
         AppError::invalid(format!(
-            "Server URL \"{url}\" is not a valid URL ({e}); expected e.g. ws://127.0.0.1:3000"
+            "Server URL \"{}\" is not a valid URL ({e}); expected e.g. ws://127.0.0.1:3000",
+            hide_token_param(url)
         ))
     })?;
     if !matches!(parsed.scheme(), "ws" | "wss") {
@@ -213,6 +241,11 @@ pub fn validate_server_url(url: &str) -> Result<String, AppError> {
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(AppError::invalid("Server URL has no host"));
+    }
+    if parsed.query_pairs().any(|(name, _)| name == "token") {
+        return Err(AppError::invalid(
+            "Server URL must not carry the token: put it in the Token field instead",
+        ));
     }
     Ok(url.to_string())
 }
@@ -325,6 +358,28 @@ mod tests {
         assert!(with_token(&"x".repeat(MAX_TOKEN_BYTES + 1))
             .validate()
             .is_err());
+    }
+
+    #[test]
+    fn a_token_in_the_server_url_is_refused_and_never_repeated() {
+        for url in [
+            "ws://mesh.example.com/?token=abc.def",
+            "wss://mesh.example.com/?room=x&token=abc.def#top",
+        ] {
+            let err = validate_server_url(url).unwrap_err();
+            assert!(err.message.contains("Token field"), "{}", err.message);
+            assert!(!err.message.contains("abc.def"), "{}", err.message);
+        }
+        // Even when the URL is wrong in other ways too.
+        let err = validate_server_url("ws://:99999/?token=abc.def").unwrap_err();
+        assert!(!err.message.contains("abc.def"), "{}", err.message);
+        let stored = serde_json::json!({"serverUrl": "ws://h/?token=abc.def&x=1", "room": "r"});
+        let (s, notices) = Settings::from_stored(&stored);
+        assert_eq!((s.server_url, s.room.as_str()), (None, "r"));
+        assert!(notices[0].contains("ws://h/?token=…&x=1"), "{notices:?}");
+        // A URL without one is untouched.
+        assert_eq!(hide_token_param("ws://h/?tokens"), "ws://h/?tokens");
+        assert!(validate_server_url("ws://h/?room=token").is_ok());
     }
 
     #[test]
