@@ -206,13 +206,16 @@ pub struct Row {
     pub you: bool,
     /// The remaining-time text of a short-lived status.
     pub expiry: String,
+    /// Where the row is in the whole list, from 1 (its `aria-posinset`).
+    pub position: usize,
 }
 
 const ROWS_JS: &str =
     "return Array.from(document.querySelectorAll('.user-row:not([hidden])')).map(r => ({
   id: r.dataset.userId, name: r.querySelector('.name').textContent,
   status: r.querySelector('.user-status').textContent, tabs: r.querySelector('.tabs').textContent,
-  you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent }))";
+  you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent,
+  position: Number(r.getAttribute('aria-posinset')) }))";
 
 impl App {
     /// Runs a script in the page.
@@ -290,6 +293,7 @@ impl App {
                 tabs: r["tabs"].as_str().unwrap_or_default().into(),
                 you: r["you"].as_bool().unwrap_or(false),
                 expiry: r["expiry"].as_str().unwrap_or_default().into(),
+                position: r["position"].as_u64().unwrap_or_default() as usize,
             })
             .collect())
     }
@@ -314,6 +318,18 @@ impl App {
     pub fn server_url(&self) -> Result<String, String> {
         let text = self.text("#server-url")?;
         Ok(text.trim_end_matches("(embedded)").trim().to_string())
+    }
+
+    /// Points the app at the server `url` through its settings panel and
+    /// waits until it is online there.
+    pub fn use_server(&self, url: &str, timeout: Duration) -> Result<(), String> {
+        self.click("#open-settings")?;
+        self.fill("#setting-server", url)?;
+        self.click("#settings-save")?;
+        wait_for("the app on the server", timeout, || {
+            let shown = self.server_url()?;
+            Ok((shown == url && self.connection()? == "online").then_some(()))
+        })
     }
 
     /// How many windows the app has open.
