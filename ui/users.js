@@ -179,7 +179,8 @@ class UserList {
     el.setAttribute("role", "listitem");
     el.innerHTML =
       '<span class="avatar" aria-hidden="true"></span>' +
-      '<span class="who"><span class="name"></span><span class="you-badge">you</span></span>' +
+      '<span class="who"><span class="name"></span><span class="you-badge">you</span>' +
+      '<span class="unverified-badge" title="The server does not vouch for this identity">unverified</span></span>' +
       '<span class="user-status"></span>' +
       '<span class="expiry"></span>' +
       '<span class="tabs"></span>';
@@ -205,6 +206,7 @@ function fillRow(el, user, now) {
   const name = displayName(user);
   el.dataset.userId = user.id;
   el.classList.toggle("you", !!user.you);
+  el.classList.toggle("unverified", !!user.unverified);
   el.querySelector(".avatar").textContent = name.slice(0, 1).toUpperCase();
   const nameEl = el.querySelector(".name");
   nameEl.textContent = name;

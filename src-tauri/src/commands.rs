@@ -2,6 +2,7 @@
 //! [`Session`](crate::session::Session) or the store; the ACL in
 //! `capabilities/default.json` allows exactly these.
 
+use mesh_client::Token;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tauri::{AppHandle, Manager, Runtime, State, WebviewWindow};
@@ -27,6 +28,9 @@ pub struct SettingsView {
     pub display_name: String,
     /// Your user id (read-only).
     pub user_id: String,
+    /// The token sent to the server, if any (the panel shows it masked;
+    /// `Debug` hides it).
+    pub token: Option<Token>,
 }
 
 /// What the window sends to publish: the fields a user types. The app adds
@@ -47,6 +51,7 @@ fn view(state: &AppState, settings: Settings) -> SettingsView {
         room: settings.room,
         display_name: settings.display_name,
         user_id: state.user_id().to_string(),
+        token: settings.token,
     }
 }
 

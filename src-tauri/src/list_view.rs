@@ -255,6 +255,7 @@ mod tests {
             expires_at: None,
             tab_count: 1,
             you: id == "me",
+            unverified: false,
             timestamp: 0,
         }
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mesh_client::presence::{GroupKey, Presence};
-use mesh_client::{ClientEvent, ClientOptions, MeshClient, Status};
+use mesh_client::{ClientError, ClientEvent, ClientOptions, MeshClient, Status, Token};
 use serde_json::Value;
 use tauri::async_runtime::JoinHandle;
 use tauri::{AppHandle, Runtime};
@@ -19,7 +19,7 @@ use crate::events::{self, StatusPayload};
 use crate::list_view::{ListView, UsersWindow};
 use crate::my_state;
 use crate::store::{state_key, AppStore};
-use crate::user_list::ListDiffer;
+use crate::user_list::{ListDiffer, VerifiedNames};
 
 /// The shortest gap between two `presence://users` events: one frame at 60 Hz.
 /// Changes that arrive in between are merged into the next event.
@@ -37,6 +37,8 @@ pub struct Target {
     pub embedded: bool,
     /// The room.
     pub room: String,
+    /// The token to present, if any.
+    pub token: Option<Token>,
 }
 
 /// A window's live connection. Dropping it stops its tasks and closes the
@@ -73,11 +75,35 @@ impl Session {
         };
         events::emit(&app, &label, events::STATUS, connecting);
 
-        let connect = MeshClient::connect(&target.url, ClientOptions::default());
+        let options = ClientOptions {
+            token: target.token.clone(),
+            ..ClientOptions::default()
+        };
+        let connect = MeshClient::connect(&target.url, options);
         let client = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(client)) => client,
+            Ok(Err(ClientError::Unauthorized)) => return Err(token_refused(&target.url)),
             Ok(Err(e)) => return Err(unreachable_server(&target.url, e.to_string())),
             Err(_) => return Err(unreachable_server(&target.url, "timed out".into())),
+        };
+
+        // A server that attests identity puts your verified user id in your
+        // connection's metadata. Then people are grouped by that, which no
+        // one can forge; otherwise your windows share a `userId` in their
+        // state, and that groups them.
+        let attested = client
+            .get_my_connection_metadata()
+            .await
+            .ok()
+            .and_then(|m| m.get("userId").and_then(Value::as_str).map(str::to_string));
+        let (group_key, verified, user_id) = match attested {
+            Some(id) => {
+                let names = VerifiedNames::default();
+                let recorder = names.clone();
+                let key = GroupKey::metadata_fn(move |metadata| recorder.key_of(metadata));
+                (key, Some(names), id)
+            }
+            None => (GroupKey::state_field("userId"), None, user_id),
         };
 
         // Your saved state (an expired short-lived status dropped), or your
@@ -92,13 +118,11 @@ impl Session {
             mesh_protocol::now_millis(),
         );
         store.save_last_state(&target.room, &state)?;
-
-        // Your windows share a `userId` in their state; that groups them.
         let presence = Presence::new(
             client.clone(),
             &target.room,
             &state_key(&target.room),
-            GroupKey::state_field("userId"),
+            group_key,
             store.presence_store(),
         )
         .await
@@ -120,6 +144,7 @@ impl Session {
                 presence.clone(),
                 user_id.clone(),
                 list.clone(),
+                verified,
                 resync.clone(),
             )),
         ];
@@ -234,6 +259,16 @@ fn unreachable_server(url: &str, reason: String) -> AppError {
     AppError::new("EOFFLINE", format!("Could not connect to {url}: {reason}"))
 }
 
+fn token_refused(url: &str) -> AppError {
+    AppError::new(
+        "EUNAUTHORIZED",
+        format!(
+            "{url} refused your token (missing, invalid or expired). \
+             Set the one you were given in Settings → Token."
+        ),
+    )
+}
+
 fn status_payload(client: &MeshClient, target: &Target, latency_ms: Option<u64>) -> StatusPayload {
     let (status, attempt) = match *client.status().borrow() {
         Status::Connecting => ("connecting", None),
@@ -277,6 +312,10 @@ async fn forward_status<R: Runtime>(
             }
             event = client_events.recv() => match event {
                 Ok(ClientEvent::Latency(ms)) => latency = Some(ms),
+                // The client stays offline rather than retry: say why.
+                Ok(ClientEvent::Unauthorized) => {
+                    events::emit(&app, &label, events::ERROR, token_refused(&target.url));
+                }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -292,10 +331,11 @@ async fn forward_users<R: Runtime>(
     presence: Arc<Presence>,
     me: String,
     list: Arc<Mutex<ListView>>,
+    verified: Option<VerifiedNames>,
     resync: Arc<Notify>,
 ) {
     let mut users = presence.users();
-    let mut differ = ListDiffer::new();
+    let mut differ = ListDiffer::with_verified(verified);
     loop {
         // Diffed in place: the list is only read, and copying 5k users
         // every frame would cost more than the diff.

@@ -7,7 +7,7 @@
 //! from those.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use mesh_client::presence::User;
 use serde::Serialize;
@@ -32,16 +32,57 @@ pub struct UserRow {
     pub you: bool,
     /// When their state last changed (ms since the epoch).
     pub timestamp: u64,
+    /// On a server that attests identity: the row's identity is not one the
+    /// server vouches for, or its state claims to be someone else.
+    pub unverified: bool,
+}
+
+/// The names a server attests, by verified user id, learned from
+/// connection metadata as the presence helper groups connections by it.
+///
+/// Grows with the distinct users seen in the room, like the list itself.
+#[derive(Debug, Clone, Default)]
+pub struct VerifiedNames(Arc<Mutex<HashMap<String, String>>>);
+
+impl VerifiedNames {
+    /// The verified user id in `metadata` (its `userId`), remembering the
+    /// verified name (`username`) that goes with it. This is the group key
+    /// of a session on a server that attests identity.
+    pub fn key_of(&self, metadata: &Value) -> Option<String> {
+        let id = metadata.get("userId")?.as_str()?.to_string();
+        let name = metadata
+            .get("username")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), name);
+        Some(id)
+    }
+
+    /// The verified name of `id`; `None` when `id` is not a verified user.
+    pub fn name(&self, id: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
 }
 
 impl UserRow {
     /// Builds a row from a user's id, latest state and connection count.
+    /// With `verified` (a server that attests identity), the name is the
+    /// verified one and a row the server does not vouch for is marked.
     pub fn new(
         id: &str,
         state: Option<&Value>,
         tab_count: usize,
         timestamp: u64,
         me: &str,
+        verified: Option<&VerifiedNames>,
     ) -> Self {
         let text = |key: &str| {
             state
@@ -50,9 +91,17 @@ impl UserRow {
                 .unwrap_or_default()
                 .to_string()
         };
+        let verified_name = verified.and_then(|v| v.name(id));
+        let claims_other = state
+            .and_then(|s| s.get("userId"))
+            .is_some_and(|claimed| claimed.as_str() != Some(id));
+        let unverified = verified.is_some() && (verified_name.is_none() || claims_other);
         UserRow {
             id: id.to_string(),
-            username: text("username"),
+            username: verified_name
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| text("username")),
+            unverified,
             status: text("status"),
             expires_at: state
                 .and_then(|s| s.get("expiresAt"))
@@ -112,12 +161,22 @@ pub struct ListDiffer {
     shown: HashMap<Arc<str>, Shown>,
     synced: bool,
     generation: u64,
+    verified: Option<VerifiedNames>,
 }
 
 impl ListDiffer {
     /// A differ whose first diff is a full list.
     pub fn new() -> Self {
         ListDiffer::default()
+    }
+
+    /// A differ for a server that attests identity: rows carry verified
+    /// names and unverified marks (see [`UserRow::new`]).
+    pub fn with_verified(verified: Option<VerifiedNames>) -> Self {
+        ListDiffer {
+            verified,
+            ..ListDiffer::default()
+        }
     }
 
     /// Forgets what it saw, so the next diff is full.
@@ -143,6 +202,7 @@ impl ListDiffer {
                         user.tab_count,
                         user.timestamp,
                         me,
+                        self.verified.as_ref(),
                     ));
                     let shown = Shown {
                         state: user.state.clone(),
@@ -198,12 +258,12 @@ mod tests {
     #[test]
     fn rows_read_name_status_and_expiry_from_the_state() {
         let state = json!({"userId": "me", "username": "Ada", "status": "busy", "expiresAt": 99});
-        let r = UserRow::new("me", Some(&state), 2, 5, "me");
+        let r = UserRow::new("me", Some(&state), 2, 5, "me", None);
         assert_eq!((r.username.as_str(), r.status.as_str()), ("Ada", "busy"));
         assert_eq!(r.expires_at, Some(99));
         assert!(r.you);
         assert_eq!(r.tab_count, 2);
-        let bare = UserRow::new("conn-1", None, 1, 0, "me");
+        let bare = UserRow::new("conn-1", None, 1, 0, "me", None);
         assert_eq!(bare.username, "");
         assert!(!bare.you);
         // A peer's odd state shape is shown as empty fields, never an error.
@@ -213,8 +273,37 @@ mod tests {
             1,
             0,
             "me",
+            None,
         );
         assert_eq!((odd.username.as_str(), odd.status.as_str()), ("", ""));
+        assert!(
+            !odd.unverified,
+            "without attested identity nothing is marked"
+        );
+    }
+
+    #[test]
+    fn attested_identity_names_rows_and_marks_impostors() {
+        let verified = VerifiedNames::default();
+        let meta = json!({"userId": "alice", "username": "Alice (verified)"});
+        assert_eq!(verified.key_of(&meta), Some("alice".into()));
+        assert_eq!(verified.key_of(&json!({"username": "no id"})), None);
+        let v = Some(&verified);
+
+        // The verified name wins over whatever the state says.
+        let state = json!({"userId": "alice", "username": "Al"});
+        let row = UserRow::new("alice", Some(&state), 1, 0, "me", v);
+        assert_eq!(row.username, "Alice (verified)");
+        assert!(!row.unverified);
+        // A state claiming someone else's id is marked, not merged.
+        let spoof = json!({"userId": "bob", "username": "Bob"});
+        let row = UserRow::new("alice", Some(&spoof), 1, 0, "me", v);
+        assert!(row.unverified);
+        assert_eq!(row.username, "Alice (verified)");
+        // So is a connection the server vouches for no one for.
+        let row = UserRow::new("conn-7", Some(&spoof), 1, 0, "me", v);
+        assert!(row.unverified);
+        assert_eq!(row.username, "Bob");
     }
 
     #[test]

@@ -6,14 +6,20 @@
 //! mesh-presence-e2e --features e2e -- --test-threads=1` after building the app).
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_client::presence::{GroupKey, MemoryStore, Presence};
-use mesh_client::{ClientOptions, MeshClient, PresenceEvent, PresenceStream, PresenceUpdate};
-use mesh_presence_e2e::app::{output_dir, store_dir, Driver};
+use mesh_client::{
+    ClientOptions, MeshClient, PresenceEvent, PresenceStream, PresenceUpdate, Token,
+};
+use mesh_presence_e2e::app::{output_dir, server_binary, store_dir, Driver};
 use mesh_presence_e2e::{wait_for, UI_TIMEOUT};
 use mesh_server::{RunningServer, Server, TrackOptions};
 use serde_json::{json, Value};
@@ -51,7 +57,11 @@ struct Peer {
 
 impl Peer {
     async fn join(url: &str, state: Value) -> Peer {
-        let client = MeshClient::connect(url, ClientOptions::default())
+        Peer::join_with(url, ClientOptions::default(), state).await
+    }
+
+    async fn join_with(url: &str, options: ClientOptions, state: Value) -> Peer {
+        let client = MeshClient::connect(url, options)
             .await
             .expect("peer connects");
         let (reply, stream) = client
@@ -547,6 +557,222 @@ fn backups_in(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect();
     found.sort();
     found
+}
+
+/// Forwards every TCP connection to `target` and counts them: how often a
+/// client tried to connect, whatever the server answered.
+async fn counting_proxy(target: SocketAddr) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (format!("ws://{addr}"), count)
+}
+
+/// The standalone `mesh-server`, started as an operator would; killed on drop.
+struct StandaloneServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl StandaloneServer {
+    fn start(args: &[&str]) -> StandaloneServer {
+        let mut child = Command::new(server_binary())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mesh-server starts (scripts/e2e.sh builds it)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // The "ready" line names the address it bound.
+        let addr = loop {
+            let line = lines.next().expect("server log ended early").unwrap();
+            if let Some(at) = line.find("ws://") {
+                let rest = &line[at + "ws://".len()..];
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                break rest[..end].parse().expect("an address in the ready line");
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        StandaloneServer { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+impl Drop for StandaloneServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mesh-server token --secret-file SECRET ARGS...`: a token, as the README's
+/// worked example mints them.
+fn mint(secret: &Path, args: &[&str]) -> String {
+    let output = Command::new(server_binary())
+        .arg("token")
+        .arg("--secret-file")
+        .arg(secret)
+        .args(args)
+        .output()
+        .expect("mesh-server token runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// The README's worked example, with the app as Ada and a client as Bob.
+#[test]
+fn auth_server_shows_verified_names_and_refuses_bad_tokens() {
+    let out = output_dir("auth_server_shows_verified_names_and_refuses_bad_tokens");
+    let data = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let secret = keys.path().join("mesh.secret");
+    // As `head -c 32 /dev/urandom | base64` leaves it: a trailing newline.
+    fs::write(&secret, "c2VjcmV0IG9ubHkgdGhlIG9wZXJhdG9yIGtub3dzCg==\n").unwrap();
+    let ada_token = mint(
+        &secret,
+        &[
+            "--sub",
+            "ada",
+            "--name",
+            "Ada L.",
+            "--rooms",
+            "general,doc:*",
+        ],
+    );
+    let bob_token = mint(
+        &secret,
+        &[
+            "--sub", "bob", "--name", "Bob", "--rooms", "general", "--ttl", "7d",
+        ],
+    );
+    let secret_arg = secret.to_str().unwrap();
+    let server =
+        StandaloneServer::start(&["--addr", "127.0.0.1:0", "--auth-secret-file", secret_arg]);
+    let rt = runtime();
+    // The app goes through a proxy that counts its connection attempts.
+    let (url, attempts) = rt.block_on(counting_proxy(server.addr));
+
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.click("#open-settings").unwrap();
+    app.fill("#setting-server", &url).unwrap();
+    app.fill("#setting-token", &ada_token).unwrap();
+    app.click("#settings-save").unwrap();
+    // The server's word for who I am: its id and name, not the name in
+    // Settings (the account's name by default).
+    let rows = app
+        .wait_rows("my verified row", |rows| {
+            rows.iter()
+                .any(|r| r.you && r.id == "ada" && r.name == "Ada L.")
+        })
+        .unwrap();
+    assert!(rows.iter().all(|r| !r.unverified), "{rows:?}");
+    assert_eq!(app.connection().unwrap(), "online");
+
+    // Bob, with his own token, shows under his verified name, whatever his
+    // state says; he sees my state under my verified id.
+    let bob_options = ClientOptions {
+        token: Some(Token::new(bob_token)),
+        ..ClientOptions::default()
+    };
+    let mut bob = rt.block_on(Peer::join_with(
+        &server.url(),
+        bob_options,
+        json!({"userId": "bob", "username": "Robert", "status": "reviewing"}),
+    ));
+    app.wait_rows("Bob's verified name and status", |rows| {
+        rows.len() == 2
+            && rows.iter().any(|r| {
+                r.id == "bob" && r.name == "Bob" && r.status == "reviewing" && !r.unverified
+            })
+    })
+    .unwrap();
+    rt.block_on(bob.wait_state("my state under my verified id", |s| s["userId"] == "ada"));
+    app.fill("#status", "verified").unwrap();
+    app.click("#update").unwrap();
+    rt.block_on(bob.wait_state("my new status", |s| {
+        s["userId"] == "ada" && s["status"] == "verified"
+    }));
+    app.screenshot("01-verified").unwrap();
+
+    // The store file holds the token, for its owner only.
+    let store_file = store_dir(data.path()).join("mesh-presence.json");
+    assert!(fs::read_to_string(&store_file)
+        .unwrap()
+        .contains(&ada_token));
+    let mode = fs::metadata(&store_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", store_file.display());
+
+    let refused = |what: &str| {
+        let message = wait_for(what, UI_TIMEOUT, || {
+            let shown = app.js("return !document.getElementById('error').hidden")? == json!(true);
+            let text = app.text("#error-text")?;
+            Ok((shown && text.contains("refused your token")).then_some(text))
+        })
+        .unwrap();
+        assert!(message.contains("Settings → Token"), "{message}");
+        app.wait_connection("offline").unwrap();
+    };
+
+    // A bad token: a clear message, offline, and one attempt: the app does
+    // not try again on its own. Proving an absence takes a wait.
+    let before = attempts.load(Ordering::SeqCst);
+    app.click("#open-settings").unwrap();
+    app.fill("#setting-token", "not-a-token").unwrap();
+    app.click("#settings-save").unwrap();
+    refused("the bad token's message");
+    app.screenshot("02-bad-token").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(attempts.load(Ordering::SeqCst) - before, 1, "no retries");
+
+    // A token that runs out while connected: the server closes the
+    // connection, the client's one reconnect is refused, and the app says
+    // so and stays offline instead of retrying.
+    app.click("#error-dismiss").unwrap();
+    let short_token = mint(
+        &secret,
+        &["--sub", "ada", "--name", "Ada L.", "--ttl", "5s"],
+    );
+    let before = attempts.load(Ordering::SeqCst);
+    app.click("#open-settings").unwrap();
+    app.fill("#setting-token", &short_token).unwrap();
+    app.click("#settings-save").unwrap();
+    refused("the expired token's message");
+    app.screenshot("03-expired-token").unwrap();
+    let at_message = attempts.load(Ordering::SeqCst);
+    // The connection and the refused reconnect (only the refusal, if the
+    // token ran out before the app connected on a slow machine).
+    assert!(at_message - before <= 2, "{} attempts", at_message - before);
+    // Longer than the client's second reconnect delay (2 to 4 s): a client
+    // that went on retrying would have by now.
+    std::thread::sleep(Duration::from_millis(4500));
+    assert_eq!(attempts.load(Ordering::SeqCst), at_message, "no retries");
+    app.quit().unwrap();
+    drop(driver);
+
+    // Nothing the app logged shows a token.
+    let log = fs::read_to_string(out.join("app.log")).unwrap();
+    assert!(log.contains("mesh_presence_app"), "the app's log is there");
+    for token in [&ada_token, &short_token] {
+        assert!(!log.contains(token.as_str()), "the token is never logged");
+    }
+    drop(server);
 }
 
 /// How many people the large-room test puts in the room: many screens of
