@@ -219,7 +219,10 @@ function fillRow(el, user, now) {
   // The whole text on hover, however much the row had to cut.
   status.title = text || "";
   status.classList.toggle("idle", !text);
-  el.querySelector(".tabs").textContent = user.tabCount === 1 ? "1 tab" : `${user.tabCount} tabs`;
+  // No tabs: they were here before a reconnect and are kept for a grace
+  // period while they come back.
+  const tabs = user.tabCount === 0 ? "reconnecting" : user.tabCount === 1 ? "1 tab" : `${user.tabCount} tabs`;
+  el.querySelector(".tabs").textContent = tabs;
   fillExpiry(el, user, now);
 }
 

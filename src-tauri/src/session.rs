@@ -196,22 +196,26 @@ impl Session {
             expire_after_ms,
             mesh_protocol::now_millis(),
         );
-        self.publish_state(state.clone(), expire_after_ms).await?;
-        Ok(state)
+        self.publish_state(state, expire_after_ms).await
     }
 
     /// Publishes (and saves) `state`; a short-lived one gets a timer that
     /// clears its status when it runs out, so you keep your row and name.
+    /// It is a change made now: returns the state as published, with the
+    /// `changedAt` that orders it against your other windows and devices.
     async fn publish_state(
         &self,
         state: Value,
         expire_after_ms: Option<u64>,
-    ) -> Result<(), AppError> {
-        self.clear_on_expiry(state.clone(), expire_after_ms);
-        self.presence
-            .publish(state)
-            .await
-            .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))
+    ) -> Result<Value, AppError> {
+        let published =
+            self.presence.publish(state).await.map_err(|e| {
+                AppError::new("ESERVER", format!("Could not publish your state: {e}"))
+            })?;
+        // The timer compares against the state as published, `changedAt`
+        // included: that is what the store holds until something newer.
+        self.clear_on_expiry(published.clone(), expire_after_ms);
+        Ok(published)
     }
 
     /// Replaces the expiry timer: after `expire_after_ms` (if any), the

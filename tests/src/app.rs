@@ -375,6 +375,19 @@ impl App {
             .map_err(|e| e.to_string())
     }
 
+    /// Waits for a window other than the current one and sends the next
+    /// commands to it.
+    pub fn switch_to_new_window(&self) -> Result<(), String> {
+        let current = self.session.window_handle().map_err(|e| e.to_string())?;
+        let other = wait_for("a second window", UI_TIMEOUT, || {
+            let handles = self.session.window_handles().map_err(|e| e.to_string())?;
+            Ok(handles.into_iter().find(|h| *h != current))
+        })?;
+        self.session
+            .switch_to_window(&other)
+            .map_err(|e| e.to_string())
+    }
+
     /// Saves a screenshot of the window as `<step>.png` in the test output.
     pub fn screenshot(&self, step: &str) -> Result<(), String> {
         // WebKit answers a screenshot after the page's next paint. A page

@@ -343,6 +343,95 @@ fn second_window_shows_me_once_with_two_tabs() {
     app.quit().unwrap();
 }
 
+#[test]
+fn status_changed_in_the_second_window_is_what_a_newcomer_sees() {
+    let out = output_dir("status_changed_in_the_second_window_is_what_a_newcomer_sees");
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.fill("#status", "said in the first window").unwrap();
+    app.click("#update").unwrap();
+    let me = app
+        .wait_rows("my first status", |rows| {
+            rows.len() == 1 && rows[0].status == "said in the first window"
+        })
+        .unwrap()
+        .remove(0)
+        .id;
+
+    app.click("#new-window").unwrap();
+    app.wait_rows("me with 2 tabs", |rows| {
+        rows.len() == 1 && rows[0].tabs == "2 tabs"
+    })
+    .unwrap();
+    app.switch_to_new_window().unwrap();
+    app.wait_connection("online").unwrap();
+    app.fill("#status", "said in the second window").unwrap();
+    app.click("#update").unwrap();
+    app.wait_rows("the second window shows it", |rows| {
+        rows.len() == 1 && rows[0].you && rows[0].status == "said in the second window"
+    })
+    .unwrap();
+    app.screenshot("01-second-window").unwrap();
+
+    // Newcomers, again and again (the server lists members in any order):
+    // the list each one builds from its snapshot shows me once, with both
+    // windows and the new status.
+    let url = app.server_url().unwrap();
+    let rt = runtime();
+    for round in 0..5 {
+        let users = rt.block_on(async {
+            let client = MeshClient::connect(&url, ClientOptions::default())
+                .await
+                .expect("newcomer connects");
+            let newcomer = Presence::new(
+                client.clone(),
+                ROOM,
+                "newcomer",
+                GroupKey::state_field("userId"),
+                Arc::new(MemoryStore::new()),
+            )
+            .await
+            .expect("newcomer's presence");
+            let users = newcomer.users().borrow().clone();
+            drop(newcomer);
+            client.close().await;
+            users
+        });
+        let row = users.iter().find(|u| *u.id == *me);
+        let row = row.unwrap_or_else(|| panic!("round {round}: my row: {users:?}"));
+        assert_eq!(row.tab_count, 2, "round {round}: {users:?}");
+        assert_eq!(
+            row.state.as_ref().map(|s| &s["status"]),
+            Some(&json!("said in the second window")),
+            "round {round}: {users:?}"
+        );
+    }
+    // And the first window took the change over: both connections hold it.
+    wait_for("both windows holding the new status", UI_TIMEOUT, || {
+        let states = rt.block_on(async {
+            let client = MeshClient::connect(&url, ClientOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let reply = client
+                .get_presence_state(ROOM)
+                .await
+                .map_err(|e| e.to_string());
+            client.close().await;
+            reply
+        })?;
+        let held = states
+            .states
+            .values()
+            .filter(|s| s["userId"] == me.as_str() && s["status"] == "said in the second window")
+            .count();
+        Ok((held == 2).then_some(()))
+    })
+    .unwrap();
+    app.quit().unwrap();
+}
+
 /// The rows the page's list holds (its window of the list), as the backend
 /// sent them.
 const USERS_JS: &str = "return list.rows";
