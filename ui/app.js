@@ -8,7 +8,9 @@ const { listen } = window.__TAURI__.event;
 
 const $ = (id) => document.getElementById(id);
 
-const list = new UserList($("user-list"), $("user-list-spacer"));
+const list = new UserList($("user-list"), $("user-list-spacer"), (start, end) =>
+  invoke("users_window", { start, end }),
+);
 list.onCount = (n) => {
   $("count").textContent = String(n);
   $("empty").hidden = n > 0;

@@ -9,6 +9,7 @@ use tauri::{AppHandle, Manager, Runtime, State, WebviewWindow};
 
 use crate::error::AppError;
 use crate::events::StatusPayload;
+use crate::list_view::UsersWindow;
 use crate::settings::{validate_name, validate_status, Settings};
 use crate::state::AppState;
 
@@ -155,6 +156,22 @@ pub fn status<R: Runtime>(
     app_state: State<'_, AppState>,
 ) -> StatusPayload {
     app_state.status(window.label())
+}
+
+/// Rows `start..end` of this window's user list, sorted as shown, with the
+/// list's length. They become the window's rows: its `presence://users`
+/// events send them again whenever one of them changes.
+#[tauri::command]
+pub fn users_window<R: Runtime>(
+    window: WebviewWindow<R>,
+    app_state: State<'_, AppState>,
+    start: usize,
+    end: usize,
+) -> Result<UsersWindow, AppError> {
+    app_state
+        .session(window.label())
+        .ok_or_else(AppError::not_connected)?
+        .users_window(start, end)
 }
 
 /// Opens another window: another connection for the same user.

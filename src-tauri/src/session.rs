@@ -4,7 +4,7 @@
 //! Each window is its own connection, like a browser tab: two windows are
 //! two members of the room, grouped into one row by the shared user id.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mesh_client::presence::{GroupKey, Presence};
@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::error::AppError;
 use crate::events::{self, StatusPayload};
+use crate::list_view::{ListView, UsersWindow};
 use crate::my_state;
 use crate::store::{state_key, AppStore};
 use crate::user_list::{ListDiffer, VerifiedNames};
@@ -49,6 +50,9 @@ pub struct Session {
     presence: Arc<Presence>,
     user_id: String,
     resync: Arc<Notify>,
+    /// The sorted list and what the page has of it. A std mutex: held only
+    /// to apply a frame's changes or copy out a window of rows.
+    list: Arc<Mutex<ListView>>,
     tasks: Vec<JoinHandle<()>>,
     /// Clears a short-lived status when it runs out. A std mutex: only held
     /// to swap the handle.
@@ -126,6 +130,7 @@ impl Session {
         let presence = Arc::new(presence);
 
         let resync = Arc::new(Notify::new());
+        let list = Arc::new(Mutex::new(ListView::new()));
         let tasks = vec![
             tauri::async_runtime::spawn(forward_status(
                 app.clone(),
@@ -137,8 +142,8 @@ impl Session {
                 app,
                 label,
                 presence.clone(),
-                target.room.clone(),
                 user_id.clone(),
+                list.clone(),
                 verified,
                 resync.clone(),
             )),
@@ -149,6 +154,7 @@ impl Session {
             presence,
             user_id,
             resync,
+            list,
             tasks,
             expiry: Mutex::new(None),
         };
@@ -158,9 +164,17 @@ impl Session {
         Ok(session)
     }
 
-    /// Makes the next `presence://users` event a full list (the window reloaded).
+    /// Sends the page the list's length and first rows again (it reloaded).
     pub fn resync(&self) {
         self.resync.notify_one();
+    }
+
+    /// Rows `start..end` of the list, which become the page's window.
+    pub fn users_window(&self, start: usize, end: usize) -> Result<UsersWindow, AppError> {
+        self.list
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .request(start, end)
     }
 
     /// The connection's status right now.
@@ -313,13 +327,14 @@ async fn forward_status<R: Runtime>(
     }
 }
 
-/// Sends the user list as diffs, at most one event per [`FRAME`].
+/// Keeps the window's sorted list up to date and tells the page what it can
+/// see changed, at most one event per [`FRAME`].
 async fn forward_users<R: Runtime>(
     app: AppHandle<R>,
     label: String,
     presence: Arc<Presence>,
-    room: String,
     me: String,
+    list: Arc<Mutex<ListView>>,
     verified: Option<VerifiedNames>,
     resync: Arc<Notify>,
 ) {
@@ -328,7 +343,14 @@ async fn forward_users<R: Runtime>(
     loop {
         // Diffed in place: the list is only read, and copying 5k users
         // every frame would cost more than the diff.
-        let event = differ.diff(&room, &users.borrow_and_update(), &me);
+        let diff = differ.diff(&users.borrow_and_update(), &me);
+        let event = {
+            let mut list = list.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(diff) = diff {
+                list.apply(diff);
+            }
+            list.event()
+        };
         if let Some(event) = event {
             events::emit(&app, &label, events::USERS, event);
         }
@@ -339,7 +361,7 @@ async fn forward_users<R: Runtime>(
                     break;
                 }
             }
-            () = resync.notified() => differ.reset(),
+            () = resync.notified() => list.lock().unwrap_or_else(PoisonError::into_inner).reset(),
         }
     }
 }

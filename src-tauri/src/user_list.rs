@@ -1,9 +1,10 @@
-//! The user list as the webview sees it, sent as diffs.
+//! The rows of the user list, and what changed between two lists.
 //!
-//! The presence engine hands us the whole list whenever it changes. Sending
-//! the whole list to the webview every frame would cost megabytes per second
-//! in a 5k-user room, so [`ListDiffer`] remembers what the window already has
-//! and sends only rows that changed and ids that left.
+//! The presence engine hands us the whole list whenever it changes.
+//! Rebuilding 5,000 rows every frame would cost more than the frame, so
+//! [`ListDiffer`] remembers what it last saw and yields only the rows that
+//! changed and the ids that left; [`crate::list_view`] keeps the sorted list
+//! from those.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -112,12 +113,9 @@ impl UserRow {
     }
 }
 
-/// The payload of a `presence://users` event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UsersEvent {
-    /// The room the list belongs to.
-    pub room: String,
+/// What changed between two lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListDiff {
     /// `true`: drop every row you have and take `upsert` as the whole list.
     pub full: bool,
     /// How many users the room has after this diff.
@@ -153,7 +151,7 @@ impl Shown {
     }
 }
 
-/// Remembers what one window shows and turns new lists into diffs.
+/// Remembers the last list it saw and turns new lists into diffs.
 ///
 /// A diff walks the list once with one hash lookup per user and builds rows
 /// only for users who changed, so a 5k-user room where ten people change
@@ -181,15 +179,15 @@ impl ListDiffer {
         }
     }
 
-    /// Forgets what the window has (it reloaded), so the next diff is full.
+    /// Forgets what it saw, so the next diff is full.
     pub fn reset(&mut self) {
         self.shown.clear();
         self.synced = false;
     }
 
-    /// The diff from what the window shows to `users` (whose ids are
+    /// The diff from the last list to `users` (whose ids are
     /// unique), or `None` when nothing changed. `me` is this app's user id.
-    pub fn diff(&mut self, room: &str, users: &[User], me: &str) -> Option<UsersEvent> {
+    pub fn diff(&mut self, users: &[User], me: &str) -> Option<ListDiff> {
         let full = !self.synced;
         self.generation += 1;
         let generation = self.generation;
@@ -230,8 +228,7 @@ impl ListDiffer {
         if !full && upsert.is_empty() && remove.is_empty() {
             return None;
         }
-        Some(UsersEvent {
-            room: room.to_string(),
+        Some(ListDiff {
             full,
             count: self.shown.len(),
             upsert,
@@ -312,20 +309,15 @@ mod tests {
     #[test]
     fn first_diff_is_full_then_only_changes_are_sent() {
         let mut d = ListDiffer::new();
-        let first = d
-            .diff("general", &[user("a", "", 1), user("b", "", 1)], "me")
-            .unwrap();
+        let first = d.diff(&[user("a", "", 1), user("b", "", 1)], "me").unwrap();
         assert!(first.full);
         assert_eq!(first.upsert.len(), 2);
         assert_eq!(first.count, 2);
 
-        assert_eq!(
-            d.diff("general", &[user("a", "", 1), user("b", "", 1)], "me"),
-            None
-        );
+        assert_eq!(d.diff(&[user("a", "", 1), user("b", "", 1)], "me"), None);
 
         let change = d
-            .diff("general", &[user("a", "away", 1), user("c", "", 1)], "me")
+            .diff(&[user("a", "away", 1), user("c", "", 1)], "me")
             .unwrap();
         assert!(!change.full);
         let ids: Vec<_> = change.upsert.iter().map(|r| r.id.as_str()).collect();
@@ -337,22 +329,22 @@ mod tests {
     #[test]
     fn a_tab_count_change_is_a_change() {
         let mut d = ListDiffer::new();
-        d.diff("r", &[user("a", "", 1)], "me");
-        let more = d.diff("r", &[user("a", "", 2)], "me").unwrap();
+        d.diff(&[user("a", "", 1)], "me");
+        let more = d.diff(&[user("a", "", 2)], "me").unwrap();
         assert_eq!(more.upsert[0].tab_count, 2);
     }
 
     #[test]
     fn reset_makes_the_next_diff_full() {
         let mut d = ListDiffer::new();
-        d.diff("r", &[user("a", "", 1)], "me");
+        d.diff(&[user("a", "", 1)], "me");
         d.reset();
-        let again = d.diff("r", &[user("a", "", 1)], "me").unwrap();
+        let again = d.diff(&[user("a", "", 1)], "me").unwrap();
         assert!(again.full);
         assert_eq!(again.upsert.len(), 1);
         // An empty room after a reset is still worth one (full, empty) event.
         d.reset();
-        let empty = d.diff("r", &[], "me").unwrap();
+        let empty = d.diff(&[], "me").unwrap();
         assert!(empty.full && empty.upsert.is_empty());
     }
 }

@@ -543,7 +543,9 @@ fn attesting_server(h: &Harness) -> RunningServer {
     })
 }
 
-/// The rows the window was sent, by id, once `done` holds for them.
+/// The rows the window was sent, by id, once `done` holds for them. The
+/// page never asked for a window of its own, so events bring the list's
+/// first rows: the whole of a small room.
 fn wait_rows(
     rx: &std::sync::mpsc::Receiver<Value>,
     done: impl Fn(&HashMap<String, Value>) -> bool,
@@ -553,14 +555,12 @@ fn wait_rows(
         let event = rx
             .recv_timeout(WAIT)
             .unwrap_or_else(|_| panic!("rows: {rows:?}"));
-        if event["full"] == true {
-            rows.clear();
-        }
-        for row in event["upsert"].as_array().expect("upsert") {
-            rows.insert(row["id"].as_str().expect("id").to_string(), row.clone());
-        }
-        for id in event["remove"].as_array().expect("remove") {
-            rows.remove(id.as_str().expect("id"));
+        if let Some(sent) = event["rows"].as_array() {
+            assert_eq!(event["start"], 0, "{event}");
+            rows = sent
+                .iter()
+                .map(|row| (row["id"].as_str().expect("id").to_string(), row.clone()))
+                .collect();
         }
         if done(&rows) {
             return rows;
@@ -632,4 +632,114 @@ fn attested_identity_groups_by_it_names_rows_and_marks_impostors() {
     assert_eq!(anonymous[0].1["you"], false);
 
     h.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn the_page_gets_a_window_of_the_sorted_list_and_news_of_it() {
+    let h = Harness::new(free_port());
+    let server = h.server();
+    let err = h
+        .invoke("users_window", json!({"start": 0, "end": 10}))
+        .unwrap_err();
+    assert_eq!(err["code"], "EOFFLINE");
+    h.use_server(&server.url());
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.window.listen(events::USERS, move |event| {
+        let _ = tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
+    });
+    let next_event = || rx.recv_timeout(WAIT).expect("a users event");
+
+    // Thirty peers join, last name first; the list sorts them (me first).
+    let peers: Vec<MeshClient> = h.rt.block_on(async {
+        let mut peers = Vec::new();
+        for i in (0..30).rev() {
+            let peer = MeshClient::connect(&server.url(), ClientOptions::default())
+                .await
+                .unwrap();
+            peer.join_room("general").await.unwrap();
+            let state = json!({"userId": format!("p{i}"), "username": format!("Peer {i:02}")});
+            peer.publish_presence_state("general", state, None, false)
+                .await
+                .unwrap();
+            peers.push(peer);
+        }
+        peers
+    });
+    while next_event()["count"] != 31 {}
+
+    let names = |w: &Value| -> Vec<String> {
+        w["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["username"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let window = h
+        .invoke("users_window", json!({"start": 10, "end": 15}))
+        .unwrap();
+    assert_eq!(window["count"], 31);
+    assert_eq!(window["start"], 10);
+    assert_eq!(
+        names(&window),
+        ["Peer 09", "Peer 10", "Peer 11", "Peer 12", "Peer 13"]
+    );
+    let first = h
+        .invoke("users_window", json!({"start": 0, "end": 1}))
+        .unwrap();
+    assert_eq!(first["rows"][0]["you"], true, "you come first");
+    let asked = h
+        .invoke("users_window", json!({"start": 10, "end": 15}))
+        .unwrap()["version"]
+        .as_u64()
+        .unwrap();
+
+    // Peer 25 (out of the window), then Peer 11 (in it) change: the page
+    // hears of the second, and no later event brings rows outside its window.
+    h.rt.block_on(async {
+        for (peer, i) in [(&peers[4], 25), (&peers[18], 11)] {
+            let state = json!({"userId": format!("p{i}"), "username": format!("Peer {i:02}"), "status": "changed"});
+            peer.publish_presence_state("general", state, None, false)
+                .await
+                .unwrap();
+        }
+    });
+    loop {
+        let event = next_event();
+        // An event worked out before the request may still be on its way.
+        if event["version"].as_u64().unwrap() <= asked {
+            continue;
+        }
+        assert_eq!(event["count"], 31, "{event}");
+        if event["rows"].is_null() {
+            continue;
+        }
+        assert_eq!(event["start"], 10, "{event}");
+        assert_eq!(event["rows"].as_array().unwrap().len(), 5, "{event}");
+        if event["rows"][2]["status"] == "changed" {
+            break;
+        }
+    }
+    let window = h
+        .invoke("users_window", json!({"start": 20, "end": 31}))
+        .unwrap();
+    let p25 = &window["rows"][6];
+    assert_eq!(
+        (&p25["username"], &p25["status"]),
+        (&json!("Peer 25"), &json!("changed"))
+    );
+
+    // A window that ends before it starts, or is too large, is refused.
+    for (start, end) in [(5, 2), (0, 100_000)] {
+        let err = h
+            .invoke("users_window", json!({"start": start, "end": end}))
+            .unwrap_err();
+        assert_eq!(err["code"], "EINVALID", "{err}");
+    }
+    h.rt.block_on(async {
+        for peer in peers {
+            peer.close().await;
+        }
+        server.shutdown().await;
+    });
 }

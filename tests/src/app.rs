@@ -237,6 +237,8 @@ pub struct Row {
     pub you: bool,
     /// The remaining-time text of a short-lived status.
     pub expiry: String,
+    /// Where the row is in the whole list, from 1 (its `aria-posinset`).
+    pub position: usize,
     /// Whether the row is marked unverified.
     pub unverified: bool,
 }
@@ -246,6 +248,7 @@ const ROWS_JS: &str =
   id: r.dataset.userId, name: r.querySelector('.name').textContent,
   status: r.querySelector('.user-status').textContent, tabs: r.querySelector('.tabs').textContent,
   you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent,
+  position: Number(r.getAttribute('aria-posinset')),
   unverified: r.classList.contains('unverified') }))";
 
 impl App {
@@ -324,6 +327,7 @@ impl App {
                 tabs: r["tabs"].as_str().unwrap_or_default().into(),
                 you: r["you"].as_bool().unwrap_or(false),
                 expiry: r["expiry"].as_str().unwrap_or_default().into(),
+                position: r["position"].as_u64().unwrap_or_default() as usize,
                 unverified: r["unverified"].as_bool().unwrap_or(false),
             })
             .collect())
@@ -349,6 +353,18 @@ impl App {
     pub fn server_url(&self) -> Result<String, String> {
         let text = self.text("#server-url")?;
         Ok(text.trim_end_matches("(embedded)").trim().to_string())
+    }
+
+    /// Points the app at the server `url` through its settings panel and
+    /// waits until it is online there.
+    pub fn use_server(&self, url: &str, timeout: Duration) -> Result<(), String> {
+        self.click("#open-settings")?;
+        self.fill("#setting-server", url)?;
+        self.click("#settings-save")?;
+        wait_for("the app on the server", timeout, || {
+            let shown = self.server_url()?;
+            Ok((shown == url && self.connection()? == "online").then_some(()))
+        })
     }
 
     /// How many windows the app has open.

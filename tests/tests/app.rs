@@ -432,8 +432,9 @@ fn status_changed_in_the_second_window_is_what_a_newcomer_sees() {
     app.quit().unwrap();
 }
 
-/// Everything the page's list holds, as the backend sent it.
-const USERS_JS: &str = "return Array.from(list.users.values())";
+/// The rows the page's list holds (its window of the list), as the backend
+/// sent them.
+const USERS_JS: &str = "return list.rows";
 
 #[test]
 fn an_expired_status_keeps_me_in_one_row() {
@@ -861,4 +862,175 @@ fn auth_server_shows_verified_names_and_refuses_bad_tokens() {
         assert!(!log.contains(token.as_str()), "the token is never logged");
     }
     drop(server);
+}
+
+/// How many people the large-room test puts in the room: many screens of
+/// rows, so that the page's window is a small part of the list.
+const LARGE_ROOM: usize = 1000;
+
+/// The name of person `i` of the large room; zero-padded, so that the list
+/// (sorted by name) has them in the order of `i`.
+fn person(i: usize) -> String {
+    format!("Person {i:04}")
+}
+
+/// Waits until every row in view of `#user-list` is drawn, and each one is
+/// `expected[position - 1]` (name, status) — the right person in the right
+/// place. Returns the rows.
+fn wait_right_people(
+    app: &mesh_presence_e2e::app::App,
+    what: &str,
+    expected: &[(String, String)],
+) -> Vec<mesh_presence_e2e::app::Row> {
+    wait_for(what, UI_TIMEOUT, || {
+        let view = app.js(
+            "const b = document.getElementById('user-list'); return [b.scrollTop, b.clientHeight];",
+        )?;
+        let (top, height) = (
+            view[0].as_f64().unwrap_or(0.0),
+            view[1].as_f64().unwrap_or(0.0),
+        );
+        // Rows are 48 px high; positions count from 1.
+        let first = (top / 48.0).floor() as usize + 1;
+        let last = (((top + height) / 48.0).ceil() as usize).min(expected.len());
+        let rows = app.rows()?;
+        for position in first..=last {
+            let Some(row) = rows.iter().find(|r| r.position == position) else {
+                return Err(format!("no row at {position} ({first}..={last}): {rows:?}"));
+            };
+            let (name, status) = &expected[position - 1];
+            if (&row.name, &row.status) != (name, status) {
+                return Err(format!("at {position}: {row:?}, want {name} / {status}"));
+            }
+        }
+        for row in &rows {
+            let (name, status) = &expected[row.position - 1];
+            if (&row.name, &row.status) != (name, status) {
+                return Err(format!(
+                    "drawn at {}: {row:?}, want {name} / {status}",
+                    row.position
+                ));
+            }
+        }
+        Ok(Some(rows))
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_large_room_shows_the_right_people_after_scrolling() {
+    let out = output_dir("a_large_room_shows_the_right_people_after_scrolling");
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    // Everyone connects from 127.0.0.1.
+    let server = rt.block_on(async {
+        Server::builder()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .max_connections_per_ip(0)
+            .track_presence(".*", TrackOptions::default())
+            .bind()
+            .await
+            .expect("server binds")
+    });
+    let url = server.url();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.use_server(&url, UI_TIMEOUT).unwrap();
+    app.fill("#username", "Ada").unwrap();
+    app.click("#update").unwrap();
+    app.wait_rows("my row", |rows| {
+        rows.iter().any(|r| r.you && r.name == "Ada")
+    })
+    .unwrap();
+
+    // The room fills in an order unlike the list's.
+    let clients: Vec<MeshClient> = rt.block_on(async {
+        let mut clients = Vec::with_capacity(LARGE_ROOM);
+        let order: Vec<usize> = (0..LARGE_ROOM).map(|k| k * 7 % LARGE_ROOM).collect();
+        for chunk in order.chunks(100) {
+            let joins = chunk.iter().map(|&i| {
+                let url = url.clone();
+                async move {
+                    let c = MeshClient::connect(&url, ClientOptions::default()).await?;
+                    c.join_room(ROOM).await?;
+                    let state = json!({"userId": format!("p{i}"), "username": person(i), "status": format!("status {i}")});
+                    c.publish_presence_state(ROOM, state, None, false).await?;
+                    Ok::<_, mesh_client::ClientError>((i, c))
+                }
+            });
+            let mut joined = futures_util::future::join_all(joins).await;
+            clients.extend(joined.drain(..).map(|r| r.expect("a person joins")));
+        }
+        clients.sort_by_key(|(i, _)| *i);
+        clients.into_iter().map(|(_, c)| c).collect()
+    });
+    let mut expected: Vec<(String, String)> = vec![("Ada".into(), "idle".into())];
+    expected.extend((0..LARGE_ROOM).map(|i| (person(i), format!("status {i}"))));
+    wait_for("the whole room counted", UI_TIMEOUT, || {
+        let n = app.text("#count")?;
+        if n == expected.len().to_string() {
+            Ok(Some(()))
+        } else {
+            Err(format!("count {n}"))
+        }
+    })
+    .unwrap();
+
+    let top = wait_right_people(&app, "the top of the list", &expected);
+    assert_eq!(top[0].position, 1);
+    assert!(top.iter().any(|r| r.you && r.position == 1));
+    app.screenshot("01-top").unwrap();
+
+    // The middle, then the bottom, as a user would get there.
+    app.js("document.getElementById('user-list').scrollTop = 500 * 48")
+        .unwrap();
+    let middle = wait_right_people(&app, "the middle of the list", &expected);
+    assert!(middle.iter().any(|r| r.name == person(499)), "{middle:?}");
+    app.screenshot("02-middle").unwrap();
+    app.js("const b = document.getElementById('user-list'); b.scrollTop = b.scrollHeight")
+        .unwrap();
+    let bottom = wait_right_people(&app, "the bottom of the list", &expected);
+    assert!(bottom.iter().any(|r| r.position == expected.len()));
+    app.screenshot("03-bottom").unwrap();
+
+    // The page holds a window of rows around what it shows, not the room.
+    let held = app
+        .js("return [list.rows.length, document.querySelectorAll('.user-row').length]")
+        .unwrap();
+    let (rows, elements) = (held[0].as_u64().unwrap(), held[1].as_u64().unwrap());
+    assert!(
+        rows <= 100,
+        "the page holds {rows} rows of {}",
+        expected.len()
+    );
+    assert!(elements <= 60, "the page has {elements} row elements");
+
+    // While it stays there: someone in view changes, someone above leaves.
+    let last = LARGE_ROOM - 1;
+    rt.block_on(clients[last].publish_presence_state(
+        ROOM,
+        json!({"userId": format!("p{last}"), "username": person(last), "status": "changed at the bottom"}),
+        None,
+        false,
+    ))
+    .unwrap();
+    expected.last_mut().unwrap().1 = "changed at the bottom".into();
+    wait_right_people(&app, "a change in view", &expected);
+    rt.block_on(clients[5].close());
+    expected.remove(1 + 5);
+    let bottom = wait_right_people(&app, "the list after someone above left", &expected);
+    assert!(bottom
+        .iter()
+        .any(|r| r.position == expected.len() && r.name == person(last)));
+    assert_eq!(app.text("#count").unwrap(), expected.len().to_string());
+    app.screenshot("04-after-changes").unwrap();
+
+    app.quit().unwrap();
+    rt.block_on(async {
+        for c in clients {
+            c.close().await;
+        }
+        server.shutdown().await;
+    });
 }
