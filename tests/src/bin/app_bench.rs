@@ -504,6 +504,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(EMPTIED_SECS)).await;
     let emptied = Rss::read(&binary);
     emptied.print(&format!("{EMPTIED_SECS} s after the room emptied"));
+    // And later, to tell memory the page keeps from memory not yet returned.
+    tokio::time::sleep(Duration::from_secs(2 * EMPTIED_SECS)).await;
+    Rss::read(&binary).print(&format!("{} s after the room emptied", 3 * EMPTIED_SECS));
     println!(
         "WebKit helpers against idle: with {users} users {:+.1} MiB, after the changes {:+.1} MiB, after scrolling {:+.1} MiB, emptied {:+.1} MiB",
         mib(full.helpers()) - mib(idle.helpers()),
