@@ -365,7 +365,7 @@ fn status_changed_in_the_second_window_is_what_a_newcomer_sees() {
         rows.len() == 1 && rows[0].tabs == "2 tabs"
     })
     .unwrap();
-    app.switch_to_new_window().unwrap();
+    app.switch_to_other_window().unwrap();
     app.wait_connection("online").unwrap();
     app.fill("#status", "said in the second window").unwrap();
     app.click("#update").unwrap();
@@ -427,6 +427,12 @@ fn status_changed_in_the_second_window_is_what_a_newcomer_sees() {
             .filter(|s| s["userId"] == me.as_str() && s["status"] == "said in the second window")
             .count();
         Ok((held == 2).then_some(()))
+    })
+    .unwrap();
+    // And shows it: back in the first window, one row, the new status.
+    app.switch_to_other_window().unwrap();
+    app.wait_rows("the first window shows it too", |rows| {
+        rows.len() == 1 && rows[0].you && rows[0].status == "said in the second window"
     })
     .unwrap();
     app.quit().unwrap();

@@ -196,17 +196,43 @@ async fn a_state_changed_offline_wins_over_an_older_republished_one() {
     }
 }
 
+/// How a whole room loses its connections.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// The server shuts down and starts again on the same address.
+    Restart,
+    /// Every link is cut at once, with no close frame (a crash, a network
+    /// outage), while the server stays up; then the links come back.
+    Outage,
+}
+
 /// A whole room reconnects after a server restart. An observer records
 /// every list it emits: nobody's row may disappear or lose its status while
 /// everyone comes back.
 #[tokio::test]
 async fn a_full_room_restart_leaves_no_gap_in_any_row() {
+    no_gap_in_any_row(Fault::Restart).await;
+}
+
+/// The same when every link drops abruptly: the server may still list the
+/// old connections when the first ones come back.
+#[tokio::test]
+async fn a_full_room_outage_leaves_no_gap_in_any_row() {
+    no_gap_in_any_row(Fault::Outage).await;
+}
+
+async fn no_gap_in_any_row(fault: Fault) {
     for key in [
         GroupKey::state_field("userId"),
         GroupKey::metadata_field("userId"),
     ] {
         let mut server = start_server().await;
         let addr = server.local_addr();
+        let proxy = CutProxy::start(addr).await;
+        let url = match fault {
+            Fault::Restart => server.url(),
+            Fault::Outage => proxy.url.clone(),
+        };
         let people = [
             ("ann", "reading"),
             ("ann", "reading"),
@@ -216,7 +242,8 @@ async fn a_full_room_restart_leaves_no_gap_in_any_row() {
         ];
         let mut tabs: Vec<(MeshClient, Presence)> = Vec::new();
         for (user, status) in people {
-            let (client, presence) = tab(&server, user, key.clone()).await;
+            let store = Arc::new(MemoryStore::new());
+            let (client, presence) = tab_at(&url, user, key.clone(), store, options()).await;
             presence
                 .publish(json!({"userId": user, "status": status}))
                 .await
@@ -230,7 +257,7 @@ async fn a_full_room_restart_leaves_no_gap_in_any_row() {
                 .iter()
                 .all(|(id, _)| field(u, id, "status") == Some(&json!(status_of(id))))
         };
-        let (observer_client, observer) = &tabs[4];
+        let observer = &tabs[4].1;
         let mut users = observer.users();
         wait_users(&mut users, "everyone", |u| {
             tabs_are(&expected)(u) && complete(u)
@@ -241,14 +268,20 @@ async fn a_full_room_restart_leaves_no_gap_in_any_row() {
             let _ = lists_tx.send(list.to_vec());
         });
 
-        for restart in 0..3 {
+        for round in 0..3 {
             let old_ids: Vec<String> = tabs.iter().filter_map(|t| t.0.connection_id()).collect();
-            server.shutdown().await;
-            wait_status(observer_client, "the observer offline", |s| {
-                *s != Status::Online
-            })
-            .await;
-            server = start_server_at(addr).await;
+            match fault {
+                Fault::Restart => {
+                    server.shutdown().await;
+                    all_offline(&tabs).await;
+                    server = start_server_at(addr).await;
+                }
+                Fault::Outage => {
+                    proxy.cut();
+                    all_offline(&tabs).await;
+                    proxy.restore();
+                }
+            }
             wait_users(&mut users, "everyone back", |u| {
                 tabs_are(&expected)(u)
                     && complete(u)
@@ -262,12 +295,18 @@ async fn a_full_room_restart_leaves_no_gap_in_any_row() {
                 seen += 1;
                 assert!(
                     complete(&list),
-                    "restart {restart}: a row went missing or lost its status: {list:?}"
+                    "{fault:?} {round}: a row went missing or lost its status: {list:?}"
                 );
             }
             assert!(seen > 0, "the observer saw the reconnect");
         }
         server.shutdown().await;
+    }
+}
+
+async fn all_offline(tabs: &[(MeshClient, Presence)]) {
+    for (client, _) in tabs {
+        wait_status(client, "every tab offline", |s| *s != Status::Online).await;
     }
 }
 

@@ -314,7 +314,11 @@ impl Presence {
         Ok(self.store.get(&self.storage_key)?)
     }
 
-    /// Forgets the saved state and clears it on the server.
+    /// Forgets the saved state and clears it on the server; your other
+    /// tabs follow. A clear carries no `changedAt` (there is no state to
+    /// hold it): it counts as made when the server handles it, so after a
+    /// clear made offline, an older state of another device of yours can
+    /// come back. Publish an empty status instead when it must win.
     pub async fn clear(&self) -> Result<(), PresenceError> {
         self.store.remove(&self.storage_key)?;
         next_change(&self.own_changed_at);
