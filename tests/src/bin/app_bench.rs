@@ -400,22 +400,8 @@ async fn main() {
         }
     }
     println!("{users} users connected in {} ms", t.elapsed().as_millis());
-    let want = (users + 1).to_string();
-    tokio::task::block_in_place(|| {
-        wait_for(
-            "the full room in the list",
-            Duration::from_secs(120),
-            || {
-                let n = app.text("#count")?;
-                if n == want {
-                    Ok(Some(()))
-                } else {
-                    Err(format!("count {n}"))
-                }
-            },
-        )
-    })
-    .expect("full list");
+    tokio::task::block_in_place(|| app.wait_count(users + 1, Duration::from_secs(120)))
+        .expect("full list");
     let full = Rss::read(&binary);
     full.print(&format!("with {users} users"));
 
@@ -501,13 +487,8 @@ async fn main() {
     for c in clients {
         c.close().await;
     }
-    tokio::task::block_in_place(|| {
-        wait_for("the room to empty", Duration::from_secs(120), || {
-            let n = app.text("#count")?;
-            Ok((n == "1").then_some(()))
-        })
-    })
-    .expect("empty room");
+    tokio::task::block_in_place(|| app.wait_count(1, Duration::from_secs(120)))
+        .expect("empty room");
     println!("room emptied in {} ms", t.elapsed().as_millis());
     tokio::time::sleep(Duration::from_secs(EMPTIED_SECS)).await;
     let emptied = Rss::read(&binary);
