@@ -15,7 +15,7 @@ const OVERSCAN = 4; // rows drawn above and below the viewport
 // Screens of rows fetched beyond the viewport: more in the direction the
 // list scrolls, and fetched again once the view is within a screen of the
 // window's end, so that a fast scroll finds its rows already here.
-const AHEAD = 3;
+const AHEAD = 5;
 const BEHIND = 1;
 const MAX_WINDOW = 500; // rows the backend sends at most at once (list_view.rs)
 
