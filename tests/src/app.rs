@@ -367,6 +367,18 @@ impl App {
         })
     }
 
+    /// Waits until the list's count shows `n` people.
+    pub fn wait_count(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        wait_for(&format!("{n} people in the list"), timeout, || {
+            let shown = self.text("#count")?;
+            if shown == n.to_string() {
+                Ok(Some(()))
+            } else {
+                Err(format!("count {shown}"))
+            }
+        })
+    }
+
     /// How many windows the app has open.
     pub fn window_count(&self) -> Result<usize, String> {
         self.session
