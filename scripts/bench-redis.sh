@@ -12,9 +12,22 @@ cd "$(dirname "$0")/.."
 RATE="${1:-100000}"
 SECS="${2:-10}"
 cargo build --release -q -p mesh-server -p mesh-bench -p mesh-client
-BIN=target/release
+BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release"
 
-free_port() { while :; do p=$((20000 + RANDOM % 40000)); (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }; done; }
+# free_port VAR: sets VAR to a port nobody listens on and that this script
+# has not handed out yet (two servers started together cannot get the same).
+TAKEN=" "
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 40000))
+    case "$TAKEN" in *" $p "*) continue ;; esac
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
+    TAKEN="$TAKEN$p "
+    printf -v "$1" '%s' "$p"
+    return
+  done
+}
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 pids=()
@@ -22,17 +35,17 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT
 
 echo "== memory backend: one instance, 400 clients"
-P1=$(free_port)
+free_port P1
 RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$P1" >/dev/null & pids+=($!)
 wait_port "$P1"
 "$BIN/mesh-bench" --url "ws://127.0.0.1:$P1" -n 400 --rate "$RATE" --duration "$SECS" --threads 2
 cleanup; pids=()
 
 echo "== redis backend: two instances, 200 clients each"
-RP=$(free_port)
+free_port RP
 redis-server --port "$RP" --save '' --appendonly no --daemonize no >/dev/null & pids+=($!)
 wait_port "$RP"
-A=$(free_port); B=$(free_port)
+free_port A; free_port B
 RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$A" --redis "redis://127.0.0.1:$RP/" >/dev/null & pids+=($!)
 RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$B" --redis "redis://127.0.0.1:$RP/" >/dev/null & pids+=($!)
 wait_port "$A"; wait_port "$B"
@@ -60,7 +73,7 @@ for p in "${CPORTS[@]}"; do
   until redis-cli -p "$p" cluster info | grep -q cluster_state:ok; do sleep 0.05; done
 done
 SEEDS=$(printf 'redis://127.0.0.1:%s,' "${CPORTS[@]}"); SEEDS="${SEEDS%,}"
-A=$(free_port); B=$(free_port)
+free_port A; free_port B
 RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$A" --redis-cluster "$SEEDS" >/dev/null & pids+=($!)
 RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$B" --redis-cluster "$SEEDS" >/dev/null & pids+=($!)
 wait_port "$A"; wait_port "$B"
@@ -77,12 +90,12 @@ received() { # PORT -> mesh_backend_messages_received_total of that instance
   exec 3<&-
 }
 echo "== redis backend: four instances, four rooms of 100 clients, each room on one instance"
-RP=$(free_port)
+free_port RP
 redis-server --port "$RP" --save '' --appendonly no --daemonize no >/dev/null & pids+=($!)
 wait_port "$RP"
 PORTS=()
 for i in 0 1 2 3; do
-  P=$(free_port); PORTS+=("$P")
+  free_port P; PORTS+=("$P")
   RUST_LOG=warn "$BIN/mesh-server" --addr "127.0.0.1:$P" --redis "redis://127.0.0.1:$RP/" >/dev/null & pids+=($!)
 done
 for P in "${PORTS[@]}"; do wait_port "$P"; done

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release -p mesh-server -p mesh-bench
-bench=target/release/mesh-bench
+bench="${CARGO_TARGET_DIR:-target}/release/mesh-bench"
 
 echo "== burst: 400 clients x 3 states"
 "$bench" --spawn-server -n 400 -k 3 "$@"
