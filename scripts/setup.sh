@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build, run and test
-# Mesh Presence: system packages (as root), tauri-driver, and npm packages.
+# Mesh Presence: system packages (as root), tauri-driver, the packaging
+# tools cargo-deb and cargo-generate-rpm, and npm packages.
 # Every step is skipped when already done, so it is cheap to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ APT_PACKAGES=(
   xvfb webkit2gtk-driver imagemagick
   # the Redis backend and its tests
   redis-server
+  # the server package's test: systemd-analyze checks its unit
+  systemd
 )
 
 missing=()
@@ -34,6 +37,14 @@ if ! command -v tauri-driver >/dev/null 2>&1; then
   echo "== cargo install tauri-driver"
   cargo install tauri-driver --locked --version '^2'
 fi
+
+# The server package (scripts/package-server.sh): .deb and .rpm.
+for tool in cargo-deb cargo-generate-rpm; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "== cargo install $tool"
+    cargo install "$tool" --locked
+  fi
+done
 
 if [ ! -x node_modules/.bin/tauri ]; then
   echo "== npm ci"

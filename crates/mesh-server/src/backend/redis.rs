@@ -82,6 +82,27 @@ impl RedisConfig {
         self.prefix = prefix.into();
         self
     }
+
+    /// Checks the settings and the URL without connecting, so that a
+    /// mistake is reported before a service starts rather than as a
+    /// connection failure.
+    pub fn validate(&self) -> BackendResult<()> {
+        self.client().map(drop)
+    }
+
+    /// A client for the URL (parsing it connects to nothing).
+    fn client(&self) -> BackendResult<::redis::Client> {
+        if self.heartbeat_interval.is_zero()
+            || self.expiry_poll.is_zero()
+            || self.dead_after <= self.heartbeat_interval
+        {
+            return Err(BackendError::Other(
+                "redis: intervals must be positive and dead_after longer than the heartbeat".into(),
+            ));
+        }
+        ::redis::Client::open(self.url.as_str())
+            .map_err(|e| BackendError::Other(format!("redis url {:?}: {e}", self.url)))
+    }
 }
 
 impl From<&str> for RedisConfig {
@@ -148,16 +169,7 @@ impl RedisBackend {
     /// (pub/sub listener; heartbeat, sweep and expiry). Fails when Redis
     /// cannot be reached now; later outages are survived.
     pub async fn with_config(config: RedisConfig) -> BackendResult<Self> {
-        if config.heartbeat_interval.is_zero()
-            || config.expiry_poll.is_zero()
-            || config.dead_after <= config.heartbeat_interval
-        {
-            return Err(BackendError::Other(
-                "redis: intervals must be positive and dead_after longer than the heartbeat".into(),
-            ));
-        }
-        let client = ::redis::Client::open(config.url.as_str())
-            .map_err(|e| BackendError::Other(format!("redis url {:?}: {e}", config.url)))?;
+        let client = config.client()?;
         let manager_config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(config.response_timeout))
