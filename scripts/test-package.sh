@@ -100,16 +100,22 @@ cat <&3 >>"$ROOT/server.log" &
 exec 3<&-
 port=${url##*:}
 
-exec 4<>"/dev/tcp/127.0.0.1/$port"
-printf 'GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&4
-IFS= read -r -t 10 status <&4 || true
-exec 4<&-
+# One plain HTTP GET on the server's port: the whole response.
+http_get() {
+  exec 4<>"/dev/tcp/127.0.0.1/$port"
+  printf 'GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' "$1" >&4
+  timeout 10 cat <&4
+  exec 4<&-
+}
+status=$(http_get /healthz | head -1)
 [[ $status == "HTTP/1.1 200"* ]] || fail "/healthz answered: $status"
+metrics=$(http_get /metrics)
+grep -q '^mesh_connections ' <<<"$metrics" || fail "/metrics answered: $metrics"
 mesh=(env -i "$FS/usr/bin/mesh" --url "$url")
 "${mesh[@]}" publish general '{"status":"installed"}' --no-wait >/dev/null || fail "mesh publish"
 snapshot=$("${mesh[@]}" state general) || fail "mesh state"
 grep -q '"present"' <<<"$snapshot" || fail "mesh state printed $snapshot"
-ok "the unpacked server serves /healthz and Mesh clients at $url"
+ok "the unpacked server serves /healthz, /metrics and Mesh clients at $url"
 
 kill -TERM "$SERVER_PID"
 wait "$SERVER_PID" || fail "the server exited with $? on SIGTERM"

@@ -8,6 +8,7 @@ use crate::error::ServerError;
 use crate::hooks::CommandRequest;
 use crate::server::ServerHandle;
 use crate::tracking::{GuardRequest, TrackOptions};
+use bytes::Bytes;
 use mesh_protocol::payload::{
     ConnectionMetadataRequest, PublishPresenceState, RoomRequest, SetMetadataRequest,
 };
@@ -22,13 +23,33 @@ use std::time::Duration;
 
 type Reply = Result<Value, ErrorPayload>;
 
+/// What a command answers: a value to encode, or parts already encoded
+/// (a room snapshot shared with every other asker) to send in order.
+pub(crate) enum Payload {
+    /// A value, encoded for this reply alone.
+    Value(Value),
+    /// Encoded JSON, in pieces that are not copied.
+    Shared(Vec<Bytes>),
+}
+
 /// Runs one command for `conn`.
-pub(crate) async fn dispatch(conn: &mut Connection, name: &str, payload: Value) -> Reply {
+pub(crate) async fn dispatch(
+    conn: &mut Connection,
+    name: &str,
+    payload: Value,
+) -> Result<Payload, ErrorPayload> {
+    match name {
+        command::JOIN_ROOM => join_room(conn, room_of(payload)?).await,
+        command::SUBSCRIBE_PRESENCE => subscribe_presence(conn, room_of(payload)?).await,
+        _ => run(conn, name, payload).await.map(Payload::Value),
+    }
+}
+
+/// Runs a command whose reply is built for this asker alone.
+async fn run(conn: &mut Connection, name: &str, payload: Value) -> Reply {
     match name {
         command::NOOP => Ok(json!(true)),
-        command::JOIN_ROOM => join_room(conn, room_of(payload)?).await,
         command::LEAVE_ROOM => leave_room(conn, room_of(payload)?).await,
-        command::SUBSCRIBE_PRESENCE => subscribe_presence(conn, room_of(payload)?).await,
         command::UNSUBSCRIBE_PRESENCE => unsubscribe_presence(conn, room_of(payload)?),
         command::PUBLISH_PRESENCE_STATE => publish_presence_state(conn, parse(payload)?).await,
         command::CLEAR_PRESENCE_STATE => clear_presence_state(conn, room_of(payload)?).await,
@@ -156,7 +177,7 @@ async fn guard_allows(
         .await)
 }
 
-async fn join_room(conn: &mut Connection, room: String) -> Reply {
+async fn join_room(conn: &mut Connection, room: String) -> Result<Payload, ErrorPayload> {
     let shared = conn.server.shared.clone();
     if !conn.rooms.contains_key(&room) {
         let max = shared.config.limits.max_rooms_per_connection;
@@ -166,13 +187,30 @@ async fn join_room(conn: &mut Connection, room: String) -> Reply {
                 format!("a connection may be in at most {max} rooms"),
             ));
         }
-        shared
-            .backend
+        let backend = &shared.backend;
+        let max = shared.config.limits.max_room_members;
+        if backend.room_size(&room).await.map_err(backend_error)? >= max {
+            return Err(room_full(max));
+        }
+        let joined = backend
             .join_room(&room, &conn.id)
             .await
             .map_err(backend_error)?;
+        // Joins racing for the last places (from several instances) may
+        // all pass the check above; the ones past the limit back out.
+        if joined && backend.room_size(&room).await.map_err(backend_error)? > max {
+            backend
+                .leave_room(&room, &conn.id)
+                .await
+                .map_err(backend_error)?;
+            return Err(room_full(max));
+        }
         conn.rooms
             .insert(room.clone(), shared.tracker.lookup(&room));
+        conn.server
+            .interest_gained(&room)
+            .await
+            .map_err(server_error)?;
     }
     // Marking presence again on a repeated join restores a presence whose
     // TTL lapsed (a stalled client rejoining) and refreshes it otherwise.
@@ -193,17 +231,23 @@ async fn join_room(conn: &mut Connection, room: String) -> Reply {
                 .map_err(server_error)?;
         }
     }
-    let members = shared
+    let present = shared
         .backend
-        .room_members(&room)
+        .members_snapshot(&room)
         .await
         .map_err(backend_error)?;
-    let present = conn
-        .server
-        .with_metadata(members)
-        .await
-        .map_err(server_error)?;
-    Ok(json!({ "success": true, "present": present }))
+    Ok(Payload::Shared(vec![
+        Bytes::from_static(br#"{"success":true,"present":"#),
+        present,
+        Bytes::from_static(b"}"),
+    ]))
+}
+
+fn room_full(max: usize) -> ErrorPayload {
+    ErrorPayload::new(
+        ErrorCode::TooLarge,
+        format!("the room is full: a room may have at most {max} members"),
+    )
 }
 
 async fn leave_room(conn: &mut Connection, room: String) -> Reply {
@@ -216,8 +260,8 @@ async fn leave_room(conn: &mut Connection, room: String) -> Reply {
     Ok(json!({ "success": true }))
 }
 
-/// Takes `conn` out of `room`; in a tracked room also removes its presence
-/// and state and announces the `leave`.
+/// Takes `conn` (a local connection) out of `room`; in a tracked room also
+/// removes its presence and state and announces the `leave`.
 pub(crate) async fn leave(
     server: &ServerHandle,
     conn: &str,
@@ -225,6 +269,7 @@ pub(crate) async fn leave(
     tracked: bool,
 ) -> Result<(), ServerError> {
     let backend = &server.shared.backend;
+    server.interest_lost(room);
     backend.leave_room(room, conn).await?;
     if tracked && backend.mark_absent(room, conn).await? {
         server
@@ -242,13 +287,13 @@ fn refused() -> Value {
     json!({ "success": false, "present": [] })
 }
 
-async fn subscribe_presence(conn: &mut Connection, room: String) -> Reply {
+async fn subscribe_presence(conn: &mut Connection, room: String) -> Result<Payload, ErrorPayload> {
     let shared = conn.server.shared.clone();
     let Some(track) = shared.tracker.lookup(&room) else {
-        return Ok(refused());
+        return Ok(Payload::Value(refused()));
     };
     if !guard_allows(conn, &room, &track).await? {
-        return Ok(refused());
+        return Ok(Payload::Value(refused()));
     }
     if !conn.subscriptions.contains(&room) {
         let max = shared.config.limits.max_rooms_per_connection;
@@ -262,17 +307,36 @@ async fn subscribe_presence(conn: &mut Connection, room: String) -> Reply {
         // then delivered, never lost.
         shared.subscribers.add(&room, &conn.id, conn.outbox.clone());
         conn.subscriptions.insert(room.clone());
+        // And make sure the backend delivers the room here before the
+        // snapshot is read.
+        conn.server
+            .interest_gained(&room)
+            .await
+            .map_err(server_error)?;
     }
-    let ids = shared.backend.present(&room).await.map_err(backend_error)?;
-    let present = conn.server.with_metadata(ids).await.map_err(server_error)?;
-    let states = shared.backend.states(&room).await.map_err(backend_error)?;
-    Ok(json!({ "success": true, "present": present, "states": states }))
+    let backend = &shared.backend;
+    let present = backend
+        .present_snapshot(&room)
+        .await
+        .map_err(backend_error)?;
+    let states = backend
+        .states_snapshot(&room)
+        .await
+        .map_err(backend_error)?;
+    Ok(Payload::Shared(vec![
+        Bytes::from_static(br#"{"success":true,"present":"#),
+        present,
+        Bytes::from_static(br#","states":"#),
+        states,
+        Bytes::from_static(b"}"),
+    ]))
 }
 
 fn unsubscribe_presence(conn: &mut Connection, room: String) -> Reply {
     let was = conn.subscriptions.remove(&room);
     if was {
         conn.server.shared.subscribers.remove(&room, &conn.id);
+        conn.server.interest_lost(&room);
     }
     Ok(json!(was))
 }

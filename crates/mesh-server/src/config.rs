@@ -17,9 +17,17 @@ pub struct Limits {
     pub max_state_bytes: usize,
     /// Most rooms one connection may be in (and, separately, subscribed to).
     pub max_rooms_per_connection: usize,
-    /// Most bytes queued to one connection; a consumer that falls this far
-    /// behind is disconnected rather than buffered without bound.
+    /// Most bytes of pushes (presence updates, pings) queued to one
+    /// connection; a consumer whose backlog grows past this is disconnected
+    /// rather than buffered without bound. Replies to the connection's own
+    /// requests do not count: one is sent whatever its size, and while more
+    /// than this many reply bytes wait, the connection's next requests are
+    /// not read.
     pub max_queued_bytes: usize,
+    /// Most members in one room; a join past it gets `ETOOLARGE`. This
+    /// bounds the largest snapshot a room can produce (see
+    /// [`Limits::max_reply_bytes`]).
+    pub max_room_members: usize,
     /// Frames that are not a Mesh envelope tolerated per minute; past that
     /// the connection is closed with 1008.
     pub max_bad_frames: u32,
@@ -38,10 +46,32 @@ impl Default for Limits {
             max_state_bytes: mesh_protocol::DEFAULT_MAX_STATE_BYTES,
             max_rooms_per_connection: mesh_protocol::DEFAULT_MAX_ROOMS_PER_CONNECTION,
             max_queued_bytes: 1024 * 1024,
+            max_room_members: DEFAULT_MAX_ROOM_MEMBERS,
             max_bad_frames: 100,
             max_requests_per_second: 0,
             handshake_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// Default of [`Limits::max_room_members`]. Hosted presence services cap
+/// presence channels at 100 (Pusher) or 200 (Ably) members; presence is
+/// most useful in big rooms (a company-wide channel, a live event), and a
+/// 10,000-member room is well within what one instance serves, while still
+/// bounding a full room's snapshot to a known size.
+pub const DEFAULT_MAX_ROOM_MEMBERS: usize = 10_000;
+
+impl Limits {
+    /// The largest reply the server sends: a snapshot of a full room in
+    /// which every member has metadata and a state of the largest size
+    /// allowed, plus room for the envelope. Anything larger (a custom
+    /// command's answer, say) is refused with `ETOOLARGE`.
+    pub fn max_reply_bytes(&self) -> usize {
+        // Per member: its id, metadata and state, and the JSON around them.
+        let per_member = self.max_state_bytes.saturating_mul(2).saturating_add(256);
+        self.max_room_members
+            .saturating_mul(per_member)
+            .saturating_add(self.max_frame_bytes)
     }
 }
 
@@ -72,6 +102,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// See [`Limits::max_reply_bytes`].
+    pub(crate) fn max_reply_bytes(&self) -> usize {
+        self.limits.max_reply_bytes()
+    }
+
     /// How long a connection may go without a pong before it is closed:
     /// one interval per tolerated missed pong, plus the one in flight.
     pub(crate) fn liveness_window(&self) -> Duration {

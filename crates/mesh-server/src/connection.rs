@@ -5,15 +5,19 @@
 //! owns the writing half and drains the connection's [`Outbox`]. Replies
 //! and presence pushes both go through the outbox, so they reach the client
 //! in the order they were produced.
+//!
+//! A connection is alive while it answers pings, or while it is still
+//! reading what we sent it: a ping stuck behind our own backlog to it is
+//! our delay, not the client's.
 
-use crate::commands;
-use crate::fanout::{Outbox, OutboxState};
+use crate::commands::{self, Payload};
 use crate::handshake::{self, Request};
 use crate::hooks::{ConnectionInfo, DisconnectInfo};
+use crate::outbox::{self, Kind, Outbox, Outgoing, ReadSide};
 use crate::server::ServerHandle;
 use crate::tracking::TrackOptions;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use mesh_protocol::{command, DecodeError, ErrorCode, ErrorPayload, Frame, Strategy};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -23,18 +27,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-type Socket = WebSocketStream<TcpStream>;
+/// The reading side of a connection's WebSocket; writes go through the
+/// outbox.
+type Socket = WebSocketStream<ReadSide>;
 
 /// Longest we wait for a closing connection's last bytes to leave.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
-/// Most bytes the writer batches before flushing.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Whether `name` is a command the server handles itself.
 pub(crate) fn is_builtin(name: &str) -> bool {
@@ -71,6 +76,12 @@ pub(crate) async fn serve(
     let (head, key) = match request {
         Request::Plain { status, body } => {
             let _ = handshake::respond(&mut stream, status, body).await;
+            return;
+        }
+        Request::Metrics => {
+            let body = shared.metrics.render();
+            let _ = handshake::respond_typed(&mut stream, 200, crate::metrics::CONTENT_TYPE, &body)
+                .await;
             return;
         }
         Request::Upgrade { head, key } => (head, key),
@@ -123,15 +134,18 @@ pub(crate) async fn serve(
         let _ = shared.backend.remove_metadata(&id).await;
         return;
     }
+    let (read, write) = stream.into_split();
+    let outbox = Outbox::new(shared.config.limits.max_queued_bytes);
+    let writer = tokio::spawn(outbox::write_loop(write, outbox.clone()));
     let socket = WebSocketStream::from_partially_read(
-        stream,
+        ReadSide::new(read, outbox.clone()),
         head.leftover,
         Role::Server,
         Some(shared.ws_config),
     )
     .await;
-    Connection::new(id, server.clone(), shutdown.clone())
-        .run(socket, peer, shutdown)
+    Connection::new(id, server.clone(), outbox, shutdown.clone())
+        .run(socket, writer, peer, shutdown)
         .await;
 }
 
@@ -174,7 +188,6 @@ pub(crate) struct Connection {
     pub(crate) id: String,
     pub(crate) server: ServerHandle,
     pub(crate) outbox: Outbox,
-    outbox_rx: Option<mpsc::UnboundedReceiver<Message>>,
     /// Joined rooms, with their tracking options when tracked.
     pub(crate) rooms: HashMap<String, Option<Arc<TrackOptions>>>,
     /// Rooms whose presence this connection is subscribed to.
@@ -224,9 +237,13 @@ impl RateLimiter {
 }
 
 impl Connection {
-    fn new(id: String, server: ServerHandle, shutdown: watch::Receiver<bool>) -> Self {
+    fn new(
+        id: String,
+        server: ServerHandle,
+        outbox: Outbox,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         let limits = &server.shared.config.limits;
-        let (outbox, rx) = Outbox::new(limits.max_queued_bytes);
         let requests = RateLimiter::new(limits.max_requests_per_second, Instant::now());
         let now = Instant::now();
         Connection {
@@ -234,7 +251,6 @@ impl Connection {
             id,
             server,
             outbox,
-            outbox_rx: Some(rx),
             rooms: HashMap::new(),
             subscriptions: HashSet::new(),
             latency_sent: None,
@@ -245,21 +261,19 @@ impl Connection {
         }
     }
 
-    async fn run(mut self, socket: Socket, peer: SocketAddr, mut shutdown: watch::Receiver<bool>) {
-        let (sink, mut stream) = socket.split();
-        let Some(rx) = self.outbox_rx.take() else {
-            return;
-        };
-        let outbox_state = self.outbox.state();
-        let mut writer = tokio::spawn(write_loop(sink, rx, outbox_state.clone()));
+    async fn run(
+        mut self,
+        mut stream: Socket,
+        mut writer: JoinHandle<()>,
+        peer: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let shared = self.server.shared.clone();
         shared.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(id = %self.id, %peer, "connected");
         self.send(Frame::push(command::ASSIGN_ID, json!(self.id)));
 
-        let ending = self
-            .event_loop(&mut stream, &mut shutdown, &outbox_state)
-            .await;
+        let ending = self.event_loop(&mut stream, &mut shutdown).await;
         tracing::debug!(id = %self.id, ?ending, "closing");
         if ending != Ending::PeerGone && ending != Ending::Shutdown {
             tracing::info!(id = %self.id, %peer, ?ending, "connection closed by server");
@@ -270,11 +284,14 @@ impl Connection {
         // otherwise the close frame is the last message it sends.
         for room in &self.subscriptions {
             shared.subscribers.remove(room, &self.id);
+            self.server.interest_lost(room);
         }
         if ending == Ending::SlowConsumer {
+            shared.metrics.slow_consumers_dropped.inc();
             writer.abort();
         } else {
-            self.outbox.push(Message::Close(ending.close_frame()));
+            self.outbox
+                .push(Outgoing::close(ending.close_frame().as_ref()));
         }
         self.cleanup().await;
         if tokio::time::timeout(WRITER_GRACE, &mut writer)
@@ -289,10 +306,10 @@ impl Connection {
 
     async fn event_loop(
         &mut self,
-        stream: &mut SplitStream<Socket>,
+        stream: &mut Socket,
         shutdown: &mut watch::Receiver<bool>,
-        outbox_state: &OutboxState,
     ) -> Ending {
+        let outbox = self.outbox.clone();
         let config = self.server.shared.config.clone();
         let mut ping =
             tokio::time::interval_at(Instant::now() + config.ping_interval, config.ping_interval);
@@ -309,19 +326,31 @@ impl Connection {
             if deadline.deadline() != self.alive_until {
                 deadline.as_mut().reset(self.alive_until);
             }
+            // While our replies to it pile up, read no more requests: a
+            // client that asks without reading slows only itself.
+            let backlogged = outbox.replies_backlogged();
             tokio::select! {
                 biased;
                 _ = crate::server::stopped(shutdown) => return Ending::Shutdown,
-                _ = outbox_state.overflowed() => return Ending::SlowConsumer,
-                _ = &mut deadline => return Ending::Unresponsive,
+                _ = outbox.overflowed() => return Ending::SlowConsumer,
+                _ = &mut deadline => {
+                    // Still taking in what we send it? Then its pong is
+                    // late behind our own backlog to it, not missing.
+                    let progress = outbox.last_progress() + config.liveness_window();
+                    if progress <= Instant::now() {
+                        return Ending::Unresponsive;
+                    }
+                    self.alive_until = progress;
+                }
+                _ = outbox.drained(), if backlogged => {}
                 _ = ping.tick() => {
-                    self.send(Frame::push(command::PING, json!({})));
+                    self.heartbeat(Frame::push(command::PING, json!({})));
                 }
                 _ = latency.tick() => {
                     self.latency_sent = Some(Instant::now());
-                    self.send(Frame::push(command::LATENCY_REQUEST, json!({})));
+                    self.heartbeat(Frame::push(command::LATENCY_REQUEST, json!({})));
                 }
-                msg = stream.next() => match msg {
+                msg = stream.next(), if !backlogged => match msg {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(ending) = self.on_text(text.as_str()).await {
                             return ending;
@@ -374,14 +403,14 @@ impl Connection {
                         ErrorCode::TooLarge,
                         format!("frame is {len} bytes; the limit is {max}"),
                     );
-                    self.send(Frame::error_reply(id, command, &error));
+                    self.reply(Frame::error_reply(id, command, &error));
                 }
                 None
             }
             Err(e) => {
                 if let Some(id) = e.request_id() {
                     let error = ErrorPayload::new(ErrorCode::Invalid, e.to_string());
-                    self.send(Frame::error_reply(Some(id), command_of(text), &error));
+                    self.reply(Frame::error_reply(Some(id), command_of(text), &error));
                 }
                 self.count_bad_frame().then_some(Ending::Garbage)
             }
@@ -413,11 +442,10 @@ impl Connection {
                     ))
                 };
                 if let Some(id) = id {
-                    let payload = match result {
-                        Ok(value) => value,
-                        Err(error) => error.to_value(),
-                    };
-                    self.send(Frame::reply(Some(id), command, payload));
+                    match result {
+                        Ok(payload) => self.reply_with(id, command, payload),
+                        Err(error) => self.reply(Frame::error_reply(Some(id), command, &error)),
+                    }
                 } else if let Err(error) = result {
                     tracing::debug!(id = %self.id, %command, %error, "fire-and-forget command failed");
                 }
@@ -437,9 +465,55 @@ impl Connection {
         }
     }
 
-    /// Queues a frame to this connection.
+    /// Queues a push to this connection.
     pub(crate) fn send(&self, frame: Frame) {
-        self.outbox.push_text(frame.encode());
+        self.outbox
+            .push(Outgoing::text(Kind::Push, &frame.encode()));
+    }
+
+    /// Queues a ping or latency probe.
+    fn heartbeat(&self, frame: Frame) {
+        self.outbox
+            .push(Outgoing::text(Kind::Heartbeat, &frame.encode()));
+    }
+
+    /// Queues a reply to one of this connection's requests.
+    fn reply(&self, frame: Frame) {
+        self.outbox
+            .push(Outgoing::text(Kind::Reply, &frame.encode()));
+    }
+
+    /// Queues the reply to request `id`: `payload` as it is, or, when it is
+    /// larger than any reply may be, an `ETOOLARGE` error in its place.
+    fn reply_with(&self, id: u64, command: String, payload: Payload) {
+        let frame = match payload {
+            Payload::Value(value) => Outgoing::text(
+                Kind::Reply,
+                &Frame::reply(Some(id), &command, value).encode(),
+            ),
+            // The envelope around a body shared with other askers.
+            Payload::Shared(body) => {
+                let head = Frame::reply(Some(id), &command, Value::Null).encode();
+                // The payload is encoded last: `..."payload":null}`.
+                let head = head.strip_suffix("null}").unwrap_or(&head);
+                let mut parts = Vec::with_capacity(body.len() + 2);
+                parts.push(Bytes::copy_from_slice(head.as_bytes()));
+                parts.extend(body);
+                parts.push(Bytes::from_static(b"}"));
+                Outgoing::text_parts(Kind::Reply, &parts)
+            }
+        };
+        let max = self.server.shared.config.max_reply_bytes();
+        if frame.len() > max {
+            let len = frame.len();
+            tracing::info!(id = %self.id, %command, len, max, "reply too large to send");
+            let error = ErrorPayload::new(
+                ErrorCode::TooLarge,
+                format!("the reply is {len} bytes; the limit is {max}"),
+            );
+            return self.reply(Frame::error_reply(Some(id), command, &error));
+        }
+        self.outbox.push(frame);
     }
 
     /// Leaves every room (announcing it where tracked), drops the
@@ -483,38 +557,4 @@ fn command_of(text: &str) -> String {
         .and_then(|c| c.command)
         .and_then(|c| c.as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-/// Drains the outbox into the socket, batching what is queued into one
-/// flush, then closes the socket once the outbox is closed.
-async fn write_loop(
-    mut sink: SplitSink<Socket, Message>,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-    state: Arc<OutboxState>,
-) {
-    while let Some(msg) = rx.recv().await {
-        let mut bytes = msg.len();
-        let mut closing = msg.is_close();
-        if sink.feed(msg).await.is_err() {
-            return;
-        }
-        while !closing && bytes < WRITE_BATCH_BYTES {
-            let Ok(msg) = rx.try_recv() else {
-                break;
-            };
-            bytes += msg.len();
-            closing = msg.is_close();
-            if sink.feed(msg).await.is_err() {
-                return;
-            }
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-        state.drained(bytes);
-        if closing {
-            break;
-        }
-    }
-    let _ = sink.close().await;
 }

@@ -1,102 +1,31 @@
-//! Outgoing messages: each connection's bounded outbox, and the local
-//! subscriber registry that turns one presence update into one encoded
-//! frame shared by every subscriber.
+//! The local subscriber registry: turns one presence update into one
+//! encoded frame shared by every subscriber on this instance.
 
 use crate::backend::UpdateSink;
+use crate::outbox::{framed_text, Kind, Outbox, Outgoing};
 use mesh_protocol::PresenceUpdate;
+use prometheus::IntCounter;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-
-/// The sending side of a connection's outgoing queue.
-///
-/// The queue is bounded in bytes, not messages: pushes are never awaited
-/// (a fan-out must not wait for its slowest subscriber), so a push that
-/// would exceed the bound is dropped and the connection is flagged as a
-/// slow consumer, which its task then closes.
-#[derive(Clone)]
-pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<Message>,
-    shared: Arc<OutboxState>,
-}
-
-pub(crate) struct OutboxState {
-    queued: AtomicUsize,
-    limit: usize,
-    overflowed: AtomicBool,
-    overflow: Notify,
-}
-
-impl OutboxState {
-    /// The writer reports bytes that left the queue.
-    pub(crate) fn drained(&self, bytes: usize) {
-        self.queued.fetch_sub(bytes, Ordering::AcqRel);
-    }
-
-    /// Resolves once the queue has overflowed.
-    pub(crate) async fn overflowed(&self) {
-        if self.overflowed.load(Ordering::Acquire) {
-            return;
-        }
-        self.overflow.notified().await;
-    }
-}
-
-impl Outbox {
-    /// A new outbox bounded to `limit` queued bytes, and its receiving side.
-    pub(crate) fn new(limit: usize) -> (Self, mpsc::UnboundedReceiver<Message>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(OutboxState {
-            queued: AtomicUsize::new(0),
-            limit,
-            overflowed: AtomicBool::new(false),
-            overflow: Notify::new(),
-        });
-        (Outbox { tx, shared }, rx)
-    }
-
-    pub(crate) fn state(&self) -> Arc<OutboxState> {
-        self.shared.clone()
-    }
-
-    /// Queues a message; `false` if the connection is gone or too far
-    /// behind (it is then flagged for closing).
-    pub(crate) fn push(&self, msg: Message) -> bool {
-        if self.shared.overflowed.load(Ordering::Relaxed) {
-            return false;
-        }
-        let len = msg.len();
-        let before = self.shared.queued.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.shared.limit {
-            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
-            self.shared.overflowed.store(true, Ordering::Release);
-            self.shared.overflow.notify_one();
-            return false;
-        }
-        if self.tx.send(msg).is_err() {
-            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
-    /// Queues a text frame.
-    pub(crate) fn push_text(&self, text: String) -> bool {
-        self.push(Message::Text(text.into()))
-    }
-}
+use std::sync::RwLock;
 
 /// This instance's presence subscribers, by room. The backend delivers
 /// every update here; the update is encoded once and the same bytes are
 /// queued to each local subscriber of its room.
-#[derive(Default)]
 pub(crate) struct Subscribers {
     rooms: RwLock<HashMap<String, HashMap<String, Outbox>>>,
+    /// Bumped once per fan-out by the number of subscribers reached.
+    deliveries: IntCounter,
 }
 
 impl Subscribers {
+    /// An empty registry counting its deliveries in `deliveries`.
+    pub(crate) fn new(deliveries: IntCounter) -> Self {
+        Subscribers {
+            rooms: RwLock::default(),
+            deliveries,
+        }
+    }
+
     /// Subscribes a connection; `false` if it already was.
     pub(crate) fn add(&self, room: &str, conn: &str, outbox: Outbox) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|p| p.into_inner());
@@ -127,11 +56,12 @@ impl UpdateSink for Subscribers {
         let Some(subs) = rooms.get(update.room_name()) else {
             return;
         };
-        // Encoded once; each clone below shares the same bytes.
-        let text = Utf8Bytes::from(update.to_frame_text());
+        // Encoded and framed once; each clone below shares the same bytes.
+        let frame = framed_text(&update.to_frame_text());
         for outbox in subs.values() {
-            outbox.push(Message::Text(text.clone()));
+            outbox.push(Outgoing::shared(Kind::Push, frame.clone()));
         }
+        self.deliveries.inc_by(subs.len() as u64);
     }
 }
 
@@ -140,41 +70,19 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn outbox_overflow_flags_the_connection() {
-        let (outbox, mut rx) = Outbox::new(10);
-        assert!(outbox.push_text("12345".into()));
-        assert!(!outbox.push_text("1234567".into()));
-        // Flagged: later pushes are refused even if they would fit.
-        assert!(!outbox.push_text("1".into()));
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            outbox.state().overflowed(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(rx.recv().await.unwrap().len(), 5);
-    }
-
-    #[tokio::test]
     async fn one_encoding_shared_by_all_subscribers() {
-        let subs = Subscribers::default();
-        let (a, mut ra) = Outbox::new(1 << 20);
-        let (b, mut rb) = Outbox::new(1 << 20);
-        subs.add("r", "a", a);
-        subs.add("r", "b", b);
+        let subs = Subscribers::new(crate::metrics::deliveries_counter());
+        let (a, b) = (Outbox::new(1 << 20), Outbox::new(1 << 20));
+        subs.add("r", "a", a.clone());
+        subs.add("r", "b", b.clone());
         subs.deliver(&PresenceUpdate::Join {
             connection_id: "x".into(),
             room_name: "r".into(),
             timestamp: 1,
         });
-        let (Message::Text(ta), Message::Text(tb)) =
-            (ra.recv().await.unwrap(), rb.recv().await.unwrap())
-        else {
-            panic!("text frames expected");
-        };
-        assert_eq!(ta, tb);
+        let (fa, fb) = (a.take_one().await, b.take_one().await);
         // Same allocation, not two encodings.
-        assert_eq!(ta.as_str().as_ptr(), tb.as_str().as_ptr());
+        assert_eq!(fa.first_part().as_ptr(), fb.first_part().as_ptr());
         assert!(subs.remove("r", "a"));
         assert!(!subs.remove("r", "a"));
     }

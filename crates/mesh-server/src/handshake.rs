@@ -1,5 +1,6 @@
 //! The HTTP side of a new TCP connection: read the request head, answer
-//! `GET /healthz`, check the `Origin`, and complete the WebSocket upgrade.
+//! `GET /healthz` and `GET /metrics`, check the `Origin`, and complete the
+//! WebSocket upgrade.
 //!
 //! We parse the head ourselves rather than through tungstenite's
 //! `accept_hdr_async`, because we must answer plain HTTP (health checks)
@@ -50,6 +51,8 @@ pub(crate) enum Request {
     Upgrade { head: RequestHead, key: String },
     /// A plain HTTP request, already decided: the status and body to send.
     Plain { status: u16, body: &'static str },
+    /// `GET /metrics`: the caller renders them.
+    Metrics,
 }
 
 /// Reads and classifies the request head, within `timeout`.
@@ -129,6 +132,8 @@ fn classify(req: &httparse::Request<'_, '_>, leftover: Vec<u8>) -> Request {
                 status: 200,
                 body: "ok\n",
             }
+        } else if head.path == "/metrics" {
+            Request::Metrics
         } else {
             Request::Plain {
                 status: 426,
@@ -160,8 +165,19 @@ pub(crate) async fn respond(
     status: u16,
     body: &str,
 ) -> std::io::Result<()> {
+    respond_typed(stream, status, "text/plain", body).await
+}
+
+/// Writes a complete plain HTTP response with this content type and closes
+/// our side.
+pub(crate) async fn respond_typed(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let response = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         reason_phrase(status),
         body.len()
     );

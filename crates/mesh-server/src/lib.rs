@@ -30,14 +30,20 @@
 //! Layout, in the order a connection meets it:
 //!
 //! * [`server`]: the builder, the running server and its [`ServerHandle`].
-//! * `handshake`: HTTP request head, `GET /healthz`, `Origin` check, upgrade.
+//! * `handshake`: HTTP request head, `GET /healthz`, `GET /metrics`,
+//!   `Origin` check, upgrade.
 //! * `connection`: the task that owns a socket: heartbeat, frames, cleanup.
 //! * `commands`: one function per built-in command.
-//! * `fanout`: per-connection bounded outboxes, and the subscriber registry
-//!   that encodes each presence update once for all local subscribers.
+//! * `outbox`: the write path: each connection's queue of encoded frames
+//!   (bounded for pushes) and the writer task that drains it.
+//! * `fanout`: the subscriber registry that encodes each presence update
+//!   once for all local subscribers.
+//! * `interest`: the rooms this instance has someone in, which are the
+//!   only rooms whose updates it receives from other instances.
 //! * [`backend`]: the [`Backend`] trait, the [`MemoryBackend`], and the
 //!   [`RedisBackend`] that lets several instances share presence.
 //! * [`tracking`]: tracked-room patterns, presence TTL and guards.
+//! * `metrics`: the Prometheus metrics behind `GET /metrics`.
 //! * [`hooks`]: what embedders plug in (connection hooks, custom commands).
 
 #![warn(missing_docs)]
@@ -50,11 +56,16 @@ mod error;
 mod fanout;
 mod handshake;
 pub mod hooks;
+mod interest;
+mod metrics;
+mod outbox;
 pub mod server;
 pub mod tracking;
 
-pub use backend::{Backend, BackendError, MemoryBackend, RedisBackend, RedisConfig, UpdateSink};
-pub use config::Limits;
+pub use backend::{
+    Backend, BackendError, BackendStats, MemoryBackend, RedisBackend, RedisConfig, UpdateSink,
+};
+pub use config::{Limits, DEFAULT_MAX_ROOM_MEMBERS};
 pub use error::ServerError;
 pub use hooks::{CommandRequest, ConnectionInfo, DisconnectInfo, Refusal};
 pub use server::{RunningServer, Server, ServerBuilder, ServerHandle};

@@ -74,6 +74,9 @@ struct Args {
     /// Most bytes queued to one connection before it is dropped as a slow consumer.
     #[arg(long, env = "MESH_MAX_QUEUED_BYTES", default_value_t = 1024 * 1024, value_parser = parse_positive)]
     max_queued_bytes: usize,
+    /// Most members in one room; a join past it is refused (ETOOLARGE).
+    #[arg(long, env = "MESH_MAX_ROOM_MEMBERS", default_value_t = mesh_server::DEFAULT_MAX_ROOM_MEMBERS)]
+    max_room_members: usize,
     /// Share rooms, presence and metadata with other instances through
     /// Redis: `redis://HOST:PORT/DB`. Default: in memory, this instance only.
     #[arg(long, env = "MESH_REDIS_URL")]
@@ -181,6 +184,7 @@ fn configure(args: &Args) -> Result<ServerBuilder, Box<dyn std::error::Error>> {
         .max_state_bytes(args.max_state_bytes)
         .max_rooms_per_connection(args.max_rooms)
         .max_queued_bytes(args.max_queued_bytes)
+        .max_room_members(args.max_room_members)
         .max_bad_frames(args.max_bad_frames)
         .max_requests_per_second(args.max_requests_per_second);
     if let Some(url) = &args.redis {

@@ -10,6 +10,8 @@ use crate::hooks::{
     command_handler, connect_hook, disconnect_hook, CommandHandler, CommandRequest, ConnectHook,
     ConnectionInfo, DisconnectHook, DisconnectInfo, Refusal,
 };
+use crate::interest::Interest;
+use crate::metrics::Metrics;
 use crate::tracking::{TrackOptions, Tracker};
 use mesh_protocol::payload::Member;
 use mesh_protocol::{ErrorPayload, PresenceUpdate, Strategy};
@@ -167,10 +169,18 @@ impl ServerBuilder {
         self
     }
 
-    /// Most bytes queued to one connection before it is dropped as a slow
-    /// consumer (default 1 MiB).
+    /// Most bytes of pushes queued to one connection before it is dropped
+    /// as a slow consumer (default 1 MiB). Replies to its own requests are
+    /// not counted (see [`Limits::max_queued_bytes`]).
     pub fn max_queued_bytes(mut self, n: usize) -> Self {
         self.config.limits.max_queued_bytes = n;
+        self
+    }
+
+    /// Most members in one room (default 10,000); a join past it is
+    /// refused with `ETOOLARGE`.
+    pub fn max_room_members(mut self, n: usize) -> Self {
+        self.config.limits.max_room_members = n;
         self
     }
 
@@ -291,12 +301,22 @@ impl ServerBuilder {
             .write_buffer_size(8 * 1024)
             .max_message_size(Some(limits.max_frame_bytes.saturating_mul(4)))
             .max_frame_size(Some(limits.max_frame_bytes.saturating_mul(4)));
-        let subscribers = Arc::new(Subscribers::default());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let deliveries = crate::metrics::deliveries_counter();
+        let subscribers = Arc::new(Subscribers::new(deliveries.clone()));
+        let interest = Arc::new(Interest::default());
+        let rooms = {
+            let interest = interest.clone();
+            Arc::new(move || interest.room_count())
+        };
+        let metrics = Metrics::new(backend.clone(), connections.clone(), rooms, deliveries);
         backend.attach(subscribers.clone()).await?;
         let shared = Arc::new(Shared {
             instance_id: new_instance_id(),
             next_id: AtomicU64::new(1),
-            connections: AtomicUsize::new(0),
+            connections,
+            metrics,
+            interest,
             config: self.config,
             ws_config,
             backend,
@@ -329,7 +349,9 @@ fn new_instance_id() -> String {
 pub(crate) struct Shared {
     pub(crate) instance_id: String,
     next_id: AtomicU64,
-    pub(crate) connections: AtomicUsize,
+    pub(crate) connections: Arc<AtomicUsize>,
+    pub(crate) metrics: Metrics,
+    pub(crate) interest: Arc<Interest>,
     pub(crate) config: Config,
     pub(crate) ws_config: WebSocketConfig,
     pub(crate) backend: Arc<dyn Backend>,
@@ -532,6 +554,20 @@ impl ServerHandle {
                 metadata: metadata.unwrap_or(Value::Null),
             })
             .collect())
+    }
+
+    /// One more local member or subscriber in `room`; returns once the
+    /// backend delivers the room's updates to this instance, so that a
+    /// snapshot read afterwards cannot miss an update.
+    pub(crate) async fn interest_gained(&self, room: &str) -> Result<(), ServerError> {
+        self.shared.interest.add(room);
+        Ok(self.shared.backend.watch_room(room).await?)
+    }
+
+    /// One fewer local member or subscriber in `room`.
+    pub(crate) fn interest_lost(&self, room: &str) {
+        self.shared.interest.remove(room);
+        self.shared.backend.unwatch_room(room);
     }
 
     /// Publishes a presence update through the backend.

@@ -6,9 +6,9 @@
 mod common;
 
 use common::redis::{self as test_redis, RedisServer};
-use common::{assert_update, error_code, Peer, WAIT};
+use common::{assert_update, error_code, metric, scrape, Peer, WAIT};
 use mesh_protocol::{command, PresenceUpdate};
-use mesh_server::{RedisBackend, RunningServer, Server, TrackOptions};
+use mesh_server::{RedisBackend, RedisConfig, RunningServer, Server, TrackOptions};
 use serde_json::json;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -155,7 +155,7 @@ async fn malformed_pubsub_messages_are_ignored() {
 
     let client = redis::Client::open(test_redis::url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let channel = format!("{prefix}presence:updates");
+    let channel = format!("{prefix}room:{{r}}:updates");
     for junk in [
         "no separator",
         "x|{not json",
@@ -197,12 +197,12 @@ async fn unreachable_redis_is_a_clear_error() {
     assert!(err.to_string().contains("redis"), "{err}");
 }
 
-/// Starts the `mesh-server` binary on the tests' Redis; returns it and its
-/// WebSocket URL.
-async fn spawn_binary(prefix: &str) -> (tokio::process::Child, String) {
+/// Starts the `mesh-server` binary on the Redis at `url`; returns it and
+/// its WebSocket URL.
+async fn spawn_binary(url: &str, prefix: &str) -> (tokio::process::Child, String) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-server"))
         .args(["--addr", "127.0.0.1:0", "--redis"])
-        .arg(test_redis::url())
+        .arg(url)
         .args(["--redis-prefix", prefix, "--track", ".*"])
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
@@ -235,7 +235,7 @@ async fn spawn_binary(prefix: &str) -> (tokio::process::Child, String) {
 async fn killed_instance_users_leave_within_ten_seconds() {
     let prefix = test_redis::unique_prefix();
     let survivor = server_on(test_redis::backend(&prefix).await).await;
-    let (mut doomed, doomed_url) = spawn_binary(&prefix).await;
+    let (mut doomed, doomed_url) = spawn_binary(&test_redis::url(), &prefix).await;
 
     let mut a = Peer::connect(&survivor.url()).await;
     a.subscribe("r").await;
@@ -362,6 +362,163 @@ async fn presence_recovers_after_redis_restarts() {
     assert_update(&a.next_update().await, "state", &b.id, "r");
     a.sync().await;
     assert_eq!(a.pending_updates(), 0);
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+/// The pid of the redis-server behind `url`.
+async fn redis_pid(url: &str) -> String {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .expect("redis reports its pid")
+        .trim()
+        .to_string()
+}
+
+/// Sends a signal (`STOP`, `CONT`) to a process.
+fn signal(pid: &str, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test]
+async fn redis_pause_sweeps_only_the_dead() {
+    let redis_server = RedisServer::start();
+    let url = redis_server.url();
+    let prefix = test_redis::unique_prefix();
+    // Fast liveness, so that the pause below is long enough to make every
+    // heartbeat look dead.
+    let config = RedisConfig {
+        heartbeat_interval: Duration::from_millis(250),
+        dead_after: Duration::from_millis(2500),
+        ..RedisConfig::new(url.as_str()).prefix(prefix.as_str())
+    };
+    // The peers do not answer pings while the test waits out the pause.
+    let patient = |backend: RedisBackend| {
+        Server::builder()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .backend(Arc::new(backend))
+            .max_missed_pongs(100)
+            .track_presence(".*", TrackOptions::default())
+            .bind()
+    };
+    let one = patient(RedisBackend::with_config(config.clone()).await.unwrap())
+        .await
+        .unwrap();
+    let two = patient(RedisBackend::with_config(config).await.unwrap())
+        .await
+        .unwrap();
+    let (mut doomed, doomed_url) = spawn_binary(&url, &prefix).await;
+
+    let mut watcher = Peer::connect(&one.url()).await;
+    watcher.subscribe("r").await;
+    let mut a = Peer::connect(&one.url()).await;
+    let mut b = Peer::connect(&two.url()).await;
+    let mut d = Peer::connect(&doomed_url).await;
+    for peer in [&mut a, &mut b, &mut d] {
+        peer.join("r").await;
+        let id = peer.id.clone();
+        assert_update(&watcher.next_update().await, "join", &id, "r");
+    }
+
+    // Redis stops answering for longer than `dead_after`, and meanwhile
+    // one instance really dies.
+    let pid = redis_pid(&url).await;
+    signal(&pid, "STOP");
+    doomed.kill().await.expect("kill -9 the instance");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    signal(&pid, "CONT");
+
+    // The dead instance's user leaves; nobody else does.
+    assert_update(&watcher.next_update().await, "leave", &d.id, "r");
+    for peer in [&mut a, &mut b] {
+        peer.publish("r", json!({"after": "pause"})).await;
+        let id = peer.id.clone();
+        assert_update(&watcher.next_update().await, "state", &id, "r");
+    }
+    watcher.sync().await;
+    assert_eq!(watcher.pending_updates(), 0, "no leave/join churn");
+    let snap = watcher
+        .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
+        .await;
+    let mut present: Vec<String> = serde_json::from_value(snap["present"].clone()).unwrap();
+    present.sort();
+    let mut expected = vec![a.id.clone(), b.id.clone()];
+    expected.sort();
+    assert_eq!(present, expected);
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+/// `mesh_backend_messages_received_total` of a server.
+async fn received(server: &RunningServer) -> u64 {
+    metric(
+        &scrape(server.local_addr()).await,
+        "mesh_backend_messages_received_total",
+    )
+}
+
+#[tokio::test]
+async fn instances_receive_only_rooms_they_have_someone_in() {
+    let prefix = test_redis::unique_prefix();
+    let one = server_on(test_redis::backend(&prefix).await).await;
+    let two = server_on(test_redis::backend(&prefix).await).await;
+    // Room a lives on instance one, room b on instance two.
+    let mut a1 = Peer::connect(&one.url()).await;
+    a1.subscribe("a").await;
+    a1.join("a").await;
+    let mut b2 = Peer::connect(&two.url()).await;
+    b2.subscribe("b").await;
+    b2.join("b").await;
+    assert_update(&b2.next_update().await, "join", &b2.id, "b");
+    let before = received(&two).await;
+
+    // Room a is busy; instance two has nobody there.
+    for n in 0..50 {
+        a1.publish("a", json!({ "n": n })).await;
+    }
+    b2.publish("b", json!({"busy": false})).await;
+
+    // Now someone on two looks at room a. Its snapshot is complete, and
+    // the next update reaches it. Everything published in room a before
+    // reached Redis before that update, so had instance two been
+    // listening, it would have counted it by now.
+    let mut w2 = Peer::connect(&two.url()).await;
+    let snap = w2.subscribe("a").await;
+    assert_eq!(snap["present"][0]["id"], a1.id.as_str());
+    assert_eq!(snap["states"][&a1.id], json!({"n": 49}));
+    a1.publish("a", json!({"last": true})).await;
+    assert_update(&w2.next_update().await, "state", &a1.id, "a");
+    assert_eq!(
+        received(&two).await - before,
+        1,
+        "only the update after its interest began"
+    );
+
+    // Interest ends again: room a's updates stop reaching instance two.
+    // (`c` is watched after `a` is dropped, and (un)subscriptions happen
+    // in order, so once `c` is subscribed, `a` is not.)
+    w2.request(command::UNSUBSCRIBE_PRESENCE, json!({"roomName": "a"}))
+        .await;
+    w2.subscribe("c").await;
+    let before = received(&two).await;
+    for n in 0..20 {
+        a1.publish("a", json!({ "again": n })).await;
+    }
+    a1.join("c").await;
+    assert_update(&w2.next_update().await, "join", &a1.id, "c");
+    assert_eq!(received(&two).await - before, 1, "only the join in c");
     one.shutdown().await;
     two.shutdown().await;
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_update, error_code, BackendKind, Peer, WAIT};
+use common::{assert_update, error_code, metric, scrape, BackendKind, Peer, WAIT};
 use mesh_protocol::{command, PresenceUpdate, Strategy};
 use mesh_server::{DisconnectInfo, Guard, Refusal, TrackOptions};
 use serde_json::{json, Value};
@@ -902,6 +902,8 @@ async fn slow_consumer_is_dropped(kind: BackendKind) {
         }
     }
     assert!(dropped, "the slow consumer was never dropped");
+    let metrics = scrape(server.local_addr()).await;
+    assert_eq!(metric(&metrics, "mesh_slow_consumers_dropped_total"), 1);
     assert!(!server
         .handle()
         .room_members("r")
@@ -909,6 +911,163 @@ async fn slow_consumer_is_dropped(kind: BackendKind) {
         .unwrap()
         .contains(&slow_id));
     drop(slow);
+    server.shutdown().await;
+}
+
+async fn big_snapshots_reach_a_newcomer(kind: BackendKind) {
+    // Default limits: 1 MiB of queued pushes, 16 KiB per state or metadata.
+    let server = kind.serve_every_room().await;
+    let url = server.url();
+    let blob = "m".repeat(16_000);
+    // Everyone joins first, so that the join replies stay small.
+    let mut members = Vec::new();
+    for _ in 0..70 {
+        let mut p = Peer::connect(&url).await;
+        p.join("big").await;
+        members.push(p);
+    }
+    for (i, p) in members.iter_mut().enumerate() {
+        let reply = p
+            .request(
+                command::SET_MY_CONNECTION_METADATA,
+                json!({ "metadata": { "n": i, "blob": blob } }),
+            )
+            .await;
+        assert_eq!(reply["success"], true, "{reply}");
+        assert_eq!(
+            p.publish("big", json!({ "n": i, "blob": blob })).await,
+            true
+        );
+    }
+    // Each snapshot is over 1 MiB: members with their metadata, and their
+    // states. The newcomer is reading, so it gets them whole.
+    let mut newcomer = Peer::connect(&url).await;
+    let joined = newcomer.join("big").await;
+    assert_eq!(joined["present"].as_array().unwrap().len(), 71);
+    let subscribed = newcomer.subscribe("big").await;
+    assert_eq!(subscribed["success"], true);
+    let present = subscribed["present"].as_array().unwrap();
+    assert_eq!(present.len(), 71);
+    assert!(present
+        .iter()
+        .filter(|m| m["id"] != newcomer.id.as_str())
+        .all(|m| m["metadata"]["blob"] == blob.as_str()));
+    let states = subscribed["states"].as_object().unwrap();
+    assert_eq!(states.len(), 70);
+    for m in &members {
+        assert_eq!(states[&m.id]["blob"], blob.as_str());
+    }
+    // And the connection stays: updates keep coming.
+    assert_eq!(
+        members[0].publish("big", json!({ "n": "again" })).await,
+        true
+    );
+    loop {
+        if let PresenceUpdate::State { state, .. } = newcomer.next_update().await {
+            if state == Some(json!({ "n": "again" })) {
+                break;
+            }
+        }
+    }
+    server.shutdown().await;
+}
+
+async fn room_member_limit(kind: BackendKind) {
+    let server = kind
+        .builder()
+        .await
+        .max_room_members(3)
+        .track_presence(".*", TrackOptions::default())
+        .bind()
+        .await
+        .unwrap();
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let mut p = Peer::connect(&server.url()).await;
+        assert_eq!(p.join("r").await["success"], true);
+        peers.push(p);
+    }
+    let mut late = Peer::connect(&server.url()).await;
+    let reply = late.join("r").await;
+    assert_eq!(error_code(&reply).as_deref(), Some("ETOOLARGE"), "{reply}");
+    assert!(!server
+        .handle()
+        .room_members("r")
+        .await
+        .unwrap()
+        .contains(&late.id));
+    // Refused, not dropped: other rooms work, and a place that frees up
+    // can be taken.
+    assert_eq!(late.join("other").await["success"], true);
+    peers.pop();
+    let leaving = peers.len();
+    let mut last = Peer::connect(&server.url()).await;
+    assert_eq!(
+        last.join("r").await["success"],
+        true,
+        "after {leaving} stay"
+    );
+    server.shutdown().await;
+}
+
+async fn reply_too_large_to_send_is_refused(kind: BackendKind) {
+    let server = kind
+        .builder()
+        .await
+        .max_room_members(2)
+        .max_state_bytes(100)
+        .expose_command("app/huge", |_req| async move {
+            Ok(json!({ "data": "x".repeat(1 << 20) }))
+        })
+        .bind()
+        .await
+        .unwrap();
+    let mut a = Peer::connect(&server.url()).await;
+    let reply = a.request("app/huge", json!({})).await;
+    assert_eq!(error_code(&reply).as_deref(), Some("ETOOLARGE"), "{reply}");
+    // The connection stays.
+    a.sync().await;
+    server.shutdown().await;
+}
+
+async fn reading_client_is_not_unresponsive(kind: BackendKind) {
+    let interval = Duration::from_millis(100);
+    let server = kind
+        .builder()
+        .await
+        .ping_interval(interval)
+        .max_missed_pongs(1)
+        .track_presence(".*", TrackOptions::default())
+        .bind()
+        .await
+        .unwrap();
+    let mut publisher = Peer::connect(&server.url()).await;
+    publisher.join("r").await;
+    let mut reader = Peer::connect(&server.url()).await;
+    // Never answers a ping, as if every one of them were stuck behind a
+    // long backlog, but reads everything it is sent.
+    reader.auto_pong = false;
+    reader.subscribe("r").await;
+    let blob = "b".repeat(4096);
+    let started = Instant::now();
+    let mut n = 0;
+    // Ten liveness windows.
+    while started.elapsed() < interval * 20 {
+        n += 1;
+        assert_eq!(
+            publisher
+                .publish("r", json!({ "n": n, "blob": blob }))
+                .await,
+            true
+        );
+        loop {
+            match reader.next_update().await {
+                PresenceUpdate::State { state: Some(s), .. } if s["n"] == n => break,
+                _ => {}
+            }
+        }
+    }
+    reader.sync().await;
     server.shutdown().await;
 }
 
@@ -954,6 +1113,51 @@ async fn origin_allow_list_and_healthz(kind: BackendKind) {
         .unwrap()
         .unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    server.shutdown().await;
+}
+
+async fn metrics_are_served(kind: BackendKind) {
+    let server = kind.serve_every_room().await;
+    let before = scrape(server.local_addr()).await;
+    for name in [
+        "mesh_connections",
+        "mesh_rooms",
+        "mesh_deliveries_total",
+        "mesh_slow_consumers_dropped_total",
+        "mesh_backend_messages_received_total",
+        "mesh_backend_errors_total",
+    ] {
+        assert!(
+            before.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{before}"
+        );
+    }
+    assert_eq!(metric(&before, "mesh_connections"), 0);
+    assert_eq!(metric(&before, "mesh_rooms"), 0);
+
+    let mut a = Peer::connect(&server.url()).await;
+    let mut b = Peer::connect(&server.url()).await;
+    a.subscribe("m1").await;
+    b.subscribe("m1").await;
+    a.join("m1").await;
+    b.join("m2").await;
+    b.publish("m2", json!({"x": 1})).await;
+    a.publish("m1", json!({"x": 1})).await;
+    // a's join reached a and b, b's join in m2 reached nobody, a's state
+    // reached a and b.
+    for peer in [&mut a, &mut b] {
+        peer.next_update().await;
+        peer.next_update().await;
+    }
+    let after = scrape(server.local_addr()).await;
+    assert_eq!(metric(&after, "mesh_connections"), 2);
+    assert_eq!(metric(&after, "mesh_rooms"), 2);
+    assert_eq!(
+        metric(&after, "mesh_deliveries_total") - metric(&before, "mesh_deliveries_total"),
+        4
+    );
+    drop(a);
+    drop(b);
     server.shutdown().await;
 }
 
@@ -1092,9 +1296,14 @@ suite!(
     peer_vanishing_mid_request_is_cleaned_up,
     rooms_per_connection_limit,
     slow_consumer_is_dropped,
+    big_snapshots_reach_a_newcomer,
+    room_member_limit,
+    reply_too_large_to_send_is_refused,
+    reading_client_is_not_unresponsive,
     oversized_frame_beyond_hard_limit_closes,
     request_rate_is_limited,
     origin_allow_list_and_healthz,
+    metrics_are_served,
     graceful_shutdown_cleans_up,
     instances_share_presence,
 );

@@ -8,8 +8,9 @@
 //! one `MemoryBackend` (it fans out to every attached sink), which is how
 //! the tests exercise cross-instance behaviour without Redis.
 
-use super::{Backend, BackendResult, UpdateSink};
+use super::{encode_members, Backend, BackendResult, UpdateSink};
 use async_trait::async_trait;
+use bytes::Bytes;
 use mesh_protocol::{now_millis, PresenceUpdate, Strategy};
 use serde_json::{Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -59,6 +60,17 @@ struct Room {
     present: HashMap<String, Option<Instant>>,
     /// States and their expiry deadline, if any.
     states: HashMap<String, (Value, Option<Instant>)>,
+    /// Encoded snapshots, built on demand and dropped on every change.
+    snapshots: Snapshots,
+}
+
+/// A room's encoded snapshots, shared by every asker until the room
+/// changes.
+#[derive(Default)]
+struct Snapshots {
+    members: Option<Bytes>,
+    present: Option<Bytes>,
+    states: Option<Bytes>,
 }
 
 impl Room {
@@ -78,6 +90,26 @@ struct State {
 }
 
 impl State {
+    /// Forgets a room's snapshots: its members, presence, states or a
+    /// member's metadata changed.
+    fn changed(&mut self, room: &str) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.snapshots = Snapshots::default();
+        }
+    }
+
+    /// Forgets the snapshots of every room `conn` is in.
+    fn metadata_changed(&mut self, conn: &str) {
+        let State {
+            rooms, conn_rooms, ..
+        } = self;
+        for room in conn_rooms.get(conn).into_iter().flatten() {
+            if let Some(r) = rooms.get_mut(room) {
+                r.snapshots = Snapshots::default();
+            }
+        }
+    }
+
     /// Drops a room's entry once nothing refers to it any more.
     fn tidy(&mut self, room: &str) {
         if self.rooms.get(room).is_some_and(Room::is_empty) {
@@ -111,6 +143,7 @@ impl State {
                         continue;
                     }
                     r.present.remove(&conn);
+                    r.snapshots = Snapshots::default();
                     if let Some((_, Some(state_when))) = r.states.remove(&conn) {
                         self.expirations.remove(&(
                             state_when,
@@ -135,6 +168,7 @@ impl State {
                         continue;
                     }
                     r.states.remove(&conn);
+                    r.snapshots = Snapshots::default();
                     self.tidy(&room);
                     updates.push(PresenceUpdate::State {
                         connection_id: conn,
@@ -264,6 +298,7 @@ impl Backend for MemoryBackend {
             .or_default()
             .members
             .insert(conn.to_string());
+        state.changed(room);
         state
             .conn_rooms
             .entry(conn.to_string())
@@ -278,6 +313,7 @@ impl Backend for MemoryBackend {
             .rooms
             .get_mut(room)
             .is_some_and(|r| r.members.remove(conn));
+        state.changed(room);
         if let Some(rooms) = state.conn_rooms.get_mut(conn) {
             rooms.remove(room);
             if rooms.is_empty() {
@@ -295,6 +331,51 @@ impl Backend for MemoryBackend {
             .get(room)
             .map(|r| r.members.iter().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn room_size(&self, room: &str) -> BackendResult<usize> {
+        Ok(self.state().rooms.get(room).map_or(0, |r| r.members.len()))
+    }
+
+    async fn members_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+        let mut state = self.state();
+        let State {
+            rooms, metadata, ..
+        } = &mut *state;
+        let Some(r) = rooms.get_mut(room) else {
+            return Ok(Bytes::from_static(b"[]"));
+        };
+        let snapshot = r.snapshots.members.get_or_insert_with(|| {
+            encode_members(r.members.iter().map(|id| (id.as_str(), metadata.get(id))))
+        });
+        Ok(snapshot.clone())
+    }
+
+    async fn present_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+        let mut state = self.state();
+        let State {
+            rooms, metadata, ..
+        } = &mut *state;
+        let Some(r) = rooms.get_mut(room) else {
+            return Ok(Bytes::from_static(b"[]"));
+        };
+        let snapshot = r.snapshots.present.get_or_insert_with(|| {
+            encode_members(r.present.keys().map(|id| (id.as_str(), metadata.get(id))))
+        });
+        Ok(snapshot.clone())
+    }
+
+    async fn states_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+        let mut state = self.state();
+        let Some(r) = state.rooms.get_mut(room) else {
+            return Ok(Bytes::from_static(b"{}"));
+        };
+        let snapshot = r.snapshots.states.get_or_insert_with(|| {
+            let states: HashMap<&str, &Value> =
+                r.states.iter().map(|(c, (v, _))| (c.as_str(), v)).collect();
+            Bytes::from(serde_json::to_vec(&states).unwrap_or_default())
+        });
+        Ok(snapshot.clone())
     }
 
     async fn connection_rooms(&self, conn: &str) -> BackendResult<Vec<String>> {
@@ -326,6 +407,8 @@ impl Backend for MemoryBackend {
         };
         if let Some(old_when) = old {
             state.cancel(old_when, key());
+        } else {
+            state.changed(room);
         }
         if let Some(when) = when {
             self.schedule(&mut state, when, key());
@@ -360,6 +443,7 @@ impl Backend for MemoryBackend {
         };
         let was = r.present.remove(conn);
         let old_state = r.states.remove(conn);
+        r.snapshots = Snapshots::default();
         if let Some(when) = was {
             state.cancel(
                 when,
@@ -407,6 +491,7 @@ impl Backend for MemoryBackend {
             return Ok(false);
         }
         let old = r.states.insert(conn.to_string(), (value, when));
+        r.snapshots = Snapshots::default();
         let key = || Expiry::State {
             room: room.to_string(),
             conn: conn.to_string(),
@@ -429,6 +514,7 @@ impl Backend for MemoryBackend {
         else {
             return Ok(false);
         };
+        state.changed(room);
         state.cancel(
             old.1,
             Expiry::State {
@@ -464,6 +550,7 @@ impl Backend for MemoryBackend {
         let old = state.metadata.remove(conn);
         let new = strategy.apply(old, value);
         state.metadata.insert(conn.to_string(), new.clone());
+        state.metadata_changed(conn);
         Ok(new)
     }
 
@@ -480,7 +567,9 @@ impl Backend for MemoryBackend {
     }
 
     async fn remove_metadata(&self, conn: &str) -> BackendResult<()> {
-        self.state().metadata.remove(conn);
+        let mut state = self.state();
+        state.metadata.remove(conn);
+        state.metadata_changed(conn);
         Ok(())
     }
 

@@ -21,6 +21,7 @@ pub use self::redis::{RedisBackend, RedisConfig};
 pub use memory::MemoryBackend;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use mesh_protocol::{PresenceUpdate, Strategy};
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -40,6 +41,15 @@ pub enum BackendError {
 
 /// Result of a backend operation.
 pub type BackendResult<T> = Result<T, BackendError>;
+
+/// What a backend counts about itself, read by `GET /metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Presence updates received from other instances.
+    pub messages_received: u64,
+    /// Operations that failed (each failed request to a remote store).
+    pub errors: u64,
+}
 
 /// Receives the presence updates a backend fans out to one server instance.
 ///
@@ -79,6 +89,23 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// This instance gained a local member or subscriber in `room`. A
+    /// backend that routes updates by interest starts delivering the room's
+    /// updates to the attached sinks (if it was not already) and returns
+    /// once they flow, so that a snapshot read afterwards misses nothing.
+    /// Every call is paired with one [`Backend::unwatch_room`].
+    async fn watch_room(&self, room: &str) -> BackendResult<()> {
+        let _ = room;
+        Ok(())
+    }
+
+    /// This instance lost a local member or subscriber in `room`; when it
+    /// was the last one, the room's updates may stop reaching this
+    /// instance.
+    fn unwatch_room(&self, room: &str) {
+        let _ = room;
+    }
+
     /// Sends an update to every attached instance.
     async fn publish(&self, update: PresenceUpdate) -> BackendResult<()>;
 
@@ -90,6 +117,46 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every member of `room`.
     async fn room_members(&self, room: &str) -> BackendResult<Vec<String>>;
+
+    /// How many members `room` has.
+    async fn room_size(&self, room: &str) -> BackendResult<usize> {
+        Ok(self.room_members(room).await?.len())
+    }
+
+    /// The members of `room` with their metadata, encoded as the `present`
+    /// list of a `mesh/join-room` reply (`[{"id", "metadata"}]`). A backend
+    /// that can tell when a room changes builds it once per change and
+    /// hands every asker the same bytes.
+    async fn members_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+        let ids = self.room_members(room).await?;
+        let metadata = self.get_metadata_many(&ids).await?;
+        Ok(encode_members(
+            ids.iter()
+                .map(String::as_str)
+                .zip(metadata.iter().map(Option::as_ref)),
+        ))
+    }
+
+    /// The present connections of `room` with their metadata, encoded as
+    /// the `present` list of a `mesh/subscribe-presence` reply; shared like
+    /// [`Backend::members_snapshot`].
+    async fn present_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+        let ids = self.present(room).await?;
+        let metadata = self.get_metadata_many(&ids).await?;
+        Ok(encode_members(
+            ids.iter()
+                .map(String::as_str)
+                .zip(metadata.iter().map(Option::as_ref)),
+        ))
+    }
+
+    /// Every state of `room`, encoded as the `states` object of a
+    /// `mesh/subscribe-presence` reply; shared like
+    /// [`Backend::members_snapshot`].
+    async fn states_snapshot(&self, room: &str) -> BackendResult<Bytes> {
+        let states = self.states(room).await?;
+        Ok(Bytes::from(serde_json::to_vec(&states).unwrap_or_default()))
+    }
 
     /// Every room `conn` is a member of.
     async fn connection_rooms(&self, conn: &str) -> BackendResult<Vec<String>>;
@@ -163,4 +230,36 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `room`'s metadata, `None` when it has none.
     async fn get_room_metadata(&self, room: &str) -> BackendResult<Option<Value>>;
+
+    /// The backend's own counters; zero for a backend that keeps none.
+    fn stats(&self) -> BackendStats {
+        BackendStats::default()
+    }
+}
+
+/// Encodes `[{"id", "metadata"}]`; a connection without metadata has
+/// `null`.
+pub(crate) fn encode_members<'a>(
+    members: impl Iterator<Item = (&'a str, Option<&'a Value>)>,
+) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Member<'a> {
+        id: &'a str,
+        metadata: &'a Value,
+    }
+    let mut out = Vec::with_capacity(64);
+    out.push(b'[');
+    for (i, (id, metadata)) in members.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let member = Member {
+            id,
+            metadata: metadata.unwrap_or(&Value::Null),
+        };
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &member);
+    }
+    out.push(b']');
+    Bytes::from(out)
 }

@@ -7,9 +7,12 @@
 //! * **Writes** that must be atomic run as Lua scripts (`scripts`), with
 //!   Redis's own clock for every deadline.
 //! * **Fan-out**: an instance delivers its own updates to its local
-//!   subscribers directly, then publishes them on one channel tagged with
-//!   its id; every other instance delivers what it receives, so each
-//!   instance delivers each update exactly once.
+//!   subscribers directly, then publishes them on the room's channel tagged
+//!   with its id. Instances subscribe to a room's channel only while they
+//!   have a local member or subscriber in it, and a new subscriber's
+//!   snapshot is read only once the subscription is confirmed; every other
+//!   instance delivers what it receives, so each instance delivers each
+//!   update exactly once.
 //! * **Expiry**: every presence TTL and state expiry sits in one sorted set
 //!   (the cluster's timer wheel). Every instance polls it; a script claims
 //!   due entries with `ZREM`, so each expiry is announced by exactly one
@@ -29,15 +32,16 @@ mod mirror;
 mod scripts;
 mod tasks;
 
-use super::{Backend, BackendError, BackendResult, UpdateSink};
+use super::{Backend, BackendError, BackendResult, BackendStats, UpdateSink};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{FromRedisValue, RedisError, ScriptInvocation};
+use ::redis::{FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, ScriptInvocation};
 use async_trait::async_trait;
 use keys::Keys;
 use mesh_protocol::{PresenceUpdate, Strategy};
 use mirror::{LocalConn, Mirror, Pending};
 use serde_json::{Map, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -100,8 +104,15 @@ impl RedisConfig {
                 "redis: intervals must be positive and dead_after longer than the heartbeat".into(),
             ));
         }
-        ::redis::Client::open(self.url.as_str())
-            .map_err(|e| BackendError::Other(format!("redis url {:?}: {e}", self.url)))
+        let bad_url = |e: RedisError| BackendError::Other(format!("redis url {:?}: {e}", self.url));
+        // RESP3, so that pub/sub messages arrive on the command connection
+        // as pushes and channels can be (un)subscribed as interest changes.
+        let info = self.url.as_str().into_connection_info().map_err(bad_url)?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        ::redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)
     }
 }
 
@@ -143,20 +154,28 @@ pub(crate) struct Inner {
     pub(crate) instance: String,
     pub(crate) config: RedisConfig,
     pub(crate) keys: Keys,
-    pub(crate) client: ::redis::Client,
     pub(crate) conn: ConnectionManager,
+    /// Rooms this instance has local interest in, so subscribes to.
+    pub(crate) watched: Mutex<HashMap<String, Watched>>,
+    /// (Un)subscriptions, in order, to the subscriber task.
+    pub(crate) subscriptions: mpsc::UnboundedSender<tasks::Subscription>,
     pub(crate) sinks: RwLock<Vec<Arc<dyn UpdateSink>>>,
     pub(crate) mirror: Mutex<Mirror>,
     /// Set when Redis may have lost or missed what this instance wrote;
     /// the maintenance task then resynchronises.
     pub(crate) needs_resync: AtomicBool,
-    /// Whether the listener is subscribed right now. A resync waits for
-    /// it, so that after a resync no update from others can be missed.
+    /// Whether the pub/sub subscriptions are in place right now. A resync
+    /// restores them first, so that after a resync no update from others
+    /// can be missed.
     pub(crate) subscribed: AtomicBool,
     /// Counts completed resynchronisations, for whoever wants to know.
     pub(crate) resyncs: watch::Sender<u64>,
     /// Updates for the other instances, in order, to the publisher task.
     pub(crate) outgoing: mpsc::UnboundedSender<PresenceUpdate>,
+    /// Updates received from other instances.
+    pub(crate) received: AtomicU64,
+    /// Failed Redis requests.
+    pub(crate) errors: AtomicU64,
 }
 
 impl RedisBackend {
@@ -170,7 +189,9 @@ impl RedisBackend {
     /// cannot be reached now; later outages are survived.
     pub async fn with_config(config: RedisConfig) -> BackendResult<Self> {
         let client = config.client()?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
         let manager_config = ConnectionManagerConfig::new()
+            .set_push_sender(push_tx)
             .set_response_timeout(Some(config.response_timeout))
             .set_connection_timeout(Some(config.response_timeout))
             // Fail fast while Redis is away: requests get a clear error at
@@ -183,24 +204,28 @@ impl RedisBackend {
             .await
             .map_err(|e| unavailable(&e))?;
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
+        let (subscriptions, subscriptions_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             instance: format!("{:016x}", rand::random::<u64>()),
             keys: Keys {
                 prefix: config.prefix.clone(),
             },
             config,
-            client,
             conn,
+            watched: Mutex::new(HashMap::new()),
+            subscriptions,
             sinks: RwLock::new(Vec::new()),
             mirror: Mutex::new(Mirror::default()),
             needs_resync: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             resyncs: watch::Sender::new(0),
             outgoing,
+            received: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
         });
         inner.heartbeat().await?;
         let (stop, stopped) = watch::channel(());
-        tasks::spawn(&inner, stopped, outgoing_rx).await?;
+        tasks::spawn(&inner, stopped, outgoing_rx, push_rx, subscriptions_rx);
         tracing::info!(instance = %inner.instance, prefix = %inner.keys.prefix, "redis backend ready");
         Ok(RedisBackend {
             inner,
@@ -218,6 +243,14 @@ impl RedisBackend {
     pub fn resyncs(&self) -> watch::Receiver<u64> {
         self.inner.resyncs.subscribe()
     }
+}
+
+/// One room this instance subscribes to.
+pub(crate) struct Watched {
+    /// Local members and subscribers.
+    count: usize,
+    /// `true` once the subscription is confirmed.
+    pub(crate) ready: watch::Sender<bool>,
 }
 
 /// A Redis error as a backend error; connection trouble is `Unavailable`.
@@ -246,6 +279,7 @@ impl Inner {
 
     /// Maps a failure, flagging a resync when Redis is unreachable.
     pub(crate) fn fail(&self, e: RedisError) -> BackendError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
         let err = unavailable(&e);
         if matches!(err, BackendError::Unavailable(_)) {
             self.needs_resync.store(true, Ordering::Relaxed);
@@ -285,12 +319,12 @@ impl Inner {
         inv
     }
 
-    /// Registers (or re-registers) this instance; `true` if it was not
-    /// registered.
-    pub(crate) async fn heartbeat(&self) -> BackendResult<bool> {
+    /// Registers (or re-registers) this instance: the time since its
+    /// previous heartbeat, `None` if it was not registered.
+    pub(crate) async fn heartbeat(&self) -> BackendResult<Option<Duration>> {
         let inv = self.invocation(&scripts::HEARTBEAT, &[&self.instance]);
-        let added: i64 = self.run(&inv).await?;
-        Ok(added == 1)
+        let gap: i64 = self.run(&inv).await?;
+        Ok(u64::try_from(gap).ok().map(Duration::from_millis))
     }
 
     /// Hands an update to this instance's subscribers.
@@ -301,15 +335,15 @@ impl Inner {
         }
     }
 
-    /// Sends updates to the other instances only, in one round trip.
+    /// Sends updates to the other instances only, each on its room's
+    /// channel, in one round trip.
     pub(crate) async fn publish_remote(&self, updates: &[PresenceUpdate]) -> BackendResult<()> {
-        let channel = self.keys.updates_channel();
         let mut pipe = ::redis::pipe();
         for update in updates {
             let json = serde_json::to_string(update)
                 .map_err(|e| BackendError::Other(format!("encoding an update: {e}")))?;
             pipe.cmd("PUBLISH")
-                .arg(&channel)
+                .arg(self.keys.room_channel(update.room_name()))
                 .arg(format!("{}|{json}", self.instance))
                 .ignore();
         }
@@ -439,6 +473,55 @@ impl Backend for RedisBackend {
             .unwrap_or_else(|p| p.into_inner())
             .push(sink);
         Ok(())
+    }
+
+    async fn watch_room(&self, room: &str) -> BackendResult<()> {
+        let inner = &self.inner;
+        let mut ready = {
+            let mut watched = inner.watched.lock().unwrap_or_else(|p| p.into_inner());
+            match watched.get_mut(room) {
+                Some(w) => {
+                    w.count += 1;
+                    w.ready.subscribe()
+                }
+                None => {
+                    let (ready, rx) = watch::channel(false);
+                    // Sent under the lock, so that the subscriber task sees
+                    // every room's subscribes and unsubscribes in order.
+                    let _ = inner.subscriptions.send(tasks::Subscription::Subscribe {
+                        room: room.to_string(),
+                        ready: ready.clone(),
+                    });
+                    watched.insert(room.to_string(), Watched { count: 1, ready });
+                    rx
+                }
+            }
+        };
+        let confirmed = tokio::time::timeout(inner.config.response_timeout, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if confirmed {
+            Ok(())
+        } else {
+            Err(BackendError::Unavailable(format!(
+                "redis: could not subscribe to room {room:?}"
+            )))
+        }
+    }
+
+    fn unwatch_room(&self, room: &str) {
+        let inner = &self.inner;
+        let mut watched = inner.watched.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = watched.get_mut(room) else {
+            return;
+        };
+        w.count -= 1;
+        if w.count == 0 {
+            watched.remove(room);
+            let _ = inner.subscriptions.send(tasks::Subscription::Unsubscribe {
+                room: room.to_string(),
+            });
+        }
     }
 
     async fn publish(&self, update: PresenceUpdate) -> BackendResult<()> {
@@ -707,5 +790,12 @@ impl Backend for RedisBackend {
         cmd.arg(self.inner.keys.room_metadata()).arg(room);
         let text: Option<String> = self.inner.query(&cmd).await?;
         Ok(text.and_then(|t| parse_json(&t, "room metadata")))
+    }
+
+    fn stats(&self) -> BackendStats {
+        BackendStats {
+            messages_received: self.inner.received.load(Ordering::Relaxed),
+            errors: self.inner.errors.load(Ordering::Relaxed),
+        }
     }
 }

@@ -268,6 +268,39 @@ pub fn assert_update(update: &PresenceUpdate, kind: &str, conn: &str, room: &str
     assert_eq!(update.room_name(), room);
 }
 
+/// `GET /metrics` from the server at `addr`: the response body.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr)
+        .await
+        .expect("connect for /metrics");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut response))
+        .await
+        .expect("timed out reading /metrics")
+        .expect("read /metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("content-type: text/plain; version=0.0.4"),
+        "{response}"
+    );
+    let (_, body) = response.split_once("\r\n\r\n").expect("a body");
+    body.to_string()
+}
+
+/// The value of an unlabelled metric in a `/metrics` body.
+pub fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 /// The error code of a reply payload, if it is an error.
 pub fn error_code(reply: &Value) -> Option<String> {
     reply

@@ -70,9 +70,9 @@ impl Keys {
         format!("{}instance:{}:swept", self.prefix, encode(instance))
     }
 
-    /// The pub/sub channel of presence updates.
-    pub(crate) fn updates_channel(&self) -> String {
-        format!("{}presence:updates", self.prefix)
+    /// The pub/sub channel of a room's presence updates.
+    pub(crate) fn room_channel(&self, room: &str) -> String {
+        format!("{}room:{{{}}}:updates", self.prefix, encode(room))
     }
 }
 

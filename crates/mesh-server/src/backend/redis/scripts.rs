@@ -30,16 +30,16 @@ local EXPIRY = P .. 'expiry'
 local INSTANCES = P .. 'instances'
 local OWNERS = P .. 'connections'
 local METADATA = P .. 'metadata'
-local CHANNEL = P .. 'presence:updates'
+local function channel(r) return P .. 'room:{' .. enc(r) .. '}:updates' end
 local function expiry_member(kind, r, c) return cjson.encode({kind, r, c}) end
 -- Updates published from a script carry no origin: every instance,
 -- the one running the script included, delivers them.
 local function publish_leave(r, c, now)
-  redis.call('PUBLISH', CHANNEL, '|{"type":"leave","connectionId":' .. cjson.encode(c) ..
+  redis.call('PUBLISH', channel(r), '|{"type":"leave","connectionId":' .. cjson.encode(c) ..
     ',"roomName":' .. cjson.encode(r) .. ',"timestamp":' .. string.format('%d', now) .. '}')
 end
 local function publish_null_state(r, c, now)
-  redis.call('PUBLISH', CHANNEL, '|{"type":"state","connectionId":' .. cjson.encode(c) ..
+  redis.call('PUBLISH', channel(r), '|{"type":"state","connectionId":' .. cjson.encode(c) ..
     ',"roomName":' .. cjson.encode(r) .. ',"state":null,"timestamp":' .. string.format('%d', now) .. '}')
 end
 -- Removes a presence and its state; announces the leave if `announce`.
@@ -212,18 +212,25 @@ return {#due, wait}
     )
 });
 
-/// `ARGV: prefix, instance` -> 1 if the instance was not registered (new,
-/// swept as dead, or Redis lost its data).
+/// `ARGV: prefix, instance` -> milliseconds since the instance's previous
+/// heartbeat, or -1 if it was not registered (new, swept as dead, or Redis
+/// lost its data).
 pub(crate) static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-return redis.call('ZADD', INSTANCES, now_ms(), ARGV[2])
+local now = now_ms()
+local prev = redis.call('ZSCORE', INSTANCES, ARGV[2])
+redis.call('ZADD', INSTANCES, now, ARGV[2])
+if prev then return now - tonumber(prev) end
+return -1
 "#,
     )
 });
 
-/// `ARGV: prefix, me, dead_after_ms, swept_marker_ttl_s` -> ids of the
-/// instances this call swept.
+/// `ARGV: prefix, me, dead_after_ms, swept_marker_ttl_s, max_own_gap_ms`
+/// -> `["ok", ids of the instances this call swept...]`, or `["overdue"]`
+/// when `me`'s own heartbeat is older than `max_own_gap_ms` (then nobody
+/// is swept).
 ///
 /// An instance whose last heartbeat is older than `dead_after_ms` is
 /// removed with all its connections (a leave for each presence). `ZREM`
@@ -232,8 +239,12 @@ pub(crate) static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local now = now_ms()
+-- Judge nobody on a stale view: if our own heartbeat is overdue (this
+-- script waited out a pause of Redis or of this instance), everyone's is.
+local mine = redis.call('ZSCORE', INSTANCES, ARGV[2])
+if not mine or now - tonumber(mine) > tonumber(ARGV[5]) then return {'overdue'} end
 local dead = redis.call('ZRANGEBYSCORE', INSTANCES, '-inf', now - tonumber(ARGV[3]))
-local swept = {}
+local swept = {'ok'}
 for _, i in ipairs(dead) do
   if i ~= ARGV[2] then
     redis.call('ZREM', INSTANCES, i)

@@ -1,26 +1,30 @@
-//! The two background tasks of a Redis backend instance.
+//! The background tasks of a Redis backend instance.
 //!
-//! * The **listener** owns the pub/sub connection: it delivers other
-//!   instances' updates to the local subscribers, and reconnects with
-//!   backoff when the connection drops (flagging a resync).
+//! * The **listener** delivers other instances' updates, which arrive as
+//!   RESP3 pushes, to the local subscribers; a lost connection flags a
+//!   resync.
+//! * The **subscriber** subscribes to and unsubscribes from room channels
+//!   as local interest comes and goes, one change at a time.
+//! * The **publisher** sends this instance's updates to the others in
+//!   pipelines.
 //! * The **maintainer** heartbeats, sweeps dead instances, claims due
 //!   expiries, and resynchronises after an outage. While Redis is away it
 //!   retries with backoff and logs once when the outage starts and once
 //!   when it ends.
 //!
-//! Both hold only a weak reference to the backend and stop when it is
+//! All hold only a weak reference to the backend and stop when it is
 //! dropped.
 
 use super::mirror::{LocalConn, Pending};
 use super::{scripts, Inner};
 use crate::backend::{BackendError, BackendResult};
-use futures_util::StreamExt;
+use ::redis::{PushInfo, PushKind, Value};
 use mesh_protocol::PresenceUpdate;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// Longest pause between two attempts to reach Redis.
@@ -31,30 +35,104 @@ const PURGE_BATCH: u32 = 500;
 /// How long a swept instance's marker stays, in seconds.
 const SWEPT_MARKER_TTL_S: u64 = 3600;
 
-/// Starts both tasks; returns once the listener is subscribed, so that no
-/// update published after the backend is built can be missed.
-pub(super) async fn spawn(
+/// Starts the background tasks.
+pub(super) fn spawn(
     inner: &Arc<Inner>,
     stopped: watch::Receiver<()>,
     outgoing: mpsc::UnboundedReceiver<PresenceUpdate>,
-) -> BackendResult<()> {
-    let (ready_tx, ready_rx) = oneshot::channel();
-    tokio::spawn(listen(
-        Arc::downgrade(inner),
-        inner.client.clone(),
-        inner.keys.updates_channel(),
-        inner.instance.clone(),
-        inner.config.response_timeout,
-        stopped.clone(),
-        ready_tx,
-    ));
-    match ready_rx.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(BackendError::Other("redis listener ended".into())),
-    }
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+    subscriptions: mpsc::UnboundedReceiver<Subscription>,
+) {
+    inner.subscribed.store(true, Ordering::Relaxed);
+    tokio::spawn(listen(Arc::downgrade(inner), pushes, stopped.clone()));
+    tokio::spawn(subscribe(Arc::downgrade(inner), subscriptions));
     tokio::spawn(maintain(Arc::downgrade(inner), stopped));
     tokio::spawn(publish(Arc::downgrade(inner), outgoing));
+}
+
+/// A change to this instance's room subscriptions.
+pub(crate) enum Subscription {
+    /// Interest in `room` started: subscribe, then tell `ready`.
+    Subscribe {
+        room: String,
+        ready: watch::Sender<bool>,
+    },
+    /// Interest in `room` ended.
+    Unsubscribe { room: String },
+    /// The connection was lost: subscribe to every watched room again,
+    /// retrying until Redis answers.
+    Restore,
+}
+
+/// Owns the subscribing: one change at a time, in the order interest
+/// changed, so that a room's subscribe and unsubscribe never overtake each
+/// other. Ends when the backend is gone.
+async fn subscribe(inner: Weak<Inner>, mut changes: mpsc::UnboundedReceiver<Subscription>) {
+    while let Some(change) = changes.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut conn = inner.conn.clone();
+        match change {
+            Subscription::Subscribe { room, ready } => {
+                match conn.subscribe(inner.keys.room_channel(&room)).await {
+                    Ok(()) => {
+                        ready.send_replace(true);
+                    }
+                    Err(e) => {
+                        inner.subscribed.store(false, Ordering::Relaxed);
+                        inner.needs_resync.store(true, Ordering::Relaxed);
+                        inner.fail(e);
+                        restore_until_done(&inner).await;
+                    }
+                }
+            }
+            Subscription::Unsubscribe { room } => {
+                if let Err(e) = conn.unsubscribe(inner.keys.room_channel(&room)).await {
+                    tracing::debug!(error = %e, %room, "unsubscribe failed");
+                }
+            }
+            Subscription::Restore => restore_until_done(&inner).await,
+        }
+    }
+}
+
+/// Restores the subscriptions, retrying while Redis is away. Prompt,
+/// because updates other instances publish before it are lost to us (the
+/// others wait `resync_delay` before replaying theirs).
+async fn restore_until_done(inner: &Inner) {
+    while !inner.subscribed.load(Ordering::Relaxed) {
+        if restore(inner).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(RESTORE_RETRY).await;
+    }
+}
+
+/// Pause between two attempts to restore the subscriptions.
+const RESTORE_RETRY: Duration = Duration::from_millis(100);
+
+/// Subscribes again to every room this instance has interest in.
+async fn restore(inner: &Inner) -> BackendResult<()> {
+    let rooms: Vec<(String, watch::Sender<bool>)> = inner
+        .watched
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(room, w)| (room.clone(), w.ready.clone()))
+        .collect();
+    let mut conn = inner.conn.clone();
+    for chunk in rooms.chunks(256) {
+        let channels: Vec<String> = chunk
+            .iter()
+            .map(|(room, _)| inner.keys.room_channel(room))
+            .collect();
+        conn.subscribe(channels).await.map_err(|e| inner.fail(e))?;
+        for (_, ready) in chunk {
+            ready.send_replace(true);
+        }
+    }
+    inner.subscribed.store(true, Ordering::Relaxed);
     Ok(())
 }
 
@@ -87,91 +165,49 @@ async fn stop_requested(stopped: &mut watch::Receiver<()>) {
     while stopped.changed().await.is_ok() {}
 }
 
+/// Delivers the room updates other instances publish, which arrive as
+/// pushes on the command connection. A lost connection loses the
+/// subscriptions and whatever was published meanwhile: the resync restores
+/// both (see [`resync`]).
 async fn listen(
     inner: Weak<Inner>,
-    client: ::redis::Client,
-    channel: String,
-    instance: String,
-    timeout: Duration,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     mut stopped: watch::Receiver<()>,
-    ready: oneshot::Sender<BackendResult<()>>,
 ) {
-    let mut ready = Some(ready);
-    let mut backoff = MIN_BACKOFF;
-    let mut down = false;
     loop {
-        let attempt = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, ::redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(pubsub)) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Ok(()));
-                } else {
-                    tracing::info!(%instance, "redis pub/sub reconnected");
-                    // Updates sent meanwhile are lost to us, and Redis may
-                    // have restarted empty.
-                    if let Some(inner) = inner.upgrade() {
-                        inner.needs_resync.store(true, Ordering::Relaxed);
-                    }
-                }
-                if let Some(inner) = inner.upgrade() {
-                    inner.subscribed.store(true, Ordering::Relaxed);
-                }
-                down = false;
-                backoff = MIN_BACKOFF;
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        _ = stop_requested(&mut stopped) => return,
-                        msg = messages.next() => match msg {
-                            Some(msg) => {
-                                let Some(inner) = inner.upgrade() else { return };
-                                on_message(&inner, &instance, msg.get_payload_bytes());
-                            }
-                            None => break,
-                        },
-                    }
-                }
-                tracing::warn!(%instance, "redis pub/sub connection lost; reconnecting");
-                if let Some(inner) = inner.upgrade() {
-                    inner.subscribed.store(false, Ordering::Relaxed);
-                    inner.needs_resync.store(true, Ordering::Relaxed);
-                }
-            }
-            Ok(Err(e)) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Err(super::unavailable(&e)));
-                    return;
-                }
-                if !down {
-                    tracing::warn!(%instance, error = %e, "redis pub/sub unavailable; retrying");
-                    down = true;
-                }
-            }
-            Err(_) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Err(BackendError::Unavailable(
-                        "redis: timed out subscribing".into(),
-                    )));
-                    return;
-                }
-                if !down {
-                    tracing::warn!(%instance, "redis pub/sub timed out; retrying");
-                    down = true;
-                }
-            }
-        }
-        if inner.strong_count() == 0 {
-            return;
-        }
-        tokio::select! {
+        let push = tokio::select! {
             _ = stop_requested(&mut stopped) => return,
-            _ = tokio::time::sleep(backoff) => {}
+            push = pushes.recv() => match push {
+                Some(push) => push,
+                None => return,
+            },
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let Some(Value::BulkString(payload)) = push.data.get(1) {
+                    on_message(&inner, &inner.instance, payload);
+                }
+            }
+            PushKind::Disconnection => {
+                if inner.subscribed.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(instance = %inner.instance, "redis connection lost; subscriptions are restored when it is back");
+                }
+                for w in inner
+                    .watched
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                {
+                    w.ready.send_replace(false);
+                }
+                inner.needs_resync.store(true, Ordering::Relaxed);
+                let _ = inner.subscriptions.send(Subscription::Restore);
+            }
+            _ => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -179,16 +215,17 @@ async fn listen(
 /// delivered them when publishing); malformed ones are logged and dropped.
 fn on_message(inner: &Inner, instance: &str, payload: &[u8]) {
     let Ok(text) = std::str::from_utf8(payload) else {
-        tracing::warn!("ignoring a non-UTF-8 message on the updates channel");
+        tracing::warn!("ignoring a non-UTF-8 message on an updates channel");
         return;
     };
     let Some((origin, json)) = text.split_once('|') else {
-        tracing::warn!("ignoring a malformed message on the updates channel");
+        tracing::warn!("ignoring a malformed message on an updates channel");
         return;
     };
     if origin == instance {
         return;
     }
+    inner.received.fetch_add(1, Ordering::Relaxed);
     match serde_json::from_str::<PresenceUpdate>(json) {
         Ok(update) => inner.deliver_local(&update),
         Err(e) => tracing::warn!(error = %e, "ignoring an unreadable presence update"),
@@ -202,28 +239,51 @@ async fn maintain(inner: Weak<Inner>, mut stopped: watch::Receiver<()>) {
     // Set when a heartbeat found this instance unregistered: Redis lost its
     // data or a survivor swept us. The next resync tells which.
     let mut registration_lost = false;
+    // When Redis answers again after an outage, the resync waits a moment
+    // (see `resync_delay`); this is when it may run.
+    let mut resync_at: Option<Instant> = None;
+    // No sweeping before this: see `catch_up`.
+    let mut quiet_until = Instant::now();
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let poll = strong.config.expiry_poll;
+        let config = &strong.config;
         let round = async {
-            if strong.needs_resync.swap(false, Ordering::Relaxed) {
+            if Instant::now() >= next_heartbeat {
+                match strong.heartbeat().await? {
+                    None => {
+                        tracing::warn!(instance = %strong.instance, "this instance was not registered in redis; resynchronising");
+                        registration_lost = true;
+                        strong.needs_resync.store(true, Ordering::Relaxed);
+                    }
+                    Some(gap) if gap > overdue_after(config) => {
+                        // Redis or this instance was paused (or Redis was
+                        // away): everyone's heartbeat looks old. Give the
+                        // others time to write theirs before judging them.
+                        tracing::info!(instance = %strong.instance, ?gap, "own heartbeat was overdue; not sweeping until the others caught up");
+                        quiet_until = Instant::now() + catch_up(config);
+                    }
+                    Some(_) => {}
+                }
+                next_heartbeat = Instant::now() + config.heartbeat_interval;
+            }
+            if strong.needs_resync.load(Ordering::Relaxed) {
+                let at = *resync_at.get_or_insert_with(|| Instant::now() + resync_delay(config));
+                if Instant::now() < at {
+                    return Ok(at - Instant::now());
+                }
+                strong.needs_resync.store(false, Ordering::Relaxed);
                 if let Err(e) = resync(&strong, registration_lost).await {
                     strong.needs_resync.store(true, Ordering::Relaxed);
                     return Err(e);
                 }
+                resync_at = None;
                 registration_lost = false;
             }
-            if Instant::now() >= next_heartbeat {
-                if strong.heartbeat().await? {
-                    tracing::warn!(instance = %strong.instance, "this instance was not registered in redis; resynchronising");
-                    registration_lost = true;
-                    strong.needs_resync.store(true, Ordering::Relaxed);
-                    return Ok(Duration::ZERO);
-                }
-                sweep(&strong).await?;
-                next_heartbeat = Instant::now() + strong.config.heartbeat_interval;
+            if Instant::now() >= quiet_until && !sweep(&strong).await? {
+                tracing::info!(instance = %strong.instance, "own heartbeat was overdue at the sweep; not sweeping until the others caught up");
+                quiet_until = Instant::now() + catch_up(config);
             }
             purge(&strong).await
         };
@@ -234,7 +294,7 @@ async fn maintain(inner: Weak<Inner>, mut stopped: watch::Receiver<()>) {
                     outage = false;
                 }
                 backoff = MIN_BACKOFF;
-                wait.min(poll)
+                wait.min(config.expiry_poll)
             }
             Err(e) => {
                 if !outage {
@@ -242,8 +302,13 @@ async fn maintain(inner: Weak<Inner>, mut stopped: watch::Receiver<()>) {
                     outage = true;
                 }
                 strong.needs_resync.store(true, Ordering::Relaxed);
+                resync_at = None;
                 let pause = backoff;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                // Never slower than the heartbeat, so that after an outage
+                // every instance heartbeats again well within `catch_up`.
+                backoff = (backoff * 2)
+                    .min(MAX_BACKOFF)
+                    .min(config.heartbeat_interval);
                 pause
             }
         };
@@ -255,19 +320,47 @@ async fn maintain(inner: Weak<Inner>, mut stopped: watch::Receiver<()>) {
     }
 }
 
-/// Sweeps instances that stopped heartbeating.
-async fn sweep(inner: &Inner) -> BackendResult<()> {
+/// How long an instance whose own heartbeat was overdue waits before it
+/// sweeps anyone: as long as any instance gets to prove it is alive in
+/// normal times, so that every live instance has written a heartbeat since
+/// Redis (or this instance) resumed. They retry at least once a heartbeat
+/// interval.
+fn catch_up(config: &super::RedisConfig) -> Duration {
+    config.dead_after
+}
+
+/// How long after Redis answers again an instance waits before it
+/// resynchronises. Other instances lost their subscriptions in the same
+/// outage and restore them within `RESTORE_RETRY`; waiting longer than that
+/// means the updates this instance replays reach them.
+fn resync_delay(config: &super::RedisConfig) -> Duration {
+    config.heartbeat_interval.max(RESTORE_RETRY * 3)
+}
+
+/// Sweeps instances that stopped heartbeating; `false` when this
+/// instance's own heartbeat was overdue, so nobody was judged.
+async fn sweep(inner: &Inner) -> BackendResult<bool> {
     let dead_after = inner.config.dead_after.as_millis().to_string();
     let marker_ttl = SWEPT_MARKER_TTL_S.to_string();
+    let max_gap = overdue_after(&inner.config).as_millis().to_string();
     let inv = inner.invocation(
         &scripts::SWEEP,
-        &[&inner.instance, &dead_after, &marker_ttl],
+        &[&inner.instance, &dead_after, &marker_ttl, &max_gap],
     );
     let swept: Vec<String> = inner.run(&inv).await?;
-    for dead in swept {
+    if swept.first().map(String::as_str) != Some("ok") {
+        return Ok(false);
+    }
+    for dead in &swept[1..] {
         tracing::info!(instance = %inner.instance, %dead, "swept a dead instance and its connections");
     }
-    Ok(())
+    Ok(true)
+}
+
+/// A heartbeat this much later than the previous one means Redis or this
+/// instance was paused (or Redis was away).
+fn overdue_after(config: &super::RedisConfig) -> Duration {
+    config.heartbeat_interval * 2
 }
 
 /// Claims due expiries; returns how long until the next one.
@@ -295,13 +388,13 @@ async fn purge(inner: &Inner) -> BackendResult<Duration> {
 async fn resync(inner: &Inner, registration_lost: bool) -> BackendResult<()> {
     if !inner.subscribed.load(Ordering::Relaxed) {
         return Err(BackendError::Unavailable(
-            "redis pub/sub not connected yet".into(),
+            "redis subscriptions not restored yet".into(),
         ));
     }
     let mut getdel = ::redis::cmd("GETDEL");
     getdel.arg(inner.keys.instance_swept(&inner.instance));
     let swept: Option<String> = inner.query(&getdel).await?;
-    let lost = inner.heartbeat().await? || registration_lost;
+    let lost = inner.heartbeat().await?.is_none() || registration_lost;
     let announce = swept.is_some() || !lost;
 
     let pending: Vec<Pending> = inner.mirror().pending.drain(..).collect();

@@ -1,0 +1,476 @@
+//! The write path: each connection's outbox of ready-to-send WebSocket
+//! frames, and the writer task that drains it into the socket.
+//!
+//! Frames are encoded once, with their WebSocket header, into shared
+//! [`Bytes`]: a presence update goes to every subscriber as the same
+//! buffer, and a room snapshot to every asker as the same body. The writer
+//! hands those buffers to the kernel with vectored writes and keeps no
+//! buffer of its own, so what a connection holds is its queue and nothing
+//! more: a large reply is released as soon as it has been written.
+//!
+//! Two budgets, because a backlog and a big answer are different things:
+//!
+//! * **Pushes** (presence updates, pings, the WebSocket layer's own pongs)
+//!   are never awaited by their producer, so they are bounded: past
+//!   `limit` queued bytes the connection is flagged as a slow consumer and
+//!   its task closes it.
+//! * **Replies** answer the connection's own requests. One is queued
+//!   whatever its size; while more than `limit` reply bytes wait, the
+//!   connection's task reads no further requests, so a client that asks
+//!   without reading slows only itself.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+/// Most buffers handed to one vectored write (Linux allows 1,024).
+const MAX_SLICES: usize = 256;
+
+/// What an outgoing frame is, for the budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Pushed by the server; bounded.
+    Push,
+    /// A ping, a latency probe, or the WebSocket layer's own pong: bounded
+    /// like pushes, but writing one does not show that the client reads.
+    Heartbeat,
+    /// The answer to one of the connection's requests.
+    Reply,
+    /// The close frame: the last thing written.
+    Close,
+}
+
+/// One WebSocket frame, header included, as one or more shared buffers.
+pub(crate) struct Outgoing {
+    parts: Parts,
+    kind: Kind,
+}
+
+enum Parts {
+    One(Bytes),
+    Many(Box<[Bytes]>),
+}
+
+impl Outgoing {
+    /// A text frame from its JSON.
+    pub(crate) fn text(kind: Kind, json: &str) -> Self {
+        Outgoing {
+            parts: Parts::One(framed(OpCode::Data(Data::Text), &[json.as_bytes()])),
+            kind,
+        }
+    }
+
+    /// A text frame whose payload is `parts` in order. The parts are not
+    /// copied, so a large body can be shared by many connections.
+    pub(crate) fn text_parts(kind: Kind, parts: &[Bytes]) -> Self {
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let mut head = BytesMut::with_capacity(10);
+        header(OpCode::Data(Data::Text), len, &mut head);
+        let all: Box<[Bytes]> = std::iter::once(head.freeze())
+            .chain(parts.iter().filter(|p| !p.is_empty()).cloned())
+            .collect();
+        Outgoing {
+            parts: Parts::Many(all),
+            kind,
+        }
+    }
+
+    /// An already framed text frame (see [`framed_text`]), shared.
+    pub(crate) fn shared(kind: Kind, frame: Bytes) -> Self {
+        Outgoing {
+            parts: Parts::One(frame),
+            kind,
+        }
+    }
+
+    /// Bytes the WebSocket layer framed itself (its automatic pongs).
+    pub(crate) fn raw(bytes: &[u8]) -> Self {
+        Outgoing {
+            parts: Parts::One(Bytes::copy_from_slice(bytes)),
+            kind: Kind::Heartbeat,
+        }
+    }
+
+    /// A close frame; `None` closes without a status code.
+    pub(crate) fn close(frame: Option<&CloseFrame>) -> Self {
+        let payload = match frame {
+            Some(f) => {
+                let mut p = u16::from(f.code).to_be_bytes().to_vec();
+                p.extend_from_slice(f.reason.as_bytes());
+                p
+            }
+            None => Vec::new(),
+        };
+        Outgoing {
+            parts: Parts::One(framed(OpCode::Control(CLOSE), &[&payload])),
+            kind: Kind::Close,
+        }
+    }
+
+    fn parts(&self) -> &[Bytes] {
+        match &self.parts {
+            Parts::One(b) => std::slice::from_ref(b),
+            Parts::Many(parts) => parts,
+        }
+    }
+
+    /// Bytes on the wire.
+    pub(crate) fn len(&self) -> usize {
+        self.parts().iter().map(Bytes::len).sum()
+    }
+}
+
+const CLOSE: tokio_tungstenite::tungstenite::protocol::frame::coding::Control =
+    tokio_tungstenite::tungstenite::protocol::frame::coding::Control::Close;
+
+/// A server-to-client text frame (header and JSON) in one buffer, to be
+/// shared by every connection it goes to.
+pub(crate) fn framed_text(json: &str) -> Bytes {
+    framed(OpCode::Data(Data::Text), &[json.as_bytes()])
+}
+
+fn framed(opcode: OpCode, payload: &[&[u8]]) -> Bytes {
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    let mut buf = BytesMut::with_capacity(len + 10);
+    header(opcode, len, &mut buf);
+    for p in payload {
+        buf.extend_from_slice(p);
+    }
+    buf.freeze()
+}
+
+/// A final, unmasked frame header (servers never mask).
+fn header(opcode: OpCode, len: usize, out: &mut BytesMut) {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let mut buf = Vec::with_capacity(10);
+    // Formatting into a Vec cannot fail.
+    let _ = header.format(len as u64, &mut buf);
+    out.extend_from_slice(&buf);
+}
+
+/// A connection's outgoing queue; cheap to clone (every subscription of
+/// the connection holds one).
+#[derive(Clone)]
+pub(crate) struct Outbox(Arc<Shared>);
+
+struct Shared {
+    queue: Mutex<Queue>,
+    limit: usize,
+    /// Wakes the writer when the queue stops being empty.
+    wake_writer: Notify,
+    /// Told by the writer after each write: room for more replies.
+    drained: Notify,
+    /// Told once when pushes overflow.
+    overflow: Notify,
+}
+
+struct Queue {
+    items: VecDeque<Outgoing>,
+    /// Bytes of pushes queued or being written.
+    push_bytes: usize,
+    /// Bytes of replies queued or being written.
+    reply_bytes: usize,
+    /// When the writer last got bytes of anything but heartbeats into the
+    /// socket: the client was reading, or its buffers had room.
+    progress: Instant,
+    overflowed: bool,
+    /// A close frame is queued: nothing more is accepted.
+    closing: bool,
+}
+
+impl Outbox {
+    /// An empty outbox whose pushes may queue up to `limit` bytes.
+    pub(crate) fn new(limit: usize) -> Self {
+        Outbox(Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                push_bytes: 0,
+                reply_bytes: 0,
+                progress: Instant::now(),
+                overflowed: false,
+                closing: false,
+            }),
+            limit,
+            wake_writer: Notify::new(),
+            drained: Notify::new(),
+            overflow: Notify::new(),
+        }))
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.0.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a frame; `false` if it was refused: the connection is
+    /// closing, or this push overflowed its budget (the connection is then
+    /// flagged as a slow consumer).
+    pub(crate) fn push(&self, frame: Outgoing) -> bool {
+        let len = frame.len();
+        let mut q = self.queue();
+        if q.closing || q.overflowed {
+            return false;
+        }
+        match frame.kind {
+            Kind::Push | Kind::Heartbeat => {
+                if q.push_bytes + len > self.0.limit {
+                    q.overflowed = true;
+                    drop(q);
+                    self.0.overflow.notify_one();
+                    return false;
+                }
+                q.push_bytes += len;
+            }
+            Kind::Reply => q.reply_bytes += len,
+            Kind::Close => q.closing = true,
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(frame);
+        drop(q);
+        if was_empty {
+            self.0.wake_writer.notify_one();
+        }
+        true
+    }
+
+    /// Resolves once pushes have overflowed.
+    pub(crate) async fn overflowed(&self) {
+        loop {
+            if self.queue().overflowed {
+                return;
+            }
+            self.0.overflow.notified().await;
+        }
+    }
+
+    /// Whether more than the budget of reply bytes waits to be written.
+    pub(crate) fn replies_backlogged(&self) -> bool {
+        self.queue().reply_bytes > self.0.limit
+    }
+
+    /// Resolves after the writer next makes progress.
+    pub(crate) async fn drained(&self) {
+        self.0.drained.notified().await;
+    }
+
+    /// When the writer last got anything but heartbeats into the socket.
+    ///
+    /// A client that stopped reading stops this clock within the size of
+    /// the socket buffers (after that, writes stall); a client that reads
+    /// a long backlog slowly keeps it going, even while our ping to it is
+    /// stuck behind that backlog.
+    pub(crate) fn last_progress(&self) -> Instant {
+        self.queue().progress
+    }
+
+    /// Everything queued, once there is something; the queue left behind
+    /// is empty and owns no memory.
+    async fn take(&self) -> VecDeque<Outgoing> {
+        loop {
+            {
+                let mut q = self.queue();
+                if !q.items.is_empty() {
+                    return std::mem::take(&mut q.items);
+                }
+            }
+            self.0.wake_writer.notified().await;
+        }
+    }
+
+    /// The writer got `pushes` and `replies` bytes of whole frames into the
+    /// socket, and bytes of frames other than heartbeats if `real`.
+    fn wrote(&self, pushes: usize, replies: usize, real: bool) {
+        let mut q = self.queue();
+        q.push_bytes -= pushes;
+        q.reply_bytes -= replies;
+        if real {
+            q.progress = Instant::now();
+        }
+        drop(q);
+        self.0.drained.notify_one();
+    }
+}
+
+/// The reading half of a socket, as the WebSocket layer sees it: reads
+/// come from the socket, and what the layer writes by itself (the pong to
+/// a ping) is queued to the outbox as a push, so that a client that pings
+/// without reading runs into the same budget as any slow consumer.
+pub(crate) struct ReadSide {
+    read: OwnedReadHalf,
+    outbox: Outbox,
+}
+
+impl ReadSide {
+    /// Reads from `read`; the layer's own frames go to `outbox`.
+    pub(crate) fn new(read: OwnedReadHalf, outbox: Outbox) -> Self {
+        ReadSide { read, outbox }
+    }
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // Refused only when the connection is closing or already over
+        // budget; its task is then ending it anyway.
+        self.outbox.push(Outgoing::raw(buf));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Drains `outbox` into the socket until a close frame has been written or
+/// the socket fails. Holds no buffer between writes.
+pub(crate) async fn write_loop(mut socket: OwnedWriteHalf, outbox: Outbox) {
+    loop {
+        let batch = outbox.take().await;
+        let closing = batch.iter().any(|f| f.kind == Kind::Close);
+        if write_all(&mut socket, &batch, &outbox).await.is_err() {
+            return;
+        }
+        drop(batch);
+        if closing {
+            let _ = socket.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Writes every frame of `batch` (up to and including a close frame),
+/// reporting progress to `outbox` after each write.
+async fn write_all(
+    socket: &mut OwnedWriteHalf,
+    batch: &VecDeque<Outgoing>,
+    outbox: &Outbox,
+) -> io::Result<()> {
+    // Position: frame, part of the frame, byte of the part.
+    let (mut frame, mut part, mut offset) = (0, 0, 0);
+    while frame < batch.len() {
+        let written = {
+            let mut slices = Vec::with_capacity(MAX_SLICES.min(batch.len() * 2));
+            let (mut f, mut p, mut off) = (frame, part, offset);
+            'fill: while f < batch.len() {
+                let parts = batch[f].parts();
+                while p < parts.len() {
+                    if slices.len() == MAX_SLICES {
+                        break 'fill;
+                    }
+                    slices.push(IoSlice::new(&parts[p][off..]));
+                    off = 0;
+                    p += 1;
+                }
+                if batch[f].kind == Kind::Close {
+                    break;
+                }
+                f += 1;
+                p = 0;
+            }
+            socket.write_vectored(&slices).await?
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let (mut left, mut pushes, mut replies, mut real) = (written, 0, 0, false);
+        while left > 0 {
+            real |= batch[frame].kind != Kind::Heartbeat;
+            let parts = batch[frame].parts();
+            let rest = parts[part].len() - offset;
+            if left < rest {
+                offset += left;
+                break;
+            }
+            left -= rest;
+            offset = 0;
+            part += 1;
+            if part == parts.len() {
+                match batch[frame].kind {
+                    Kind::Push | Kind::Heartbeat => pushes += batch[frame].len(),
+                    Kind::Reply => replies += batch[frame].len(),
+                    Kind::Close => return Ok(()),
+                }
+                frame += 1;
+                part = 0;
+            }
+        }
+        outbox.wrote(pushes, replies, real);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+impl Outbox {
+    /// The first queued frame.
+    pub(crate) async fn take_one(&self) -> Outgoing {
+        self.take().await.pop_front().expect("take returns a frame")
+    }
+}
+
+#[cfg(test)]
+impl Outgoing {
+    pub(crate) fn first_part(&self) -> &Bytes {
+        &self.parts()[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_their_header() {
+        let small = Outgoing::text(Kind::Push, "{}");
+        assert_eq!(small.parts()[0].as_ref(), b"\x81\x02{}");
+        let body = Bytes::from(vec![b'x'; 300]);
+        let big = Outgoing::text_parts(Kind::Reply, &[Bytes::from_static(b"["), body.clone()]);
+        assert_eq!(big.parts()[0].as_ref(), &[0x81, 126, 0x01, 0x2d]);
+        assert_eq!(big.len(), 4 + 301);
+        // The body is shared, not copied.
+        assert_eq!(big.parts()[2].as_ptr(), body.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn pushes_overflow_replies_do_not() {
+        let outbox = Outbox::new(100);
+        assert!(outbox.push(Outgoing::text(Kind::Reply, &"r".repeat(500))));
+        assert!(outbox.replies_backlogged());
+        assert!(outbox.push(Outgoing::text(Kind::Push, &"p".repeat(50))));
+        assert!(!outbox.push(Outgoing::text(Kind::Push, &"p".repeat(60))));
+        // Flagged: later pushes are refused even if they would fit.
+        assert!(!outbox.push(Outgoing::text(Kind::Push, "1")));
+        tokio::time::timeout(std::time::Duration::from_secs(5), outbox.overflowed())
+            .await
+            .unwrap();
+        assert_eq!(outbox.take().await.len(), 2);
+    }
+}
