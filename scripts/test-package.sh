@@ -145,6 +145,8 @@ refuse 'MESH_MAX_FRAME_BYTES=0' '--max-frame-bytes'
 refuse 'MESH_PING_INTERVAL=0s' '--ping-interval'
 refuse 'MESH_REDIS_URL=http://127.0.0.1:6379' 'redis url'
 refuse 'MESH_ADDR=localhost' '--addr'
+# The packaged secret file is empty until the operator fills it.
+refuse "MESH_AUTH_SECRET_FILE=$FS/etc/mesh-server/auth-secret" 'secret is empty'
 ok "bad options are refused with the reason and exit status 2"
 
 echo "test result: ok. $passed passed; 0 failed (server package)"

@@ -4,7 +4,7 @@ use crate::connection::{self, lock, Command, Connection, Lookup, Shared};
 use crate::error::ClientError;
 use crate::events::{ClientEvent, PresenceStream, Status};
 use crate::metadata_cache::MetadataCache;
-use crate::options::ClientOptions;
+use crate::options::{ClientOptions, Token};
 use crate::requests::{Effect, Outgoing};
 use futures_util::future::{join_all, FutureExt};
 use mesh_protocol::command;
@@ -349,6 +349,24 @@ impl MeshClient {
             )
             .await?;
         Ok(reply.success)
+    }
+
+    /// Replaces the connection's token with a newer one for the same user
+    /// (`mesh/refresh-token`) before the current one expires; the server
+    /// would otherwise close the connection at expiry. Reconnects use the
+    /// new token from then on. Returns the new expiry, in milliseconds
+    /// since the Unix epoch.
+    pub async fn refresh_token(&self, token: Token) -> Result<u64, ClientError> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Refreshed {
+            expires_at: u64,
+        }
+        let payload = json!({ "token": token.expose() });
+        let reply: Refreshed = self
+            .call_typed(command::REFRESH_TOKEN, payload, Effect::Token(token))
+            .await?;
+        Ok(reply.expires_at)
     }
 
     /// A room's metadata (`Value::Null` when none).

@@ -27,6 +27,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -74,11 +77,24 @@ pub(crate) async fn open(url: &str, options: &ClientOptions) -> Result<(Ws, Stri
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| ClientError::Connect(e.to_string()))?;
+    if let Some(token) = &options.token {
+        let value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+            .map_err(|_| ClientError::Connect("the token is not a valid header value".into()))?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
     let handshake = async {
         // Nagle off: frames are small and latency matters more than packing.
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
             .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+            .map_err(|e| match e {
+                WsError::Http(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                    ClientError::Unauthorized
+                }
+                e => ClientError::Connect(e.to_string()),
+            })?;
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(text))) => match incoming::parse(text.as_str(), max) {
@@ -367,6 +383,16 @@ impl Connection {
                     }
                 }
             }
+            Effect::Token(token) => {
+                if success {
+                    self.options.token = Some(token);
+                    // Our metadata now carries the new token's identity.
+                    let me = lock(&self.shared.connection_id).clone();
+                    if let Some(me) = me {
+                        lock(&self.shared.metadata).remove(&me);
+                    }
+                }
+            }
         }
         let _ = pending.reply.send(result);
     }
@@ -407,6 +433,11 @@ impl Connection {
                 .await?;
             let (mut ws, id) = match opened {
                 Ok(opened) => opened,
+                Err(ClientError::Unauthorized) => {
+                    warn!("the server refused the token; not reconnecting");
+                    let _ = self.events.send(ClientEvent::Unauthorized);
+                    return Ok(None);
+                }
                 Err(e) => {
                     debug!(attempt, error = %e, "reconnect attempt failed");
                     continue;

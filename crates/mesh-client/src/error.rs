@@ -33,6 +33,11 @@ pub enum ClientError {
     /// The first connection could not be made.
     #[error("could not connect: {0}")]
     Connect(String),
+    /// The server refused the connection with `401`: the token is missing,
+    /// invalid or expired. Retrying with the same token cannot help, so the
+    /// client does not.
+    #[error("the server refused the token")]
+    Unauthorized,
 }
 
 impl ClientError {

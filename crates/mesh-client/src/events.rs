@@ -40,6 +40,10 @@ pub enum ClientEvent {
     },
     /// Reconnecting gave up after the configured number of attempts.
     ReconnectFailed,
+    /// A reconnect was refused with `401` (the token expired or was
+    /// revoked). Retrying cannot help: `ReconnectFailed` follows and the
+    /// client stays offline.
+    Unauthorized,
     /// The server measured this round trip, in milliseconds.
     Latency(u64),
 }

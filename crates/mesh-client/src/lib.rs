@@ -62,4 +62,4 @@ pub use mesh_protocol::payload::{
     JoinRoomReply, Member, PresenceStateReply, SubscribePresenceReply,
 };
 pub use mesh_protocol::{ErrorCode, ErrorPayload, PresenceUpdate, Strategy};
-pub use options::ClientOptions;
+pub use options::{ClientOptions, Token};

@@ -1,5 +1,6 @@
 //! Connection options, with the defaults a Mesh user expects.
 
+use std::fmt;
 use std::time::Duration;
 
 /// How a [`crate::MeshClient`] connects, keeps its link alive and reconnects.
@@ -32,6 +33,34 @@ pub struct ClientOptions {
     pub max_offline_queue: usize,
     /// Most connection metadata entries cached (1024).
     pub metadata_cache_capacity: usize,
+    /// A signed token for servers with authentication, sent as
+    /// `Authorization: Bearer` on every (re)connect; `None` (the default)
+    /// sends none. A token in the URL (`?token=`) works too.
+    pub token: Option<Token>,
+}
+
+/// A bearer token. Its `Debug` form never shows it, so options can be
+/// logged. Serializes as the plain string, for settings files.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token as given by whoever issued it.
+    pub fn new(token: impl Into<String>) -> Self {
+        Token(token.into().trim().to_string())
+    }
+
+    /// The token itself, to send.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 impl Default for ClientOptions {
@@ -48,6 +77,7 @@ impl Default for ClientOptions {
             max_frame_bytes: 16 * 1024 * 1024,
             max_offline_queue: 1024,
             metadata_cache_capacity: 1024,
+            token: None,
         }
     }
 }

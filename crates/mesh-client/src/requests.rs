@@ -25,6 +25,8 @@ pub(crate) enum Effect {
     Unsubscribe(String),
     /// Our own metadata changed: drop its cache entry.
     SetMetadata,
+    /// The server took a newer token: use it to reconnect from now on.
+    Token(crate::options::Token),
 }
 
 /// A request as handed to the connection task.

@@ -42,6 +42,9 @@ pub const GET_MY_CONNECTION_METADATA: &str = "mesh/get-my-connection-metadata";
 pub const SET_MY_CONNECTION_METADATA: &str = "mesh/set-my-connection-metadata";
 /// Request: a room's metadata.
 pub const GET_ROOM_METADATA: &str = "mesh/get-room-metadata";
+/// Request: replace this connection's token with a newer one for the same
+/// user before the current one expires (servers with authentication).
+pub const REFRESH_TOKEN: &str = "mesh/refresh-token";
 
 /// Prefix of the reference server's presence channels, whose
 /// `mesh/subscription-message` copies duplicate `mesh/presence-update`.

@@ -3,6 +3,7 @@
 //! Every handler returns the reply payload or an [`ErrorPayload`]; the
 //! connection task turns either into the reply frame.
 
+use crate::auth::IDENTITY_FIELDS;
 use crate::connection::Connection;
 use crate::error::ServerError;
 use crate::hooks::CommandRequest;
@@ -13,10 +14,10 @@ use mesh_protocol::payload::{
     ConnectionMetadataRequest, PublishPresenceState, RoomRequest, SetMetadataRequest,
 };
 use mesh_protocol::{
-    command, now_millis, validate_room_name, ErrorCode, ErrorPayload, PresenceUpdate,
+    command, now_millis, validate_room_name, ErrorCode, ErrorPayload, PresenceUpdate, Strategy,
 };
 use serde::de::DeserializeOwned;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,8 +65,10 @@ async fn run(conn: &mut Connection, name: &str, payload: Value) -> Reply {
             Ok(json!({ "metadata": metadata }))
         }
         command::SET_MY_CONNECTION_METADATA => set_my_metadata(conn, parse(payload)?).await,
+        command::REFRESH_TOKEN => refresh_token(conn, parse(payload)?).await,
         command::GET_ROOM_METADATA => {
             let room = room_of(payload)?;
+            check_access(conn, &room, Access::Read)?;
             let metadata = conn
                 .server
                 .get_room_metadata(&room)
@@ -113,6 +116,42 @@ fn room_of(payload: Value) -> Result<String, ErrorPayload> {
 
 fn check_room(room: &str) -> Result<(), ErrorPayload> {
     validate_room_name(room).map_err(|e| ErrorPayload::new(ErrorCode::Invalid, e))
+}
+
+fn forbidden(message: impl Into<String>) -> ErrorPayload {
+    ErrorPayload::new(ErrorCode::Forbidden, message)
+}
+
+/// What a command does with a room, for the token's room claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Join it or publish in it: the `rooms` claim.
+    Join,
+    /// Subscribe to it or read it: `rooms` or `watch`.
+    Read,
+}
+
+/// Refuses a room the connection's token does not open. Without
+/// authentication every room is open.
+fn check_access(conn: &Connection, room: &str, access: Access) -> Result<(), ErrorPayload> {
+    let Some(claims) = &conn.claims else {
+        return Ok(());
+    };
+    let allowed = match access {
+        Access::Join => claims.may_join(room),
+        Access::Read => claims.may_read(room),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        let what = match access {
+            Access::Join => "join",
+            Access::Read => "read",
+        };
+        Err(forbidden(format!(
+            "your token does not let you {what} room {room:?}"
+        )))
+    }
 }
 
 fn server_error(e: ServerError) -> ErrorPayload {
@@ -178,6 +217,7 @@ async fn guard_allows(
 }
 
 async fn join_room(conn: &mut Connection, room: String) -> Result<Payload, ErrorPayload> {
+    check_access(conn, &room, Access::Join)?;
     let shared = conn.server.shared.clone();
     if !conn.rooms.contains_key(&room) {
         let max = shared.config.limits.max_rooms_per_connection;
@@ -288,6 +328,7 @@ fn refused() -> Value {
 }
 
 async fn subscribe_presence(conn: &mut Connection, room: String) -> Result<Payload, ErrorPayload> {
+    check_access(conn, &room, Access::Read)?;
     let shared = conn.server.shared.clone();
     let Some(track) = shared.tracker.lookup(&room) else {
         return Ok(Payload::Value(refused()));
@@ -360,6 +401,17 @@ async fn publish_presence_state(conn: &mut Connection, req: PublishPresenceState
     };
     let max = conn.server.shared.config.limits.max_state_bytes;
     check_size(&state, max, "state")?;
+    check_access(conn, &req.room_name, Access::Join)?;
+    if let Some(claims) = &conn.claims {
+        // Clients that group people by the state's `userId` must not be
+        // fooled by someone else's connection.
+        if state
+            .get("userId")
+            .is_some_and(|id| id.as_str() != Some(&claims.sub))
+        {
+            return Err(forbidden("the state's userId is not your token's sub"));
+        }
+    }
     let Some(track) = joined_tracked(conn, &req.room_name) else {
         return Ok(json!(false));
     };
@@ -419,6 +471,7 @@ async fn clear_presence_state(conn: &mut Connection, room: String) -> Reply {
 }
 
 async fn get_presence_state(conn: &mut Connection, room: String) -> Reply {
+    check_access(conn, &room, Access::Read)?;
     let shared = conn.server.shared.clone();
     let allowed = match shared.tracker.lookup(&room) {
         Some(track) => guard_allows(conn, &room, &track).await?,
@@ -445,9 +498,10 @@ async fn may_see(conn: &Connection, target: &str) -> Result<bool, ErrorPayload> 
         .connection_rooms(target)
         .await
         .map_err(backend_error)?;
-    Ok(rooms
-        .iter()
-        .any(|room| conn.rooms.contains_key(room) || conn.subscriptions.contains(room)))
+    Ok(rooms.iter().any(|room| {
+        (conn.rooms.contains_key(room) || conn.subscriptions.contains(room))
+            && check_access(conn, room, Access::Read).is_ok()
+    }))
 }
 
 async fn get_connection_metadata(conn: &mut Connection, req: ConnectionMetadataRequest) -> Reply {
@@ -466,9 +520,111 @@ async fn set_my_metadata(conn: &mut Connection, req: SetMetadataRequest) -> Repl
     let max = conn.server.shared.config.limits.max_state_bytes;
     check_size(&req.metadata, max, "metadata")?;
     let strategy = req.strategy();
+    let mut metadata = req.metadata;
+    if conn.claims.is_some() {
+        let current = conn
+            .server
+            .get_metadata(&conn.id)
+            .await
+            .map_err(server_error)?;
+        keep_identity(&mut metadata, strategy, current.as_ref())?;
+    }
     conn.server
-        .set_metadata(&conn.id, req.metadata, strategy)
+        .set_metadata(&conn.id, metadata, strategy)
         .await
         .map_err(server_error)?;
     Ok(json!({ "success": true }))
+}
+
+/// Makes a metadata write keep the server's identity fields: it may repeat
+/// them unchanged but not change, add or drop one. A `replace` gets them
+/// put back.
+fn keep_identity(
+    metadata: &mut Value,
+    strategy: Strategy,
+    current: Option<&Value>,
+) -> Result<(), ErrorPayload> {
+    let Value::Object(new) = metadata else {
+        return Err(forbidden(
+            "metadata must be an object that keeps your verified identity",
+        ));
+    };
+    for field in IDENTITY_FIELDS {
+        let attested = current.and_then(|c| c.get(field));
+        if let Some(value) = new.get(field) {
+            if Some(value) != attested {
+                return Err(forbidden(format!(
+                    "{field} is set by your token and cannot be changed"
+                )));
+            }
+        } else if let (Strategy::Replace, Some(value)) = (strategy, attested) {
+            new.insert(field.to_string(), value.clone());
+        }
+    }
+    Ok(())
+}
+
+/// `mesh/refresh-token`: a newer token for the same user pushes back the
+/// connection's expiry and updates its attested identity.
+async fn refresh_token(conn: &mut Connection, req: RefreshTokenRequest) -> Reply {
+    let Some(auth) = conn.server.shared.config.auth.clone() else {
+        return Err(ErrorPayload::new(
+            ErrorCode::Invalid,
+            "this server does not use tokens",
+        ));
+    };
+    let claims = auth
+        .verify(&req.token)
+        .map_err(|e| forbidden(e.to_string()))?;
+    if conn.claims.as_ref().is_some_and(|c| c.sub != claims.sub) {
+        return Err(forbidden("the new token is for another user"));
+    }
+    let mut metadata = match conn
+        .server
+        .get_metadata(&conn.id)
+        .await
+        .map_err(server_error)?
+    {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    for field in IDENTITY_FIELDS {
+        metadata.remove(field);
+    }
+    if let Value::Object(attested) = claims.metadata() {
+        metadata.extend(attested);
+    }
+    conn.server
+        .set_metadata(&conn.id, Value::Object(metadata), Strategy::Replace)
+        .await
+        .map_err(server_error)?;
+    conn.token_expires = Some(tokio::time::Instant::now() + claims.time_left());
+    let expires_at = claims.exp.saturating_mul(1000);
+    conn.claims = Some(Arc::new(claims));
+    // A narrower token takes effect now, not at the next join.
+    let closed: Vec<String> = conn
+        .rooms
+        .keys()
+        .filter(|room| check_access(conn, room, Access::Join).is_err())
+        .cloned()
+        .collect();
+    for room in closed {
+        leave_room(conn, room).await?;
+    }
+    let unwatched: Vec<String> = conn
+        .subscriptions
+        .iter()
+        .filter(|room| check_access(conn, room, Access::Read).is_err())
+        .cloned()
+        .collect();
+    for room in unwatched {
+        unsubscribe_presence(conn, room)?;
+    }
+    Ok(json!({ "success": true, "expiresAt": expires_at }))
+}
+
+/// The payload of `mesh/refresh-token`.
+#[derive(Debug, serde::Deserialize)]
+struct RefreshTokenRequest {
+    token: String,
 }

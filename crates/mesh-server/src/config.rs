@@ -1,5 +1,6 @@
 //! Server settings and limits.
 
+use crate::auth::Auth;
 use std::time::Duration;
 
 /// Bounds that protect the server from a single connection.
@@ -85,6 +86,8 @@ pub(crate) struct Config {
     pub(crate) open_metadata: bool,
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) limits: Limits,
+    /// Token verification; `None` leaves the server open.
+    pub(crate) auth: Option<Auth>,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             open_metadata: false,
             allowed_origins: Vec::new(),
             limits: Limits::default(),
+            auth: None,
         }
     }
 }

@@ -10,7 +10,9 @@
 //! reading what we sent it: a ping stuck behind our own backlog to it is
 //! our delay, not the client's.
 
+use crate::auth::{self, Claims, IDENTITY_FIELDS};
 use crate::commands::{self, Payload};
+use crate::config::Config;
 use crate::handshake::{self, Request};
 use crate::hooks::{ConnectionInfo, DisconnectInfo};
 use crate::outbox::{self, Kind, Outbox, Outgoing, ReadSide};
@@ -20,7 +22,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use mesh_protocol::{command, DecodeError, ErrorCode, ErrorPayload, Frame, Strategy};
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ type Socket = WebSocketStream<ReadSide>;
 
 /// Longest we wait for a closing connection's last bytes to leave.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
+/// The close reason of a connection whose token expired.
+pub(crate) const TOKEN_EXPIRED: &str = "token expired";
 
 /// Whether `name` is a command the server handles itself.
 pub(crate) fn is_builtin(name: &str) -> bool {
@@ -91,23 +95,38 @@ pub(crate) async fn serve(
         let _ = handshake::respond(&mut stream, 403, "origin not allowed\n").await;
         return;
     }
+    // The token is checked before anything is stored for the connection,
+    // and a refusal says nothing more than 401.
+    let claims = match &shared.config.auth {
+        None => None,
+        Some(auth) => {
+            let token = auth::token_of(
+                head.header("authorization"),
+                head.query.get("token").map(String::as_str),
+            );
+            match token.map(|t| auth.verify(t)) {
+                Some(Ok(claims)) => Some(Arc::new(claims)),
+                refused => {
+                    let reason = match refused {
+                        Some(Err(e)) => e.to_string(),
+                        _ => "no token".to_string(),
+                    };
+                    tracing::info!(%peer, %reason, "connection refused");
+                    let _ = handshake::respond(&mut stream, 401, "unauthorized\n").await;
+                    return;
+                }
+            }
+        }
+    };
     let id = shared.new_connection_id();
     if let Err(e) = shared.backend.connection_opened(&id).await {
         tracing::warn!(%peer, error = %e, "could not register the connection");
         let _ = handshake::respond(&mut stream, 503, "backend unavailable\n").await;
         return;
     }
-    if shared.config.metadata_from_query && !head.query.is_empty() {
-        let metadata: Map<String, Value> = head
-            .query
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        if let Err(e) = server
-            .set_metadata(&id, Value::Object(metadata), Strategy::Replace)
-            .await
-        {
-            tracing::warn!(%peer, error = %e, "could not attach query metadata");
+    if let Some(metadata) = initial_metadata(&shared.config, &head.query, claims.as_deref()) {
+        if let Err(e) = server.set_metadata(&id, metadata, Strategy::Replace).await {
+            tracing::warn!(%peer, error = %e, "could not attach metadata");
             let _ = shared.backend.remove_metadata(&id).await;
             let _ = handshake::respond(&mut stream, 503, "backend unavailable\n").await;
             return;
@@ -119,6 +138,7 @@ pub(crate) async fn serve(
             path: head.path.clone(),
             query: head.query.clone(),
             headers: head.headers.clone(),
+            claims: claims.clone(),
             server: server.clone(),
         };
         if let Err(refusal) = hook(info).await {
@@ -144,9 +164,38 @@ pub(crate) async fn serve(
         Some(shared.ws_config),
     )
     .await;
-    Connection::new(id, server.clone(), outbox, shutdown.clone())
+    Connection::new(id, server.clone(), outbox, claims, shutdown.clone())
         .run(socket, writer, peer, shutdown)
         .await;
+}
+
+/// What a new connection's metadata starts as: the URL query when the
+/// server is configured so, and the token's claims over it. With tokens,
+/// the query can neither carry the token into metadata nor set an
+/// identity field.
+fn initial_metadata(
+    config: &Config,
+    query: &BTreeMap<String, String>,
+    claims: Option<&Claims>,
+) -> Option<Value> {
+    let mut metadata: Map<String, Value> = Map::new();
+    if config.metadata_from_query {
+        metadata.extend(
+            query
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone()))),
+        );
+    }
+    if let Some(claims) = claims {
+        metadata.remove("token");
+        for field in IDENTITY_FIELDS {
+            metadata.remove(field);
+        }
+        if let Value::Object(attested) = claims.metadata() {
+            metadata.extend(attested);
+        }
+    }
+    (!metadata.is_empty()).then_some(Value::Object(metadata))
 }
 
 /// Why a connection ended.
@@ -164,6 +213,8 @@ enum Ending {
     SlowConsumer,
     /// A frame over the hard size limit.
     Oversized,
+    /// Its token expired and no newer one came.
+    TokenExpired,
 }
 
 impl Ending {
@@ -175,6 +226,7 @@ impl Ending {
             Ending::Unresponsive => (CloseCode::Away, "missed pongs"),
             Ending::Garbage => (CloseCode::Policy, "too many malformed frames"),
             Ending::Oversized => (CloseCode::Size, "frame too large"),
+            Ending::TokenExpired => (CloseCode::Policy, TOKEN_EXPIRED),
         };
         Some(CloseFrame {
             code,
@@ -192,6 +244,10 @@ pub(crate) struct Connection {
     pub(crate) rooms: HashMap<String, Option<Arc<TrackOptions>>>,
     /// Rooms whose presence this connection is subscribed to.
     pub(crate) subscriptions: HashSet<String>,
+    /// The verified token's claims, on a server with authentication.
+    pub(crate) claims: Option<Arc<Claims>>,
+    /// When the token expires and the connection is closed.
+    pub(crate) token_expires: Option<Instant>,
     /// When the connection is considered dead without a pong.
     alive_until: Instant,
     latency_sent: Option<Instant>,
@@ -241,6 +297,7 @@ impl Connection {
         id: String,
         server: ServerHandle,
         outbox: Outbox,
+        claims: Option<Arc<Claims>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let limits = &server.shared.config.limits;
@@ -253,6 +310,8 @@ impl Connection {
             outbox,
             rooms: HashMap::new(),
             subscriptions: HashSet::new(),
+            token_expires: claims.as_ref().map(|c| now + c.time_left()),
+            claims,
             latency_sent: None,
             bad_frames: 0,
             bad_window_start: now,
@@ -321,10 +380,18 @@ impl Connection {
         latency.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let deadline = tokio::time::sleep_until(self.alive_until);
         tokio::pin!(deadline);
+        let expiry = tokio::time::sleep_until(self.token_expires.unwrap_or_else(far_future));
+        tokio::pin!(expiry);
 
         loop {
             if deadline.deadline() != self.alive_until {
                 deadline.as_mut().reset(self.alive_until);
+            }
+            // A refreshed token moves the expiry.
+            if let Some(expires) = self.token_expires {
+                if expiry.deadline() != expires {
+                    expiry.as_mut().reset(expires);
+                }
             }
             // While our replies to it pile up, read no more requests: a
             // client that asks without reading slows only itself.
@@ -343,6 +410,7 @@ impl Connection {
                     self.alive_until = progress;
                 }
                 _ = outbox.drained(), if backlogged => {}
+                _ = &mut expiry, if self.token_expires.is_some() => return Ending::TokenExpired,
                 _ = ping.tick() => {
                     self.heartbeat(Frame::push(command::PING, json!({})));
                 }
@@ -543,6 +611,11 @@ impl Connection {
             .await;
         }
     }
+}
+
+/// A deadline that never comes, for a timer that is not armed.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 /// The command of a frame we could not fully decode, for the error reply.

@@ -1,6 +1,7 @@
 //! What embedders plug in: the connection and disconnection hooks and
 //! custom commands.
 
+use crate::auth::Claims;
 use crate::server::ServerHandle;
 use crate::ServerError;
 use mesh_protocol::{ErrorPayload, Strategy};
@@ -26,6 +27,9 @@ pub struct ConnectionInfo {
     pub query: BTreeMap<String, String>,
     /// Request headers, names lower-cased, in the order sent.
     pub headers: Vec<(String, String)>,
+    /// The verified token's claims, on a server with authentication; their
+    /// identity is already in the connection's metadata.
+    pub claims: Option<Arc<Claims>>,
     /// The server, to set metadata or look things up.
     pub server: ServerHandle,
 }

@@ -30,6 +30,7 @@
 //! Layout, in the order a connection meets it:
 //!
 //! * [`server`]: the builder, the running server and its [`ServerHandle`].
+//! * [`auth`]: signed tokens, the identity they attest, the rooms they open.
 //! * `handshake`: HTTP request head, `GET /healthz`, `GET /metrics`,
 //!   `Origin` check, upgrade.
 //! * `connection`: the task that owns a socket: heartbeat, frames, cleanup.
@@ -48,6 +49,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backend;
 mod commands;
 mod config;
@@ -62,6 +64,7 @@ mod outbox;
 pub mod server;
 pub mod tracking;
 
+pub use auth::{Auth, Claims};
 pub use backend::{
     Backend, BackendError, BackendStats, MemoryBackend, RedisBackend, RedisConfig, UpdateSink,
 };

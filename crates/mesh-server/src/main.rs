@@ -1,11 +1,14 @@
 //! `mesh-server`: a standalone Mesh presence server.
 
-use clap::Parser;
-use mesh_server::{RedisConfig, Server, ServerBuilder, TrackOptions};
+use clap::{Parser, Subcommand};
+use mesh_server::auth::{read_secret, sign_hs256};
+use mesh_server::{Auth, RedisConfig, Server, ServerBuilder, TrackOptions};
+use serde_json::{json, Map, Value};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing_subscriber::EnvFilter;
 
 /// Exit status for options that can never work: systemd's
@@ -19,6 +22,8 @@ const EXIT_BAD_CONFIG: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "mesh-server", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Check the options and exit, without listening or connecting:
     /// status 0 if the server would start, 2 and the reason if not.
     #[arg(long)]
@@ -91,6 +96,94 @@ struct Args {
     /// Requests per second allowed per connection (0 = unlimited).
     #[arg(long, env = "MESH_MAX_REQUESTS_PER_SECOND", default_value_t = 0)]
     max_requests_per_second: u32,
+    /// Require HS256 tokens signed with the secret in this file (its
+    /// contents, surrounding whitespace trimmed).
+    #[arg(
+        long,
+        env = "MESH_AUTH_SECRET_FILE",
+        conflicts_with = "auth_public_key_file"
+    )]
+    auth_secret_file: Option<PathBuf>,
+    /// Require tokens signed by the private half of this PEM public key
+    /// (RSA: RS256, P-256: ES256, Ed25519: EdDSA).
+    #[arg(long, env = "MESH_AUTH_PUBLIC_KEY_FILE")]
+    auth_public_key_file: Option<PathBuf>,
+    /// Tokens must carry this audience (`aud`).
+    #[arg(long, env = "MESH_AUTH_AUDIENCE")]
+    auth_audience: Option<String>,
+    /// Tokens must carry this issuer (`iss`).
+    #[arg(long, env = "MESH_AUTH_ISSUER")]
+    auth_issuer: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print a signed (HS256) token for one user, to hand out.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// File holding the secret the server verifies with.
+    #[arg(long, env = "MESH_AUTH_SECRET_FILE")]
+    secret_file: PathBuf,
+    /// The user's id (`sub`; becomes `userId`).
+    #[arg(long)]
+    sub: String,
+    /// Display name (`name`; becomes `username`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Avatar URL (`picture`; becomes `avatar`).
+    #[arg(long)]
+    picture: Option<String>,
+    /// Role (`role`).
+    #[arg(long)]
+    role: Option<String>,
+    /// Rooms the holder may join, comma-separated; `*` is a wildcard.
+    /// Default: every room.
+    #[arg(long, value_delimiter = ',')]
+    rooms: Option<Vec<String>>,
+    /// Rooms the holder may only watch, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    watch: Option<Vec<String>>,
+    /// Lifetime (`30d`, `12h`, `90s`).
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Audience (`aud`), for a server started with --auth-audience.
+    #[arg(long, env = "MESH_AUTH_AUDIENCE")]
+    audience: Option<String>,
+    /// Issuer (`iss`), for a server started with --auth-issuer.
+    #[arg(long, env = "MESH_AUTH_ISSUER")]
+    issuer: Option<String>,
+}
+
+impl TokenArgs {
+    /// The claims to sign.
+    fn claims(&self, now: Duration) -> Value {
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!(self.sub));
+        let optional = [
+            ("name", &self.name),
+            ("picture", &self.picture),
+            ("role", &self.role),
+            ("aud", &self.audience),
+            ("iss", &self.issuer),
+        ];
+        for (claim, value) in optional {
+            if let Some(value) = value {
+                claims.insert(claim.into(), json!(value));
+            }
+        }
+        if let Some(rooms) = &self.rooms {
+            claims.insert("rooms".into(), json!(rooms));
+        }
+        if let Some(watch) = &self.watch {
+            claims.insert("watch".into(), json!(watch));
+        }
+        claims.insert("iat".into(), json!(now.as_secs()));
+        claims.insert("exp".into(), json!((now + self.ttl).as_secs()));
+        Value::Object(claims)
+    }
 }
 
 /// A duration that must not be zero (a zero interval would spin).
@@ -123,7 +216,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("unknown unit in {s:?} (use ms, s, m or h)")),
+        "d" => Ok(Duration::from_secs(n * 86400)),
+        _ => Err(format!("unknown unit in {s:?} (use ms, s, m, h or d)")),
     }
 }
 
@@ -131,6 +225,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
+    if let Some(Cmd::Token(token)) = &args.command {
+        return match print_token(token) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mesh-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let builder = match configure(&args) {
         Ok(builder) => builder,
         Err(e) => {
@@ -149,6 +252,14 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `mesh-server token`: prints a token signed with the secret file.
+fn print_token(token: &TokenArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let secret = read_secret(&token.secret_file)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    println!("{}", sign_hs256(&secret, &token.claims(now))?);
+    Ok(())
 }
 
 /// Logs go to stdout, in colour only on a terminal. Under systemd (whose
@@ -171,6 +282,7 @@ fn init_logging() {
 /// be checked without listening, so that `--check-config` and a real start
 /// refuse the same mistakes.
 fn configure(args: &Args) -> Result<ServerBuilder, Box<dyn std::error::Error>> {
+    let auth = auth_of(args)?;
     let ttl = (!args.presence_ttl.is_zero()).then_some(args.presence_ttl);
     let mut builder = Server::builder()
         .addr(args.addr)
@@ -187,6 +299,10 @@ fn configure(args: &Args) -> Result<ServerBuilder, Box<dyn std::error::Error>> {
         .max_room_members(args.max_room_members)
         .max_bad_frames(args.max_bad_frames)
         .max_requests_per_second(args.max_requests_per_second);
+    if let Some(auth) = auth {
+        tracing::info!(algorithm = %auth.algorithm(), "every connection needs a valid token");
+        builder = builder.auth(auth);
+    }
     if let Some(url) = &args.redis {
         builder = builder.redis(RedisConfig::new(url.as_str()).prefix(args.redis_prefix.as_str()));
     }
@@ -206,6 +322,32 @@ async fn serve(builder: ServerBuilder, args: &Args) -> Result<(), Box<dyn std::e
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// The token verification the options ask for, if any.
+fn auth_of(args: &Args) -> Result<Option<Auth>, mesh_server::ServerError> {
+    let auth = match (&args.auth_secret_file, &args.auth_public_key_file) {
+        (Some(secret), _) => Auth::hs256_from_file(secret)?,
+        (None, Some(key)) => Auth::public_key_file(key)?,
+        (None, None) => {
+            if args.auth_audience.is_some() || args.auth_issuer.is_some() {
+                return Err(mesh_server::ServerError::Config(
+                    "--auth-audience and --auth-issuer need --auth-secret-file or \
+                     --auth-public-key-file"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let auth = match &args.auth_audience {
+        Some(audience) => auth.audience(audience),
+        None => auth,
+    };
+    Ok(Some(match &args.auth_issuer {
+        Some(issuer) => auth.issuer(issuer),
+        None => auth,
+    }))
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed
@@ -296,6 +438,7 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_duration("5w").is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Building, running and stopping a server, and the handle embedders use
 //! to act on it.
 
+use crate::auth::Auth;
 use crate::backend::{Backend, MemoryBackend, RedisBackend, RedisConfig};
 use crate::config::{Config, Limits};
 use crate::connection;
@@ -142,6 +143,15 @@ impl ServerBuilder {
         S: Into<String>,
     {
         self.config.allowed_origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Requires every connection to present a token that `auth` verifies
+    /// (`?token=` or `Authorization: Bearer`); others get `401` before the
+    /// upgrade. The token's claims become the connection's identity and
+    /// decide which rooms it may join or watch (see [`crate::auth`]).
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.config.auth = Some(auth);
         self
     }
 
@@ -331,6 +341,13 @@ impl ServerBuilder {
         let (done_tx, done_rx) = mpsc::channel(1);
         let accept = tokio::spawn(accept_loop(listener, handle.clone(), shutdown_rx, done_tx));
         tracing::info!(%local_addr, instance = %handle.shared.instance_id, "mesh server listening");
+        if handle.shared.config.auth.is_none() && !local_addr.ip().is_loopback() {
+            tracing::warn!(
+                %local_addr,
+                "no authentication: anyone who can reach this address can join any room and \
+                 claim any identity; configure token verification for a shared server"
+            );
+        }
         Ok(RunningServer {
             handle,
             local_addr,

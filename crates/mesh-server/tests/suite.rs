@@ -2,6 +2,7 @@
 //! backend. Each test is an `async fn(BackendKind)`; the `suite!` macro at
 //! the bottom turns every one into a `#[tokio::test]` per backend.
 
+#[macro_use]
 mod common;
 
 use common::{assert_update, error_code, metric, scrape, BackendKind, Peer, WAIT};
@@ -1253,28 +1254,6 @@ async fn instances_share_presence(kind: BackendKind) {
     two.shutdown().await;
     assert_update(&a.next_update().await, "leave", &b_id, "r");
     one.shutdown().await;
-}
-
-/// One `#[tokio::test]` per test for one backend, in a module named after it.
-macro_rules! for_backend {
-    ($kind:ident, $module:ident, [$($test:ident),* $(,)?]) => {
-        mod $module {
-            $(
-                #[tokio::test]
-                async fn $test() {
-                    super::$test(super::BackendKind::$kind).await;
-                }
-            )*
-        }
-    };
-}
-
-/// The whole suite, once per backend. Another backend is one more line.
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        for_backend!(Memory, memory, [$($test),*]);
-        for_backend!(Redis, redis, [$($test),*]);
-    };
 }
 
 suite!(

@@ -14,6 +14,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use mesh_client::{
     ClientError, ClientEvent, ClientOptions, MeshClient, PresenceEvent, PresenceUpdate, Strategy,
+    Token,
 };
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -37,6 +38,9 @@ struct Cli {
     /// Seconds to wait for a reply.
     #[arg(long, global = true, default_value_t = 10)]
     timeout: u64,
+    /// Token for a server with authentication (sent as a bearer token).
+    #[arg(long, global = true, env = "MESH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let options = ClientOptions {
         request_timeout: Duration::from_secs(cli.timeout),
         connect_timeout: Duration::from_secs(cli.timeout),
+        token: cli.token.map(Token::new),
         ..ClientOptions::default()
     };
     let client = MeshClient::connect(&cli.url, options).await?;
@@ -294,6 +299,7 @@ fn print_lifecycle(event: &ClientEvent, json: bool) {
         ClientEvent::Disconnected => ("disconnected", None),
         ClientEvent::Reconnected { id } => ("reconnected", Some(id)),
         ClientEvent::ReconnectFailed => ("reconnect-failed", None),
+        ClientEvent::Unauthorized => ("unauthorized", None),
         ClientEvent::Connected { .. } | ClientEvent::Latency(_) => return,
     };
     if json {

@@ -1,7 +1,7 @@
 //! Shared pieces of the integration tests: which backend to run against,
 //! and a small raw-WebSocket Mesh peer that speaks the protocol by hand.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 pub mod redis;
 
@@ -307,4 +307,27 @@ pub fn error_code(reply: &Value) -> Option<String> {
         .get("code")
         .and_then(Value::as_str)
         .map(str::to_string)
+}
+
+/// One `#[tokio::test]` per test for one backend, in a module named after it.
+macro_rules! for_backend {
+    ($kind:ident, $module:ident, [$($test:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::BackendKind::$kind).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The whole suite of a test file, once per backend. Another backend is
+/// one more line.
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        for_backend!(Memory, memory, [$($test),*]);
+        for_backend!(Redis, redis, [$($test),*]);
+    };
 }
