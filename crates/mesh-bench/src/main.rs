@@ -13,9 +13,19 @@
 //! Idle mode (`--idle`): opens M connections that do nothing, and reports
 //! the server's RSS growth per connection.
 //!
+//! Scaling mode (`--scale 400,1000,2000,5000`): the burst with one state
+//! per client at each N, each on a freshly spawned server, then one table:
+//! connect time, join and state deliveries/s, state latency, duplicates,
+//! the server's peak RSS and its RSS 5 s after every client left.
+//!
+//! The yardstick (`--bare`): the same runs against a bare fan-out server
+//! (see `bare`), spawned as another mesh-bench process, to compare with.
+//!
 //! The server is either given by `--url` (and optionally `--server-pid` for
 //! RSS), or spawned by `--spawn-server` from the `mesh-server` binary next
 //! to this one.
+
+mod bare;
 
 use clap::Parser;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -55,6 +65,26 @@ struct Args {
     /// Path of the server binary to spawn (default: next to mesh-bench).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// An argument for the spawned server (repeatable), e.g.
+    /// `--server-arg=--ping-interval --server-arg=1s`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+    /// Spawn the bare fan-out server (the yardstick) instead of
+    /// `mesh-server`.
+    #[arg(long)]
+    bare: bool,
+    /// Run as the bare fan-out server on this address (what `--bare`
+    /// spawns).
+    #[arg(long, hide = true)]
+    serve_bare: Option<String>,
+    /// Scaling mode: run the burst (one state per client) at each of these
+    /// client counts, each on a fresh server, and print one table.
+    #[arg(long, value_delimiter = ',')]
+    scale: Vec<usize>,
+    /// Scaling mode: seconds to wait after every client left before the
+    /// server's RSS is read.
+    #[arg(long, default_value_t = 5)]
+    settle: u64,
     /// Pid of an already running server, to report its RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -86,6 +116,9 @@ struct Args {
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
+    if let Some(addr) = &args.serve_bare {
+        return tokio::runtime::Runtime::new()?.block_on(bare::serve(addr));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
@@ -94,9 +127,12 @@ fn main() -> Result<(), BoxError> {
 }
 
 async fn run(mut args: Args) -> Result<(), BoxError> {
+    if !args.scale.is_empty() {
+        return scale(args).await;
+    }
     let mut server = None;
     if args.spawn_server {
-        let spawned = SpawnedServer::start(args.server_bin.clone()).await?;
+        let spawned = SpawnedServer::start(&args).await?;
         args.url = spawned.url.clone();
         args.server_pid = Some(spawned.child.id());
         server = Some(spawned);
@@ -110,7 +146,7 @@ async fn run(mut args: Args) -> Result<(), BoxError> {
     } else if let Some(rate) = args.rate {
         steady(&args, rate).await
     } else {
-        burst(&args).await
+        burst(&args).await.map(drop)
     };
     if let Some(server) = server {
         server.stop();
@@ -125,9 +161,10 @@ struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    async fn start(bin: Option<PathBuf>) -> Result<Self, BoxError> {
-        let bin = match bin {
-            Some(bin) => bin,
+    async fn start(args: &Args) -> Result<Self, BoxError> {
+        let bin = match &args.server_bin {
+            _ if args.bare => std::env::current_exe()?,
+            Some(bin) => bin.clone(),
             None => std::env::current_exe()?
                 .parent()
                 .ok_or("no parent directory")?
@@ -138,8 +175,10 @@ impl SpawnedServer {
             .local_addr()?
             .port();
         let addr = format!("127.0.0.1:{port}");
+        let listen = if args.bare { "--serve-bare" } else { "--addr" };
         let child = Command::new(&bin)
-            .args(["--addr", &addr])
+            .args([listen, &addr])
+            .args(&args.server_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -411,7 +450,20 @@ fn micros_since(epoch: Instant) -> u64 {
     epoch.elapsed().as_micros() as u64
 }
 
-async fn burst(args: &Args) -> Result<(), BoxError> {
+/// The figures of one burst.
+struct BurstReport {
+    clients: usize,
+    connect: Duration,
+    join_per_sec: f64,
+    states: u64,
+    expected: u64,
+    states_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    duplicates: u64,
+}
+
+async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
     let n = args.clients;
     let k = args.states;
     report_rss(args);
@@ -521,6 +573,17 @@ async fn burst(args: &Args) -> Result<(), BoxError> {
         deliveries as f64 / burst_time.as_secs_f64()
     );
     print_latency(&latencies);
+    let report = BurstReport {
+        clients: n,
+        connect: connect_time,
+        join_per_sec: join_deliveries / join_time.as_secs_f64(),
+        states: deliveries,
+        expected: (n * n * k) as u64,
+        states_per_sec: deliveries as f64 / burst_time.as_secs_f64(),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        duplicates,
+    };
     if let (Some(before), Some(after)) = (cpu_before, args.server_pid.and_then(cpu_time)) {
         let cpu = after.saturating_sub(before);
         println!(
@@ -531,6 +594,48 @@ async fn burst(args: &Args) -> Result<(), BoxError> {
     }
     report_rss(args);
     drop(clients);
+    Ok(report)
+}
+
+/// Scaling mode: one burst per client count, each on a fresh server.
+async fn scale(mut args: Args) -> Result<(), BoxError> {
+    args.states = 1;
+    let mut rows = Vec::new();
+    for &n in &args.scale.clone() {
+        println!("== {n} clients");
+        let server = SpawnedServer::start(&args).await?;
+        args.url = server.url.clone();
+        let pid = server.child.id();
+        args.server_pid = Some(pid);
+        args.clients = n;
+        let report = burst(&args).await;
+        // Every client has left (burst drops them); give the server time.
+        tokio::time::sleep(Duration::from_secs(args.settle)).await;
+        let rss = rss_kib(pid);
+        server.stop();
+        let report = report?;
+        let (after, peak) = rss.ok_or("cannot read server RSS")?;
+        rows.push((report, peak, after));
+    }
+    println!();
+    println!("| members | connect | join deliveries/s | state deliveries/s | state latency p50 / p99 | duplicates | server peak RSS | RSS {} s after all left |", args.settle);
+    println!("|---|---|---|---|---|---|---|---|");
+    for (r, peak, after) in rows {
+        println!(
+            "| {} | {:.2} s | {:.0}k | {:.0}k ({} of {}) | {:.0} / {:.0} ms | {} | {:.1} MiB | {:.1} MiB |",
+            r.clients,
+            r.connect.as_secs_f64(),
+            r.join_per_sec / 1000.0,
+            r.states_per_sec / 1000.0,
+            r.states,
+            r.expected,
+            r.p50_ms,
+            r.p99_ms,
+            r.duplicates,
+            peak as f64 / 1024.0,
+            after as f64 / 1024.0,
+        );
+    }
     Ok(())
 }
 

@@ -39,3 +39,23 @@ async fn small_burst_counts_every_delivery() {
     assert!(stdout.contains("server RSS:"), "{stdout}");
     server.shutdown().await;
 }
+
+#[test]
+fn scaling_mode_prints_one_row_per_size() {
+    // Against the bare fan-out server, which mesh-bench spawns from itself.
+    let output = Command::new(env!("CARGO_BIN_EXE_mesh-bench"))
+        .args(["--bare", "--scale", "5,10", "--settle", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("| members | connect |"), "{stdout}");
+    assert!(stdout.contains("| 5 | "), "{stdout}");
+    // 10 clients x 10 receivers x 1 state, none twice.
+    assert!(stdout.contains("(100 of 100) |"), "{stdout}");
+    assert!(stdout.contains("| 0 |"), "{stdout}");
+}

@@ -69,14 +69,18 @@ pub(crate) async fn serve(
     _done: mpsc::Sender<()>,
 ) {
     let shared = &server.shared;
-    let request =
-        match handshake::read_request(&mut stream, shared.config.limits.handshake_timeout).await {
-            Ok(request) => request,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "handshake failed");
-                return;
-            }
-        };
+    let request = match Box::pin(handshake::read_request(
+        &mut stream,
+        shared.config.limits.handshake_timeout,
+    ))
+    .await
+    {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            return;
+        }
+    };
     let (head, key) = match request {
         Request::Plain { status, body } => {
             let _ = handshake::respond(&mut stream, status, body).await;
@@ -159,7 +163,9 @@ pub(crate) async fn serve(
     let writer = tokio::spawn(outbox::write_loop(write, outbox.clone()));
     let socket = WebSocketStream::from_partially_read(
         ReadSide::new(read, outbox.clone()),
-        head.leftover,
+        // Moved out of a temporary, so the rest of the request head is
+        // freed now rather than kept for the connection's lifetime.
+        std::convert::identity(head).leftover,
         Role::Server,
         Some(shared.ws_config),
     )
@@ -352,7 +358,7 @@ impl Connection {
             self.outbox
                 .push(Outgoing::close(ending.close_frame().as_ref()));
         }
-        self.cleanup().await;
+        Box::pin(self.cleanup()).await;
         if tokio::time::timeout(WRITER_GRACE, &mut writer)
             .await
             .is_err()
@@ -492,7 +498,7 @@ impl Connection {
             payload,
         } = frame;
         match command.as_str() {
-            command::PONG => self.on_pong().await,
+            command::PONG => Box::pin(self.on_pong()).await,
             command::LATENCY_RESPONSE => {
                 if let Some(sent) = self.latency_sent.take() {
                     // Whole milliseconds, as the reference server sends them.
@@ -502,7 +508,9 @@ impl Connection {
             }
             _ => {
                 let result = if self.requests.allow(Instant::now()) {
-                    commands::dispatch(self, &command, payload).await
+                    // Boxed: a command's state lives on the heap only while
+                    // it runs, which keeps idle connections small.
+                    Box::pin(commands::dispatch(self, &command, payload)).await
                 } else {
                     Err(ErrorPayload::new(
                         ErrorCode::RateLimit,

@@ -12,30 +12,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn binary_serves_and_stops_on_ctrl_c() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-server"))
-        .args(["--addr", "127.0.0.1:0", "--track", "lobby,doc:.*"])
-        .args(["--ping-interval", "200ms", "--metadata-from-query"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server binary starts");
-    // The binary logs its URL once it listens.
-    let stdout = child.stdout.take().unwrap();
-    let url = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines.next().expect("log ended early").unwrap();
-            if let Some(start) = line.find("ws://") {
-                let rest = &line[start..];
-                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-                break rest[..end].to_string();
-            }
-        };
-        // Keep draining so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        url
+    let args = ["--addr", "127.0.0.1:0", "--track", "lobby,doc:.*"];
+    let args = [
+        &args[..],
+        &["--ping-interval", "200ms", "--metadata-from-query"],
+    ]
+    .concat();
+    let started = tokio::task::spawn_blocking(move || {
+        common::spawn_binary(env!("CARGO_BIN_EXE_mesh-server"), &args)
     });
-    let url = tokio::time::timeout(WAIT, url).await.unwrap().unwrap();
+    let (mut child, url) = tokio::time::timeout(WAIT, started).await.unwrap().unwrap();
 
     let addr = url.trim_start_matches("ws://").to_string();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();

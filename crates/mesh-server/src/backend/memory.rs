@@ -64,6 +64,19 @@ struct Room {
     snapshots: Snapshots,
 }
 
+/// The snapshot of a room that does not exist.
+const EMPTY_LIST: Bytes = Bytes::from_static(b"[]");
+
+/// `slot`, or else `ids` with their metadata encoded into it.
+fn member_list<'a>(
+    slot: &mut Option<Bytes>,
+    ids: impl Iterator<Item = &'a String>,
+    metadata: &HashMap<String, Value>,
+) -> Bytes {
+    slot.get_or_insert_with(|| encode_members(ids.map(|id| (id.as_str(), metadata.get(id)))))
+        .clone()
+}
+
 /// A room's encoded snapshots, shared by every asker until the room
 /// changes.
 #[derive(Default)]
@@ -342,13 +355,9 @@ impl Backend for MemoryBackend {
         let State {
             rooms, metadata, ..
         } = &mut *state;
-        let Some(r) = rooms.get_mut(room) else {
-            return Ok(Bytes::from_static(b"[]"));
-        };
-        let snapshot = r.snapshots.members.get_or_insert_with(|| {
-            encode_members(r.members.iter().map(|id| (id.as_str(), metadata.get(id))))
-        });
-        Ok(snapshot.clone())
+        Ok(rooms.get_mut(room).map_or(EMPTY_LIST, |r| {
+            member_list(&mut r.snapshots.members, r.members.iter(), metadata)
+        }))
     }
 
     async fn present_snapshot(&self, room: &str) -> BackendResult<Bytes> {
@@ -356,13 +365,9 @@ impl Backend for MemoryBackend {
         let State {
             rooms, metadata, ..
         } = &mut *state;
-        let Some(r) = rooms.get_mut(room) else {
-            return Ok(Bytes::from_static(b"[]"));
-        };
-        let snapshot = r.snapshots.present.get_or_insert_with(|| {
-            encode_members(r.present.keys().map(|id| (id.as_str(), metadata.get(id))))
-        });
-        Ok(snapshot.clone())
+        Ok(rooms.get_mut(room).map_or(EMPTY_LIST, |r| {
+            member_list(&mut r.snapshots.present, r.present.keys(), metadata)
+        }))
     }
 
     async fn states_snapshot(&self, room: &str) -> BackendResult<Bytes> {

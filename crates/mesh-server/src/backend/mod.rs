@@ -129,25 +129,14 @@ pub trait Backend: Send + Sync + 'static {
     /// hands every asker the same bytes.
     async fn members_snapshot(&self, room: &str) -> BackendResult<Bytes> {
         let ids = self.room_members(room).await?;
-        let metadata = self.get_metadata_many(&ids).await?;
-        Ok(encode_members(
-            ids.iter()
-                .map(String::as_str)
-                .zip(metadata.iter().map(Option::as_ref)),
-        ))
+        with_metadata_encoded(self, &ids).await
     }
-
     /// The present connections of `room` with their metadata, encoded as
     /// the `present` list of a `mesh/subscribe-presence` reply; shared like
     /// [`Backend::members_snapshot`].
     async fn present_snapshot(&self, room: &str) -> BackendResult<Bytes> {
         let ids = self.present(room).await?;
-        let metadata = self.get_metadata_many(&ids).await?;
-        Ok(encode_members(
-            ids.iter()
-                .map(String::as_str)
-                .zip(metadata.iter().map(Option::as_ref)),
-        ))
+        with_metadata_encoded(self, &ids).await
     }
 
     /// Every state of `room`, encoded as the `states` object of a
@@ -235,6 +224,19 @@ pub trait Backend: Send + Sync + 'static {
     fn stats(&self) -> BackendStats {
         BackendStats::default()
     }
+}
+
+/// `ids` with their metadata, encoded by [`encode_members`].
+async fn with_metadata_encoded<B: Backend + ?Sized>(
+    backend: &B,
+    ids: &[String],
+) -> BackendResult<Bytes> {
+    let metadata = backend.get_metadata_many(ids).await?;
+    Ok(encode_members(
+        ids.iter()
+            .map(String::as_str)
+            .zip(metadata.iter().map(Option::as_ref)),
+    ))
 }
 
 /// Encodes `[{"id", "metadata"}]`; a connection without metadata has

@@ -256,6 +256,41 @@ impl Peer {
     }
 }
 
+/// Starts the `mesh-server` binary (of the crate under test) with `args`,
+/// logging at info, and waits for the URL it logs once it listens. The
+/// log keeps being drained so that the server never blocks on it.
+pub fn spawn_binary(binary: &str, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(binary)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("server binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("log ended early").unwrap();
+        if let Some(start) = line.find("ws://") {
+            let rest = &line[start..];
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            break rest[..end].to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, url)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
 /// Asserts the update is a join/leave/state of `conn` in `room`.
 pub fn assert_update(update: &PresenceUpdate, kind: &str, conn: &str, room: &str) {
     let actual = match update {
