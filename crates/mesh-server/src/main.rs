@@ -101,6 +101,15 @@ struct Args {
     /// Redis: `redis://HOST:PORT/DB`. Default: in memory, this instance only.
     #[arg(long, env = "MESH_REDIS_URL")]
     redis: Option<String>,
+    /// Share them through a Redis Cluster instead (Redis 7 or later): seed
+    /// nodes `redis://HOST:PORT`, repeat or comma-separate.
+    #[arg(
+        long = "redis-cluster",
+        env = "MESH_REDIS_CLUSTER",
+        value_delimiter = ',',
+        conflicts_with = "redis"
+    )]
+    redis_cluster: Vec<String>,
     /// Prefix of every Redis key and channel; instances sharing one form a
     /// cluster.
     #[arg(long, env = "MESH_REDIS_PREFIX", default_value = "mesh-presence:")]
@@ -320,6 +329,11 @@ fn configure(args: &Args) -> Result<ServerBuilder, Box<dyn std::error::Error>> {
     }
     if let Some(url) = &args.redis {
         builder = builder.redis(RedisConfig::new(url.as_str()).prefix(args.redis_prefix.as_str()));
+    } else if !args.redis_cluster.is_empty() {
+        builder = builder.redis(
+            RedisConfig::cluster(args.redis_cluster.iter().map(String::as_str))
+                .prefix(args.redis_prefix.as_str()),
+        );
     }
     for pattern in &args.track {
         builder = builder.track_presence(pattern, TrackOptions { ttl, guard: None });

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::redis::{self as test_redis, RedisServer};
+use common::redis::{self as test_redis, RedisCluster, RedisServer};
 use common::{assert_update, error_code, metric, scrape, Peer, WAIT};
 use mesh_protocol::{command, PresenceUpdate};
 use mesh_server::{RedisBackend, RedisConfig, RunningServer, Server, TrackOptions};
@@ -34,6 +34,24 @@ async fn server_on(backend: RedisBackend) -> RunningServer {
         .bind()
         .await
         .unwrap()
+}
+
+/// Asks `asker` for `room`'s presence; asserts exactly `ids` are present
+/// and returns the snapshot.
+async fn present_exactly<const N: usize>(
+    asker: &mut Peer,
+    room: &str,
+    ids: [String; N],
+) -> serde_json::Value {
+    let snap = asker
+        .request(command::GET_PRESENCE_STATE, json!({ "roomName": room }))
+        .await;
+    let mut present: Vec<String> = serde_json::from_value(snap["present"].clone()).unwrap();
+    present.sort();
+    let mut expected = Vec::from(ids);
+    expected.sort();
+    assert_eq!(present, expected);
+    snap
 }
 
 /// Waits for the backend's next resynchronisation after `seen`.
@@ -338,14 +356,8 @@ async fn presence_recovers_after_redis_restarts() {
     resynced(&backend_one, seen_one).await;
     resynced(&backend_two, seen_two).await;
 
-    let snap = a
-        .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
-        .await;
-    let mut present: Vec<String> = serde_json::from_value(snap["present"].clone()).unwrap();
-    present.sort();
-    let mut expected = vec![a.id.clone(), b.id.clone()];
-    expected.sort();
-    assert_eq!(present, expected);
+    let ids = [a.id.clone(), b.id.clone()];
+    let snap = present_exactly(&mut a, "r", ids).await;
     assert_eq!(snap["states"], json!({ b.id.clone(): {"status": "here"} }));
     let reply = a
         .request(
@@ -449,14 +461,7 @@ async fn redis_pause_sweeps_only_the_dead() {
     }
     watcher.sync().await;
     assert_eq!(watcher.pending_updates(), 0, "no leave/join churn");
-    let snap = watcher
-        .request(command::GET_PRESENCE_STATE, json!({"roomName": "r"}))
-        .await;
-    let mut present: Vec<String> = serde_json::from_value(snap["present"].clone()).unwrap();
-    present.sort();
-    let mut expected = vec![a.id.clone(), b.id.clone()];
-    expected.sort();
-    assert_eq!(present, expected);
+    present_exactly(&mut watcher, "r", [a.id.clone(), b.id.clone()]).await;
     one.shutdown().await;
     two.shutdown().await;
 }
@@ -471,9 +476,27 @@ async fn received(server: &RunningServer) -> u64 {
 
 #[tokio::test]
 async fn instances_receive_only_rooms_they_have_someone_in() {
+    interest(false).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_instances_receive_only_rooms_they_have_someone_in() {
+    interest(true).await;
+}
+
+/// A backend on the tests' single Redis or Redis Cluster.
+async fn backend_on(cluster: bool, prefix: &str) -> RedisBackend {
+    if cluster {
+        test_redis::cluster_backend(prefix).await
+    } else {
+        test_redis::backend(prefix).await
+    }
+}
+
+async fn interest(cluster: bool) {
     let prefix = test_redis::unique_prefix();
-    let one = server_on(test_redis::backend(&prefix).await).await;
-    let two = server_on(test_redis::backend(&prefix).await).await;
+    let one = server_on(backend_on(cluster, &prefix).await).await;
+    let two = server_on(backend_on(cluster, &prefix).await).await;
     // Room a lives on instance one, room b on instance two.
     let mut a1 = Peer::connect(&one.url()).await;
     a1.subscribe("a").await;
@@ -519,6 +542,50 @@ async fn instances_receive_only_rooms_they_have_someone_in() {
     a1.join("c").await;
     assert_update(&w2.next_update().await, "join", &a1.id, "c");
     assert_eq!(received(&two).await - before, 1, "only the join in c");
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_killed_cluster_node_is_survived_like_an_outage() {
+    let mut cluster = RedisCluster::start();
+    let prefix = test_redis::unique_prefix();
+    let config = RedisConfig::cluster(cluster.urls()).prefix(prefix.as_str());
+    let backend_one = RedisBackend::with_config(config.clone()).await.unwrap();
+    let backend_two = RedisBackend::with_config(config).await.unwrap();
+    let one = server_on(backend_one.clone()).await;
+    let two = server_on(backend_two.clone()).await;
+
+    let mut a = Peer::connect(&one.url()).await;
+    a.subscribe("r").await;
+    a.join("r").await;
+    let mut b = Peer::connect(&two.url()).await;
+    b.join("r").await;
+    b.publish("r", json!({"status": "here"})).await;
+    assert_update(&a.next_update().await, "join", &a.id, "r");
+    assert_update(&a.next_update().await, "join", &b.id, "r");
+    assert_update(&a.next_update().await, "state", &b.id, "r");
+    let seen_one = *backend_one.resyncs().borrow();
+    let seen_two = *backend_two.resyncs().borrow();
+
+    // A node dies (no replica takes over) and comes back empty. Local
+    // connections stay open meanwhile, and both instances write their
+    // presence back, as after a single Redis restarted.
+    cluster.kill(0);
+    a.sync().await;
+    b.sync().await;
+    cluster.restart(0);
+    resynced(&backend_one, seen_one).await;
+    resynced(&backend_two, seen_two).await;
+
+    let ids = [a.id.clone(), b.id.clone()];
+    let snap = present_exactly(&mut a, "r", ids).await;
+    assert_eq!(snap["states"], json!({ b.id.clone(): {"status": "here"} }));
+    // Live updates flow again, and nothing else arrived (no leave/join).
+    b.publish("r", json!({"status": "back"})).await;
+    assert_update(&a.next_update().await, "state", &b.id, "r");
+    a.sync().await;
+    assert_eq!(a.pending_updates(), 0);
     one.shutdown().await;
     two.shutdown().await;
 }

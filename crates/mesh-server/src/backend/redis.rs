@@ -27,6 +27,7 @@
 //!   re-registers the instance, writes the mirror back, replays the queue
 //!   and drops connections that closed meanwhile.
 
+mod conn;
 mod keys;
 mod mirror;
 mod scripts;
@@ -34,8 +35,10 @@ mod tasks;
 
 use super::{Backend, BackendError, BackendResult, BackendStats, UpdateSink};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::cluster::ClusterClient;
 use ::redis::{FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, ScriptInvocation};
 use async_trait::async_trait;
+use conn::Conn;
 use keys::Keys;
 use mesh_protocol::{PresenceUpdate, Strategy};
 use mirror::{LocalConn, Mirror, Pending};
@@ -51,6 +54,9 @@ use tokio::sync::{mpsc, watch};
 pub struct RedisConfig {
     /// `redis://HOST:PORT/DB` (or `rediss://`, `unix://`).
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://HOST:PORT`). When not
+    /// empty, the backend runs on that cluster and `url` is unused.
+    pub cluster_nodes: Vec<String>,
     /// Prepended to every key and channel; instances sharing a prefix form
     /// one cluster. Default `mesh-presence:`.
     pub prefix: String,
@@ -73,11 +79,24 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisConfig {
             url: url.into(),
+            cluster_nodes: Vec::new(),
             prefix: "mesh-presence:".into(),
             heartbeat_interval: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
             expiry_poll: Duration::from_millis(100),
             response_timeout: Duration::from_secs(3),
+        }
+    }
+
+    /// The defaults, on the Redis Cluster reached through these seed nodes.
+    pub fn cluster<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisConfig {
+            cluster_nodes: nodes.into_iter().map(Into::into).collect(),
+            ..RedisConfig::new("")
         }
     }
 
@@ -91,11 +110,6 @@ impl RedisConfig {
     /// mistake is reported before a service starts rather than as a
     /// connection failure.
     pub fn validate(&self) -> BackendResult<()> {
-        self.client().map(drop)
-    }
-
-    /// A client for the URL (parsing it connects to nothing).
-    fn client(&self) -> BackendResult<::redis::Client> {
         if self.heartbeat_interval.is_zero()
             || self.expiry_poll.is_zero()
             || self.dead_after <= self.heartbeat_interval
@@ -104,15 +118,18 @@ impl RedisConfig {
                 "redis: intervals must be positive and dead_after longer than the heartbeat".into(),
             ));
         }
-        let bad_url = |e: RedisError| BackendError::Other(format!("redis url {:?}: {e}", self.url));
-        // RESP3, so that pub/sub messages arrive on the command connection
-        // as pushes and channels can be (un)subscribed as interest changes.
-        let info = self.url.as_str().into_connection_info().map_err(bad_url)?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        ::redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)
+        if self.prefix.contains(['{', '}']) {
+            return Err(BackendError::Other(
+                "redis: the key prefix may not contain { or } (they delimit hash tags)".into(),
+            ));
+        }
+        if self.cluster_nodes.is_empty() {
+            self.url
+                .as_str()
+                .into_connection_info()
+                .map_err(|e| BackendError::Other(format!("redis url {:?}: {e}", self.url)))?;
+        }
+        Ok(())
     }
 }
 
@@ -154,7 +171,9 @@ pub(crate) struct Inner {
     pub(crate) instance: String,
     pub(crate) config: RedisConfig,
     pub(crate) keys: Keys,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: Conn,
+    /// `PUBLISH`, or `SPUBLISH` on a cluster.
+    pub(crate) publish_command: &'static str,
     /// Rooms this instance has local interest in, so subscribes to.
     pub(crate) watched: Mutex<HashMap<String, Watched>>,
     /// (Un)subscriptions, in order, to the subscriber task.
@@ -188,21 +207,13 @@ impl RedisBackend {
     /// (pub/sub listener; heartbeat, sweep and expiry). Fails when Redis
     /// cannot be reached now; later outages are survived.
     pub async fn with_config(config: RedisConfig) -> BackendResult<Self> {
-        let client = config.client()?;
+        config.validate()?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let manager_config = ConnectionManagerConfig::new()
-            .set_push_sender(push_tx)
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.response_timeout))
-            // Fail fast while Redis is away: requests get a clear error at
-            // once instead of waiting through many reconnect attempts; the
-            // maintenance task keeps retrying with its own backoff.
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let conn = if config.cluster_nodes.is_empty() {
+            connect_single(&config, push_tx).await?
+        } else {
+            connect_cluster(&config, push_tx).await?
+        };
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let (subscriptions, subscriptions_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
@@ -210,6 +221,7 @@ impl RedisBackend {
             keys: Keys {
                 prefix: config.prefix.clone(),
             },
+            publish_command: conn.publish_command(),
             config,
             conn,
             watched: Mutex::new(HashMap::new()),
@@ -253,6 +265,63 @@ pub(crate) struct Watched {
     pub(crate) ready: watch::Sender<bool>,
 }
 
+/// Connects to a single Redis.
+async fn connect_single(
+    config: &RedisConfig,
+    pushes: mpsc::UnboundedSender<::redis::PushInfo>,
+) -> BackendResult<Conn> {
+    let bad_url = |e: RedisError| BackendError::Other(format!("redis url {:?}: {e}", config.url));
+    // RESP3, so that pub/sub messages arrive on the command connection
+    // as pushes and channels can be (un)subscribed as interest changes.
+    let info = config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(bad_url)?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let client = ::redis::Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_push_sender(pushes)
+        .set_response_timeout(Some(config.response_timeout))
+        .set_connection_timeout(Some(config.response_timeout))
+        // Fail fast while Redis is away: requests get a clear error at
+        // once instead of waiting through many reconnect attempts; the
+        // maintenance task keeps retrying with its own backoff.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    let manager = ConnectionManager::new_with_config(client, manager_config)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(Conn::Single(manager))
+}
+
+/// Connects to a Redis Cluster through its seed nodes.
+async fn connect_cluster(
+    config: &RedisConfig,
+    pushes: mpsc::UnboundedSender<::redis::PushInfo>,
+) -> BackendResult<Conn> {
+    let client = ClusterClient::builder(config.cluster_nodes.clone())
+        .use_protocol(ProtocolVersion::RESP3)
+        .push_sender(pushes)
+        .response_timeout(config.response_timeout)
+        .connection_timeout(config.response_timeout)
+        // As on a single server: fail fast, the maintenance task retries.
+        .retries(1)
+        .build()
+        .map_err(|e| {
+            BackendError::Other(format!("redis cluster {:?}: {e}", config.cluster_nodes))
+        })?;
+    let conn = client
+        .get_async_connection()
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(Conn::Cluster(conn))
+}
+
 /// A Redis error as a backend error; connection trouble is `Unavailable`.
 fn unavailable(e: &RedisError) -> BackendError {
     if is_outage(e) {
@@ -263,7 +332,16 @@ fn unavailable(e: &RedisError) -> BackendError {
 }
 
 fn is_outage(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ::redis::ErrorKind::ClusterConnectionNotFound
+                | ::redis::ErrorKind::Server(::redis::ServerErrorKind::MasterDown)
+        )
 }
 
 fn millis(d: Option<Duration>) -> u64 {
@@ -305,25 +383,115 @@ impl Inner {
         cmd.query_async(&mut conn).await.map_err(|e| self.fail(e))
     }
 
-    /// `script` with the prefix and `args`.
-    pub(crate) fn invocation<'a>(
+    /// A room script on `room`'s bucket, with `args` after the room.
+    pub(crate) fn room_invocation<'a>(
         &self,
         script: &'a ::redis::Script,
+        room: &str,
         args: &[&str],
     ) -> ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
-        inv.arg(&self.keys.prefix);
+        let mut inv = self.bucket_invocation(script, keys::bucket(room));
+        inv.arg(room);
         for arg in args {
             inv.arg(*arg);
         }
         inv
     }
 
+    /// A room script on one bucket, without arguments of its own yet.
+    pub(crate) fn bucket_invocation<'a>(
+        &self,
+        script: &'a ::redis::Script,
+        bucket: u32,
+    ) -> ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.keys.expiry(bucket))
+            .arg(&self.keys.prefix)
+            .arg(bucket)
+            .arg(self.publish_command);
+        inv
+    }
+
+    /// An instance-registry script with `args`.
+    pub(crate) fn registry_invocation<'a>(
+        &self,
+        script: &'a ::redis::Script,
+        args: &[&str],
+    ) -> ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.keys.instances()).key(self.keys.sweeping());
+        for arg in args {
+            inv.arg(*arg);
+        }
+        inv
+    }
+
+    /// Records that `conn` lives on this instance.
+    pub(crate) async fn register(&self, conn: &str) -> BackendResult<()> {
+        let mut cmd = ::redis::cmd("SADD");
+        cmd.arg(self.keys.instance_connections(&self.instance))
+            .arg(conn);
+        self.query::<i64>(&cmd).await.map(|_| ())
+    }
+
+    /// Adds `conn` to `room`; `true` if it was not a member. The
+    /// connection's side first, so that a drop always finds the room.
+    pub(crate) async fn join(&self, room: &str, conn: &str) -> BackendResult<bool> {
+        let mut cmd = ::redis::cmd("SADD");
+        cmd.arg(self.keys.connection_rooms(conn)).arg(room);
+        self.query::<i64>(&cmd).await?;
+        let mut cmd = ::redis::cmd("SADD");
+        cmd.arg(self.keys.room(room)).arg(conn);
+        Ok(self.query::<i64>(&cmd).await? == 1)
+    }
+
+    /// Takes `conn` out of `room`; `true` if it was a member.
+    pub(crate) async fn leave(&self, room: &str, conn: &str) -> BackendResult<bool> {
+        let mut cmd = ::redis::cmd("SREM");
+        cmd.arg(self.keys.room(room)).arg(conn);
+        let removed = self.query::<i64>(&cmd).await? == 1;
+        let mut cmd = ::redis::cmd("SREM");
+        cmd.arg(self.keys.connection_rooms(conn)).arg(room);
+        self.query::<i64>(&cmd).await?;
+        Ok(removed)
+    }
+
+    /// Forgets a connection that is gone (closed, or its instance `owner`
+    /// died): it leaves every room, with a `leave` where it was present,
+    /// and its metadata and registration go. Each step is idempotent and
+    /// the connection's room list goes last, so a drop cut short can be
+    /// run again.
+    pub(crate) async fn drop_connection(&self, conn: &str, owner: &str) -> BackendResult<()> {
+        let mut cmd = ::redis::cmd("SMEMBERS");
+        cmd.arg(self.keys.connection_rooms(conn));
+        let rooms: Vec<String> = self.query(&cmd).await?;
+        for room in &rooms {
+            self.run::<i64>(&self.room_invocation(&scripts::DROP_MEMBER, room, &[conn]))
+                .await?;
+        }
+        let mut cmd = ::redis::cmd("HDEL");
+        cmd.arg(self.keys.metadata(conn)).arg(conn);
+        self.query::<i64>(&cmd).await?;
+        let mut cmd = ::redis::cmd("DEL");
+        cmd.arg(self.keys.connection_rooms(conn));
+        self.query::<i64>(&cmd).await?;
+        let mut cmd = ::redis::cmd("SREM");
+        cmd.arg(self.keys.instance_connections(owner)).arg(conn);
+        self.query::<i64>(&cmd).await.map(|_| ())
+    }
+
     /// Registers (or re-registers) this instance: the time since its
     /// previous heartbeat, `None` if it was not registered.
     pub(crate) async fn heartbeat(&self) -> BackendResult<Option<Duration>> {
-        let inv = self.invocation(&scripts::HEARTBEAT, &[&self.instance]);
+        let inv = self.registry_invocation(&scripts::HEARTBEAT, &[&self.instance]);
         let gap: i64 = self.run(&inv).await?;
+        if gap == -2 {
+            // Swept as dead and the sweep is still running: wait for it to
+            // finish before writing anything back.
+            return Err(BackendError::Unavailable(
+                "redis: this instance is being swept as dead; waiting".into(),
+            ));
+        }
         Ok(u64::try_from(gap).ok().map(Duration::from_millis))
     }
 
@@ -336,21 +504,28 @@ impl Inner {
     }
 
     /// Sends updates to the other instances only, each on its room's
-    /// channel, in one round trip.
+    /// channel: one pipeline per room (in order), all at once.
     pub(crate) async fn publish_remote(&self, updates: &[PresenceUpdate]) -> BackendResult<()> {
-        let mut pipe = ::redis::pipe();
+        let mut pipes: HashMap<&str, ::redis::Pipeline> = HashMap::new();
         for update in updates {
             let json = serde_json::to_string(update)
                 .map_err(|e| BackendError::Other(format!("encoding an update: {e}")))?;
-            pipe.cmd("PUBLISH")
+            pipes
+                .entry(update.room_name())
+                .or_insert_with(::redis::pipe)
+                .cmd(self.publish_command)
                 .arg(self.keys.room_channel(update.room_name()))
                 .arg(format!("{}|{json}", self.instance))
                 .ignore();
         }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))
+        let sends = pipes.values().map(|pipe| {
+            let mut conn = self.conn.clone();
+            async move { pipe.query_async::<()>(&mut conn).await }
+        });
+        for result in futures_util::future::join_all(sends).await {
+            result.map_err(|e| self.fail(e))?;
+        }
+        Ok(())
     }
 
     /// Writes one local connection to Redis; see [`tasks`] for when.
@@ -362,23 +537,21 @@ impl Inner {
     ) -> BackendResult<Vec<PresenceUpdate>> {
         let mut updates = Vec::new();
         let now = Instant::now();
-        self.run::<i64>(&self.invocation(&scripts::REGISTER, &[&self.instance, conn]))
-            .await?;
+        self.register(conn).await?;
         if let Some(metadata) = &local.metadata {
             let mut cmd = ::redis::cmd("HSET");
-            cmd.arg(self.keys.metadata())
+            cmd.arg(self.keys.metadata(conn))
                 .arg(conn)
                 .arg(metadata.to_string());
             self.query::<i64>(&cmd).await?;
         }
         for room in &local.rooms {
-            self.run::<i64>(&self.invocation(&scripts::JOIN, &[room, conn]))
-                .await?;
+            self.join(room, conn).await?;
         }
         for (room, ttl) in &local.present {
             let ttl = millis(*ttl).to_string();
             let added: i64 = self
-                .run(&self.invocation(&scripts::MARK_PRESENT, &[room, conn, &ttl]))
+                .run(&self.room_invocation(&scripts::MARK_PRESENT, room, &[conn, &ttl]))
                 .await?;
             if added == 1 && announce {
                 updates.push(PresenceUpdate::Join {
@@ -403,9 +576,11 @@ impl Inner {
                 None => None,
             };
             let ms = millis(left).to_string();
-            self.run::<i64>(
-                &self.invocation(&scripts::SET_STATE, &[room, conn, &state.to_string(), &ms]),
-            )
+            self.run::<i64>(&self.room_invocation(
+                &scripts::SET_STATE,
+                room,
+                &[conn, &state.to_string(), &ms],
+            ))
             .await?;
         }
         Ok(updates)
@@ -437,8 +612,7 @@ impl Inner {
             let new_text = new.to_string();
             let had = if old_text.is_some() { "1" } else { "0" };
             let mut inv = scripts::COMPARE_AND_SET.prepare_invoke();
-            inv.arg(&self.keys.prefix)
-                .arg(hash)
+            inv.key(hash)
                 .arg(field)
                 .arg(had)
                 .arg(old_text.as_deref().unwrap_or(""))
@@ -541,8 +715,7 @@ impl Backend for RedisBackend {
             .mirror()
             .conns
             .insert(conn.to_string(), LocalConn::default());
-        let inv = inner.invocation(&scripts::REGISTER, &[&inner.instance, conn]);
-        match inner.run::<i64>(&inv).await {
+        match inner.register(conn).await {
             // The resync registers it once Redis is back.
             Ok(_) | Err(BackendError::Unavailable(_)) => Ok(()),
             Err(e) => Err(e),
@@ -551,13 +724,11 @@ impl Backend for RedisBackend {
 
     async fn join_room(&self, room: &str, conn: &str) -> BackendResult<bool> {
         let inner = &self.inner;
-        let added: i64 = inner
-            .run(&inner.invocation(&scripts::JOIN, &[room, conn]))
-            .await?;
+        let added = inner.join(room, conn).await?;
         if let Some(local) = inner.mirror().conn(conn) {
             local.rooms.insert(room.to_string());
         }
-        Ok(added == 1)
+        Ok(added)
     }
 
     async fn leave_room(&self, room: &str, conn: &str) -> BackendResult<bool> {
@@ -566,12 +737,9 @@ impl Backend for RedisBackend {
             .mirror()
             .conn(conn)
             .map(|local| local.rooms.remove(room));
-        match inner
-            .run::<i64>(&inner.invocation(&scripts::LEAVE, &[room, conn]))
-            .await
-        {
+        match inner.leave(room, conn).await {
             // After Redis lost its data, the mirror still knows.
-            Ok(removed) => Ok(removed == 1 || was_local == Some(true)),
+            Ok(removed) => Ok(removed || was_local == Some(true)),
             Err(BackendError::Unavailable(_)) if was_local.is_some() => {
                 inner.mirror().defer(Pending::Leave {
                     room: room.to_string(),
@@ -604,7 +772,7 @@ impl Backend for RedisBackend {
         let inner = &self.inner;
         let ms = millis(ttl).to_string();
         let added: i64 = inner
-            .run(&inner.invocation(&scripts::MARK_PRESENT, &[room, conn, &ms]))
+            .run(&inner.room_invocation(&scripts::MARK_PRESENT, room, &[conn, &ms]))
             .await?;
         if let Some(local) = inner.mirror().conn(conn) {
             local.present.insert(room.to_string(), ttl);
@@ -616,7 +784,7 @@ impl Backend for RedisBackend {
         let inner = &self.inner;
         let ms = millis(Some(ttl)).to_string();
         let present: i64 = inner
-            .run(&inner.invocation(&scripts::REFRESH, &[room, conn, &ms]))
+            .run(&inner.room_invocation(&scripts::REFRESH, room, &[conn, &ms]))
             .await?;
         if present == 0 {
             // Lapsed: someone announced the leave; forget it here too so a
@@ -636,7 +804,7 @@ impl Backend for RedisBackend {
             local.present.remove(room).is_some()
         });
         match inner
-            .run::<i64>(&inner.invocation(&scripts::MARK_ABSENT, &[room, conn]))
+            .run::<i64>(&inner.room_invocation(&scripts::MARK_ABSENT, room, &[conn]))
             .await
         {
             Ok(was) => Ok(was == 1 || was_local == Some(true)),
@@ -668,7 +836,7 @@ impl Backend for RedisBackend {
         let ms = millis(expire_after).to_string();
         let text = state.to_string();
         let stored: i64 = inner
-            .run(&inner.invocation(&scripts::SET_STATE, &[room, conn, &text, &ms]))
+            .run(&inner.room_invocation(&scripts::SET_STATE, room, &[conn, &text, &ms]))
             .await?;
         if stored == 1 {
             if let Some(local) = inner.mirror().conn(conn) {
@@ -686,7 +854,7 @@ impl Backend for RedisBackend {
             .conn(conn)
             .map(|local| local.states.remove(room).is_some());
         match inner
-            .run::<i64>(&inner.invocation(&scripts::CLEAR_STATE, &[room, conn]))
+            .run::<i64>(&inner.room_invocation(&scripts::CLEAR_STATE, room, &[conn]))
             .await
         {
             Ok(was) => Ok(was == 1 || was_local == Some(true)),
@@ -719,7 +887,7 @@ impl Backend for RedisBackend {
     ) -> BackendResult<Value> {
         let inner = &self.inner;
         let stored = inner
-            .merge_field(&inner.keys.metadata(), conn, value, strategy)
+            .merge_field(&inner.keys.metadata(conn), conn, value, strategy)
             .await?;
         if let Some(local) = inner.mirror().conn(conn) {
             local.metadata = Some(stored.clone());
@@ -729,7 +897,7 @@ impl Backend for RedisBackend {
 
     async fn get_metadata(&self, conn: &str) -> BackendResult<Option<Value>> {
         let mut cmd = ::redis::cmd("HGET");
-        cmd.arg(self.inner.keys.metadata()).arg(conn);
+        cmd.arg(self.inner.keys.metadata(conn)).arg(conn);
         let text: Option<String> = self.inner.query(&cmd).await?;
         Ok(text.and_then(|t| parse_json(&t, "metadata")))
     }
@@ -738,13 +906,32 @@ impl Backend for RedisBackend {
         if conns.is_empty() {
             return Ok(Vec::new());
         }
-        let mut cmd = ::redis::cmd("HMGET");
-        cmd.arg(self.inner.keys.metadata()).arg(conns);
-        let texts: Vec<Option<String>> = self.inner.query(&cmd).await?;
-        Ok(texts
-            .into_iter()
-            .map(|t| t.and_then(|t| parse_json(&t, "metadata")))
-            .collect())
+        // One HMGET per metadata bucket, all at once.
+        let inner = &self.inner;
+        let mut by_bucket: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, conn) in conns.iter().enumerate() {
+            by_bucket
+                .entry(inner.keys.metadata(conn))
+                .or_default()
+                .push(i);
+        }
+        let reads = by_bucket.iter().map(|(hash, indices)| async move {
+            let mut cmd = ::redis::cmd("HMGET");
+            cmd.arg(hash);
+            for &i in indices {
+                cmd.arg(&conns[i]);
+            }
+            let texts: Vec<Option<String>> = inner.query(&cmd).await?;
+            Ok::<_, BackendError>((indices, texts))
+        });
+        let mut out = vec![None; conns.len()];
+        for read in futures_util::future::join_all(reads).await {
+            let (indices, texts) = read?;
+            for (&i, text) in indices.iter().zip(texts) {
+                out[i] = text.and_then(|t| parse_json(&t, "metadata"));
+            }
+        }
+        Ok(out)
     }
 
     /// The server calls this when one of its connections closed (after it
@@ -755,13 +942,10 @@ impl Backend for RedisBackend {
         let was_local = inner.mirror().conns.remove(conn).is_some();
         if !was_local {
             let mut cmd = ::redis::cmd("HDEL");
-            cmd.arg(inner.keys.metadata()).arg(conn);
+            cmd.arg(inner.keys.metadata(conn)).arg(conn);
             return inner.query::<i64>(&cmd).await.map(|_| ());
         }
-        match inner
-            .run::<i64>(&inner.invocation(&scripts::DROP_CONNECTION, &[conn]))
-            .await
-        {
+        match inner.drop_connection(conn, &inner.instance).await {
             Ok(_) => Ok(()),
             Err(BackendError::Unavailable(_)) => {
                 inner.mirror().defer(Pending::Drop {
@@ -781,13 +965,13 @@ impl Backend for RedisBackend {
     ) -> BackendResult<Value> {
         let inner = &self.inner;
         inner
-            .merge_field(&inner.keys.room_metadata(), room, value, strategy)
+            .merge_field(&inner.keys.room_metadata(room), room, value, strategy)
             .await
     }
 
     async fn get_room_metadata(&self, room: &str) -> BackendResult<Option<Value>> {
         let mut cmd = ::redis::cmd("HGET");
-        cmd.arg(self.inner.keys.room_metadata()).arg(room);
+        cmd.arg(self.inner.keys.room_metadata(room)).arg(room);
         let text: Option<String> = self.inner.query(&cmd).await?;
         Ok(text.and_then(|t| parse_json(&t, "room metadata")))
     }

@@ -30,6 +30,8 @@ pub enum BackendKind {
     Memory,
     /// The Redis backend, on the tests' Redis under a fresh key prefix.
     Redis,
+    /// The Redis backend on the tests' three-node Redis Cluster.
+    RedisCluster,
 }
 
 impl BackendKind {
@@ -38,6 +40,9 @@ impl BackendKind {
         match self {
             BackendKind::Memory => Arc::new(MemoryBackend::new()),
             BackendKind::Redis => Arc::new(redis::backend(&redis::unique_prefix()).await),
+            BackendKind::RedisCluster => {
+                Arc::new(redis::cluster_backend(&redis::unique_prefix()).await)
+            }
         }
     }
 
@@ -56,6 +61,13 @@ impl BackendKind {
                     Arc::new(redis::backend(&prefix).await),
                 )
             }
+            BackendKind::RedisCluster => {
+                let prefix = redis::unique_prefix();
+                (
+                    Arc::new(redis::cluster_backend(&prefix).await),
+                    Arc::new(redis::cluster_backend(&prefix).await),
+                )
+            }
         }
     }
 
@@ -68,7 +80,7 @@ impl BackendKind {
             .ping_interval(Duration::from_millis(200))
             // Peers answer pings only while a test reads from them; a wide
             // window keeps an idle peer from being dropped on a busy machine.
-            .max_missed_pongs(50)
+            .max_missed_pongs(300)
     }
 
     /// A running server from [`BackendKind::builder`] that tracks presence
@@ -364,5 +376,6 @@ macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         for_backend!(Memory, memory, [$($test),*]);
         for_backend!(Redis, redis, [$($test),*]);
+        for_backend!(RedisCluster, redis_cluster, [$($test),*]);
     };
 }

@@ -70,20 +70,10 @@ impl RedisServer {
     fn spawn(&mut self) {
         let socket = self.socket();
         let _ = std::fs::remove_file(&socket);
-        // The shell stops redis-server once our end of its stdin closes,
-        // which happens when this process exits, however it exits.
-        let script = format!(
-            "redis-server --port 0 --unixsocket '{}' --save '' --appendonly no --daemonize no \
-             >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill -9 $pid",
+        self.child = Some(spawn_guarded(&format!(
+            "redis-server --port 0 --unixsocket '{}' --save '' --appendonly no --daemonize no",
             socket.display()
-        );
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("start sh for redis-server");
-        self.child = Some(child);
+        )));
         wait_for_socket(&socket);
     }
 
@@ -112,6 +102,20 @@ impl Drop for RedisServer {
     }
 }
 
+/// Runs `command` (a redis-server) under a shell that kills it once our end
+/// of the shell's stdin closes: when the `Child` is dropped or waited after
+/// closing stdin, or when this process exits, however it exits.
+fn spawn_guarded(command: &str) -> Child {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{command} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill -9 $pid"
+        ))
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start sh for redis-server")
+}
+
 /// Waits (bounded) for redis-server to accept connections on `socket`.
 fn wait_for_socket(socket: &Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -125,6 +129,166 @@ fn wait_for_socket(socket: &Path) {
              (scripts/test.sh sets it) or redis-server on PATH (Debian: apt-get install redis-server)"
         );
         // redis-server has no readiness signal to await; poll its socket.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The variable `scripts/test.sh` sets to the seed nodes of its Redis
+/// Cluster (comma-separated `redis://HOST:PORT`).
+pub const CLUSTER_VAR: &str = "MESH_TEST_REDIS_CLUSTER";
+
+/// Seed nodes of the Redis Cluster every cluster test of this binary
+/// uses: `scripts/test.sh`'s, or a private one started on first use.
+pub fn cluster_urls() -> Vec<String> {
+    if let Ok(urls) = std::env::var(CLUSTER_VAR) {
+        return urls.split(',').map(str::to_string).collect();
+    }
+    static PRIVATE: OnceLock<RedisCluster> = OnceLock::new();
+    PRIVATE.get_or_init(RedisCluster::start).urls()
+}
+
+/// A backend on the tests' Redis Cluster under `prefix`.
+pub async fn cluster_backend(prefix: &str) -> RedisBackend {
+    RedisBackend::with_config(RedisConfig::cluster(cluster_urls()).prefix(prefix))
+        .await
+        .unwrap_or_else(|e| panic!("cannot use the redis cluster {:?}: {e}", cluster_urls()))
+}
+
+/// A three-node Redis Cluster (three primaries, no replicas) on free
+/// ports, each node in its own directory; stopped when dropped or, at the
+/// latest, when the test process exits.
+pub struct RedisCluster {
+    dir: PathBuf,
+    ports: Vec<u16>,
+    nodes: Vec<Option<Child>>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, joins them into one cluster and waits until it
+    /// serves every slot.
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("mesh-cluster-{:016x}", rand::random::<u64>()));
+        let ports = free_cluster_ports(3);
+        let mut cluster = RedisCluster {
+            dir,
+            ports,
+            nodes: Vec::new(),
+        };
+        for i in 0..cluster.ports.len() {
+            let node = cluster.spawn(i);
+            cluster.nodes.push(Some(node));
+        }
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for port in &cluster.ports {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        let status = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let node_dir = self.dir.join(format!("node{i}"));
+        std::fs::create_dir_all(&node_dir).expect("create a node directory");
+        let port = self.ports[i];
+        let child = spawn_guarded(&format!(
+            "cd '{}' && redis-server --port {port} --bind 127.0.0.1 --cluster-enabled yes \
+             --cluster-node-timeout 2000 --save '' --appendonly no --daemonize no",
+            node_dir.display()
+        ));
+        wait_for_port(port);
+        child
+    }
+
+    /// Kills node `i` (as a crash would).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again on its port, empty but with its cluster
+    /// configuration, and waits until the cluster serves every slot.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        let node = self.spawn(i);
+        self.nodes[i] = Some(node);
+        self.wait_ok();
+    }
+
+    /// Waits (bounded) until every node reports `cluster_state:ok`.
+    fn wait_ok(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for port in &self.ports {
+            loop {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("run redis-cli");
+                let info = String::from_utf8_lossy(&out.stdout);
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the redis cluster did not come up: node {port}: {info}"
+                );
+                // The cluster state has no readiness signal to await.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `n` free ports whose cluster bus ports (+10000) are free too. Both stay
+/// below Linux's ephemeral range (32768 and up), so that no connection of a
+/// test can take the port of a node that is being restarted.
+fn free_cluster_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let port: u16 = 20000 + rand::random::<u16>() % 2700;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if !ports.contains(&port) && free(port) && free(port + 10000) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+/// Waits (bounded) for a TCP port to accept connections.
+fn wait_for_port(port: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not start on port {port}"
+        );
+        // redis-server has no readiness signal to await; poll its port.
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -16,7 +16,7 @@
 //! dropped.
 
 use super::mirror::{LocalConn, Pending};
-use super::{scripts, Inner};
+use super::{keys, scripts, Inner};
 use crate::backend::{BackendError, BackendResult};
 use ::redis::{PushInfo, PushKind, Value};
 use mesh_protocol::PresenceUpdate;
@@ -75,7 +75,7 @@ async fn subscribe(inner: Weak<Inner>, mut changes: mpsc::UnboundedReceiver<Subs
         let mut conn = inner.conn.clone();
         match change {
             Subscription::Subscribe { room, ready } => {
-                match conn.subscribe(inner.keys.room_channel(&room)).await {
+                match conn.subscribe(&inner.keys.room_channel(&room)).await {
                     Ok(()) => {
                         ready.send_replace(true);
                     }
@@ -88,7 +88,7 @@ async fn subscribe(inner: Weak<Inner>, mut changes: mpsc::UnboundedReceiver<Subs
                 }
             }
             Subscription::Unsubscribe { room } => {
-                if let Err(e) = conn.unsubscribe(inner.keys.room_channel(&room)).await {
+                if let Err(e) = conn.unsubscribe(&inner.keys.room_channel(&room)).await {
                     tracing::debug!(error = %e, %room, "unsubscribe failed");
                 }
             }
@@ -121,13 +121,17 @@ async fn restore(inner: &Inner) -> BackendResult<()> {
         .iter()
         .map(|(room, w)| (room.clone(), w.ready.clone()))
         .collect();
-    let mut conn = inner.conn.clone();
+    // One channel per command (on a cluster, channels of different slots
+    // cannot share one), many commands in flight at once.
     for chunk in rooms.chunks(256) {
-        let channels: Vec<String> = chunk
-            .iter()
-            .map(|(room, _)| inner.keys.room_channel(room))
-            .collect();
-        conn.subscribe(channels).await.map_err(|e| inner.fail(e))?;
+        let subscribes = chunk.iter().map(|(room, _)| {
+            let mut conn = inner.conn.clone();
+            let channel = inner.keys.room_channel(room);
+            async move { conn.subscribe(&channel).await }
+        });
+        for result in futures_util::future::join_all(subscribes).await {
+            result.map_err(|e| inner.fail(e))?;
+        }
         for (_, ready) in chunk {
             ready.send_replace(true);
         }
@@ -339,23 +343,48 @@ fn resync_delay(config: &super::RedisConfig) -> Duration {
 
 /// Sweeps instances that stopped heartbeating; `false` when this
 /// instance's own heartbeat was overdue, so nobody was judged.
+///
+/// The registry script claims each dead instance (for `SWEEP_CLAIM`, taken
+/// over by another survivor should this one die meanwhile); then its
+/// connections are dropped one by one, each drop idempotent, and the
+/// instance is released.
 async fn sweep(inner: &Inner) -> BackendResult<bool> {
     let dead_after = inner.config.dead_after.as_millis().to_string();
-    let marker_ttl = SWEPT_MARKER_TTL_S.to_string();
     let max_gap = overdue_after(&inner.config).as_millis().to_string();
-    let inv = inner.invocation(
+    let claim = SWEEP_CLAIM.as_millis().to_string();
+    let inv = inner.registry_invocation(
         &scripts::SWEEP,
-        &[&inner.instance, &dead_after, &marker_ttl, &max_gap],
+        &[&inner.instance, &dead_after, &max_gap, &claim],
     );
     let swept: Vec<String> = inner.run(&inv).await?;
     if swept.first().map(String::as_str) != Some("ok") {
         return Ok(false);
     }
     for dead in &swept[1..] {
-        tracing::info!(instance = %inner.instance, %dead, "swept a dead instance and its connections");
+        let mut marker = ::redis::cmd("SET");
+        marker
+            .arg(inner.keys.instance_swept(dead))
+            .arg("1")
+            .arg("EX")
+            .arg(SWEPT_MARKER_TTL_S);
+        inner.query::<()>(&marker).await?;
+        let mut members = ::redis::cmd("SMEMBERS");
+        members.arg(inner.keys.instance_connections(dead));
+        let conns: Vec<String> = inner.query(&members).await?;
+        for conn in &conns {
+            inner.drop_connection(conn, dead).await?;
+        }
+        let mut done = ::redis::cmd("ZREM");
+        done.arg(inner.keys.sweeping()).arg(dead);
+        inner.query::<i64>(&done).await?;
+        tracing::info!(instance = %inner.instance, %dead, connections = conns.len(), "swept a dead instance and its connections");
     }
     Ok(true)
 }
+
+/// How long a survivor's claim on a dead instance lasts before another
+/// survivor takes the sweep over.
+const SWEEP_CLAIM: Duration = Duration::from_secs(30);
 
 /// A heartbeat this much later than the previous one means Redis or this
 /// instance was paused (or Redis was away).
@@ -363,18 +392,28 @@ fn overdue_after(config: &super::RedisConfig) -> Duration {
     config.heartbeat_interval * 2
 }
 
-/// Claims due expiries; returns how long until the next one.
+/// Claims due expiries in every bucket (all at once); returns how long
+/// until the next one.
 async fn purge(inner: &Inner) -> BackendResult<Duration> {
     let batch = PURGE_BATCH.to_string();
-    let inv = inner.invocation(&scripts::PURGE, &[&batch]);
-    let (claimed, wait): (u32, i64) = inner.run(&inv).await?;
-    if claimed >= PURGE_BATCH {
-        return Ok(Duration::ZERO);
+    let runs = (0..keys::BUCKETS).map(|bucket| {
+        let batch = &batch;
+        async move {
+            let mut inv = inner.bucket_invocation(&scripts::PURGE, bucket);
+            inv.arg(batch);
+            inner.run::<(u32, i64)>(&inv).await
+        }
+    });
+    let mut next = inner.config.expiry_poll;
+    for run in futures_util::future::join_all(runs).await {
+        let (claimed, wait) = run?;
+        if claimed >= PURGE_BATCH {
+            next = Duration::ZERO;
+        } else if let Ok(ms) = u64::try_from(wait) {
+            next = next.min(Duration::from_millis(ms));
+        }
     }
-    Ok(match u64::try_from(wait) {
-        Ok(ms) => Duration::from_millis(ms),
-        Err(_) => inner.config.expiry_poll,
-    })
+    Ok(next)
 }
 
 /// Brings Redis back in line with this instance after an outage: replays
@@ -413,9 +452,7 @@ async fn resync(inner: &Inner, registration_lost: bool) -> BackendResult<()> {
     let registered: HashSet<String> = inner.query(&members).await?;
     let snapshot = inner.mirror().conns.clone();
     for gone in registered.iter().filter(|c| !snapshot.contains_key(*c)) {
-        inner
-            .run::<i64>(&inner.invocation(&scripts::DROP_CONNECTION, &[gone]))
-            .await?;
+        inner.drop_connection(gone, &inner.instance).await?;
     }
 
     let mut announcements = Vec::new();
@@ -490,13 +527,16 @@ fn removals(conn: &str, before: &LocalConn, after: &LocalConn) -> Vec<Pending> {
 
 /// Applies one removal that could not reach Redis when it happened.
 async fn replay(inner: &Inner, item: &Pending) -> BackendResult<()> {
-    let inv = match item {
-        Pending::Leave { room, conn } => inner.invocation(&scripts::LEAVE, &[room, conn]),
-        Pending::Absent { room, conn } => inner.invocation(&scripts::MARK_ABSENT, &[room, conn]),
-        Pending::ClearState { room, conn } => {
-            inner.invocation(&scripts::CLEAR_STATE, &[room, conn])
-        }
-        Pending::Drop { conn } => inner.invocation(&scripts::DROP_CONNECTION, &[conn]),
-    };
-    inner.run::<i64>(&inv).await.map(|_| ())
+    match item {
+        Pending::Leave { room, conn } => inner.leave(room, conn).await.map(|_| ()),
+        Pending::Absent { room, conn } => inner
+            .run::<i64>(&inner.room_invocation(&scripts::MARK_ABSENT, room, &[conn]))
+            .await
+            .map(|_| ()),
+        Pending::ClearState { room, conn } => inner
+            .run::<i64>(&inner.room_invocation(&scripts::CLEAR_STATE, room, &[conn]))
+            .await
+            .map(|_| ()),
+        Pending::Drop { conn } => inner.drop_connection(conn, &inner.instance).await,
+    }
 }
