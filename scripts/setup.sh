@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build, run and test
 # Mesh Presence: system packages (as root), tauri-driver, the packaging
-# tools cargo-deb and cargo-generate-rpm, and npm packages.
+# tool cargo-deb, and npm packages; with --build (`npm run build`) also
+# cargo-generate-rpm, which only the .rpm needs and takes minutes to build.
 # Every step is skipped when already done, so it is cheap to run again.
 set -euo pipefail
+PACKAGING_TOOLS=(cargo-deb)
+[ "${1:-}" != --build ] || PACKAGING_TOOLS+=(cargo-generate-rpm)
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
@@ -38,8 +41,8 @@ if ! command -v tauri-driver >/dev/null 2>&1; then
   cargo install tauri-driver --locked --version '^2'
 fi
 
-# The server package (scripts/package-server.sh): .deb and .rpm.
-for tool in cargo-deb cargo-generate-rpm; do
+# The server package (scripts/package-server.sh).
+for tool in "${PACKAGING_TOOLS[@]}"; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "== cargo install $tool"
     cargo install "$tool" --locked

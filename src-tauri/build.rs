@@ -9,6 +9,7 @@ const COMMANDS: &[&str] = &[
     "clear",
     "read",
     "status",
+    "take_notices",
     "new_window",
 ];
 

@@ -34,6 +34,21 @@ function showStatus(s) {
   if (s.room) $("room-name").textContent = s.room;
 }
 
+/** A notice from the backend (a damaged settings file kept, a saved setting not used), shown until dismissed. */
+function showNotice(message) {
+  const box = document.createElement("p");
+  box.className = "notice";
+  const text = document.createElement("span");
+  text.textContent = message;
+  const dismiss = document.createElement("button");
+  dismiss.type = "button";
+  dismiss.textContent = "×";
+  dismiss.setAttribute("aria-label", "Dismiss notice");
+  dismiss.addEventListener("click", () => box.remove());
+  box.append(text, dismiss);
+  $("notices").append(box);
+}
+
 function showError(message) {
   $("error-text").textContent = message;
   $("error").hidden = false;
@@ -112,6 +127,8 @@ async function start() {
   await listen("mesh://status", (e) => showStatus(e.payload));
   await listen("mesh://error", (e) => showError(e.payload.message));
 
+  // Told once: the backend hands each notice to the first window that asks.
+  for (const notice of await call("take_notices")) showNotice(notice);
   const settings = await call("get_settings");
   $("room-name").textContent = settings.room;
   const last = await call("read");

@@ -157,12 +157,16 @@ function fillRow(el, user, now) {
   el.dataset.userId = user.id;
   el.classList.toggle("you", !!user.you);
   el.querySelector(".avatar").textContent = name.slice(0, 1).toUpperCase();
-  el.querySelector(".name").textContent = name;
+  const nameEl = el.querySelector(".name");
+  nameEl.textContent = name;
+  nameEl.title = name;
   // A short-lived status that ran out is gone, even before its owner's app
   // publishes the cleared state (or if that app is no longer running).
   const text = user.expiresAt && user.expiresAt <= now ? "" : user.status;
   const status = el.querySelector(".user-status");
   status.textContent = text || "idle";
+  // The whole text on hover, however much the row had to cut.
+  status.title = text || "";
   status.classList.toggle("idle", !text);
   el.querySelector(".tabs").textContent = user.tabCount === 1 ? "1 tab" : `${user.tabCount} tabs`;
   fillExpiry(el, user, now);

@@ -135,6 +135,14 @@ pub fn read(app_state: State<'_, AppState>) -> Option<Value> {
     app_state.store().last_state(&room)
 }
 
+/// What the user must be told about the app's start (a damaged store file
+/// moved aside, a saved setting that could not be used). Each notice is
+/// handed out once, to the first window that asks.
+#[tauri::command]
+pub fn take_notices(app_state: State<'_, AppState>) -> Vec<String> {
+    app_state.take_notices()
+}
+
 /// This window's connection status.
 #[tauri::command]
 pub fn status<R: Runtime>(

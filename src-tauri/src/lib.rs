@@ -6,8 +6,9 @@
 //! * [`state`]: the managed state, one [`session`] (connection + presence)
 //!   per window, and the [`embedded`] server used when none is configured.
 //! * [`commands`]: what the webview may invoke; [`events`]: what it is sent.
-//! * [`store`]: the user id, [`settings`] and last state per room, kept with
-//!   `tauri-plugin-store`; [`my_state`] builds the state we publish.
+//! * [`store`]: the user id, [`settings`] and last state per room, kept in
+//!   one JSON file that is replaced atomically and never lost to damage;
+//!   [`my_state`] builds the state we publish.
 //! * [`user_list`]: turns the presence list into per-frame diffs for the UI.
 //! * [`rendering`]: how WebKit draws on a machine without a GPU.
 //!
@@ -31,7 +32,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tauri::menu::{Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::{AppHandle, Manager, Runtime, WebviewUrl, WebviewWindowBuilder, WindowEvent};
-use tauri_plugin_store::StoreExt;
 
 use crate::error::AppError;
 use crate::state::AppState;
@@ -56,12 +56,16 @@ pub fn run() {
 
     let result = builder(tauri::Builder::default())
         .setup(|app| {
-            let store = app.store(STORE_FILE)?;
+            let (store, recovery) = store::open_file(&app.path().app_data_dir()?.join(STORE_FILE))?;
             let port = std::env::var(PORT_ENV)
                 .ok()
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(embedded::DEFAULT_PORT);
-            app.manage(AppState::new(AppStore::new(store), port)?);
+            let state = AppState::new(AppStore::new(store), port)?;
+            if let Some(recovery) = recovery {
+                state.notify(recovery.notice());
+            }
+            app.manage(state);
             app.set_menu(menu(app.handle())?)?;
             open_window_labelled(app.handle(), "main")?;
             Ok(())
@@ -77,7 +81,6 @@ pub fn run() {
 /// and the tests (on a mock runtime) share this.
 pub fn builder<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
     builder
-        .plugin(tauri_plugin_store::Builder::default().build())
         .invoke_handler(tauri::generate_handler![
             commands::get_settings,
             commands::set_settings,
@@ -86,6 +89,7 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
             commands::clear,
             commands::read,
             commands::status,
+            commands::take_notices,
             commands::new_window,
         ])
         .on_menu_event(|app, event| {

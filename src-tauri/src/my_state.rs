@@ -49,14 +49,28 @@ pub fn restore(
     if let Some(expires_at) = state.get("expiresAt").map(Value::as_u64) {
         match expires_at {
             Some(at) if at > now_ms => expire_after = Some(at - now_ms),
-            _ => {
-                state.remove("expiresAt");
-                state.insert("status".into(), json!(""));
-            }
+            _ => drop_status(&mut state),
         }
     }
     state.entry("status").or_insert(json!(""));
     (Value::Object(state), expire_after)
+}
+
+/// `state` with its short-lived status run out: the status and its
+/// `expiresAt` are gone, and everything else (your `userId`, which groups
+/// your windows into one row, and your name) is kept as it was.
+pub fn clear_status(state: Value) -> Value {
+    let mut state = match state {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    drop_status(&mut state);
+    Value::Object(state)
+}
+
+fn drop_status(state: &mut Map<String, Value>) {
+    state.remove("expiresAt");
+    state.insert("status".into(), json!(""));
 }
 
 #[cfg(test)]
@@ -109,6 +123,17 @@ mod tests {
         assert!(state.get("expiresAt").is_none());
         assert_eq!(state["username"], "Ada");
         assert_eq!(expiry, None);
+    }
+
+    #[test]
+    fn clearing_an_expired_status_keeps_who_you_are() {
+        let state = compose("u1", "Ada", "brb", Some(2_000), 1_000);
+        assert_eq!(
+            clear_status(state),
+            json!({"userId": "u1", "username": "Ada", "status": ""})
+        );
+        let other = json!({"userId": "u1", "username": "Ada", "status": "x", "mood": 3});
+        assert_eq!(clear_status(other)["mood"], 3, "other fields are kept");
     }
 
     #[test]

@@ -76,6 +76,19 @@ impl Session {
             Err(_) => return Err(unreachable_server(&target.url, "timed out".into())),
         };
 
+        // Your saved state (an expired short-lived status dropped), or your
+        // name on a first run, is corrected in the store before the presence
+        // helper republishes what the store holds: peers see it once, as it
+        // should be, never the stale version first.
+        let settings = store.settings();
+        let (state, expire_after) = my_state::restore(
+            store.last_state(&target.room),
+            &user_id,
+            &settings.display_name,
+            mesh_protocol::now_millis(),
+        );
+        store.save_last_state(&target.room, &state)?;
+
         // Your windows share a `userId` in their state; that groups them.
         let presence = Presence::new(
             client.clone(),
@@ -114,17 +127,9 @@ impl Session {
             tasks,
             expiry: Mutex::new(None),
         };
-
-        // Publish at once, as the seed demo does: your saved state (an
-        // expired short-lived status dropped), or your name on a first run.
-        let settings = store.settings();
-        let (state, expire_after) = my_state::restore(
-            store.last_state(&session.target.room),
-            &session.user_id,
-            &settings.display_name,
-            mesh_protocol::now_millis(),
-        );
-        session.publish_state(state, expire_after).await?;
+        // `Presence::new` published the restored state; a short-lived one
+        // still needs its timer.
+        session.clear_on_expiry(state, expire_after);
         Ok(session)
     }
 
@@ -163,16 +168,23 @@ impl Session {
         state: Value,
         expire_after_ms: Option<u64>,
     ) -> Result<(), AppError> {
+        self.clear_on_expiry(state.clone(), expire_after_ms);
+        self.presence
+            .publish(state)
+            .await
+            .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))
+    }
+
+    /// Replaces the expiry timer: after `expire_after_ms` (if any), the
+    /// status of `state` is cleared, unless something newer was published
+    /// since (here or, through tab sync, in another window).
+    fn clear_on_expiry(&self, state: Value, expire_after_ms: Option<u64>) {
         let timer = expire_after_ms.map(|ms| {
             let presence = self.presence.clone();
-            let state = state.clone();
             tauri::async_runtime::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                // Only if nothing newer was published since (here or, through
-                // tab sync, in another window).
                 if presence.read().ok().flatten().as_ref() == Some(&state) {
-                    let (cleared, _) = my_state::restore(Some(state), "", "", u64::MAX);
-                    if let Err(e) = presence.publish(cleared).await {
+                    if let Err(e) = presence.publish(my_state::clear_status(state)).await {
                         tracing::warn!(error = %e, "could not clear an expired status");
                     }
                 }
@@ -186,10 +198,6 @@ impl Session {
         {
             old.abort();
         }
-        self.presence
-            .publish(state)
-            .await
-            .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))
     }
 }
 
@@ -228,7 +236,9 @@ fn status_payload(client: &MeshClient, target: &Target, latency_ms: Option<u64>)
     }
 }
 
-/// Sends `mesh://status` whenever the status changes or a latency arrives.
+/// Sends `mesh://status` when what the window shows changes: the status,
+/// the connection id, or the latency. A latency push that measured the same
+/// round trip again, or a client event that changed nothing, sends nothing.
 async fn forward_status<R: Runtime>(
     app: AppHandle<R>,
     label: String,
@@ -238,13 +248,13 @@ async fn forward_status<R: Runtime>(
     let mut status = client.status();
     let mut client_events = client.events();
     let mut latency = None;
+    let mut shown = None;
     loop {
-        events::emit(
-            &app,
-            &label,
-            events::STATUS,
-            status_payload(&client, &target, latency),
-        );
+        let now = status_payload(&client, &target, latency);
+        if shown.as_ref() != Some(&now) {
+            events::emit(&app, &label, events::STATUS, now.clone());
+            shown = Some(now);
+        }
         tokio::select! {
             changed = status.changed() => {
                 if changed.is_err() {

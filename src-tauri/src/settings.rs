@@ -3,7 +3,10 @@
 //! Settings are plain data with a `validate` step, so the checks run (and are
 //! tested) without a window or a store.
 
+use std::sync::OnceLock;
+
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::error::AppError;
 
@@ -51,12 +54,99 @@ impl Settings {
             None | Some("") => None,
             Some(url) => Some(validate_server_url(url)?),
         };
-        self.room = self.room.trim().to_string();
-        mesh_protocol::validate_room_name(&self.room)
-            .map_err(|e| AppError::invalid(format!("Room: {e}")))?;
+        self.room = validate_room(&self.room)?;
         self.display_name = validate_name(&self.display_name)?;
         Ok(self)
     }
+
+    /// Settings as stored, checked field by field: a missing field takes its
+    /// default, and so does one that is not valid, with a notice that names
+    /// it; the other fields are kept. (A bad server URL must not cost you
+    /// your room and name.)
+    pub fn from_stored(stored: &Value) -> (Settings, Vec<String>) {
+        let mut notices = Vec::new();
+        let Some(fields) = stored.as_object() else {
+            notices.push("The saved settings could not be read; the defaults are used.".into());
+            return (Settings::default(), notices);
+        };
+        let server_url = stored_field(
+            fields,
+            "serverUrl",
+            "server URL",
+            "the embedded server is used",
+            &mut notices,
+            |url| match url.trim() {
+                "" => Ok(None),
+                url => validate_server_url(url).map(Some),
+            },
+        )
+        .flatten();
+        let room = stored_field(
+            fields,
+            "room",
+            "room",
+            &format!("the app joins {DEFAULT_ROOM}"),
+            &mut notices,
+            validate_room,
+        )
+        .unwrap_or_else(default_room);
+        let display_name = stored_field(
+            fields,
+            "displayName",
+            "display name",
+            "the default name is used",
+            &mut notices,
+            validate_name,
+        )
+        .unwrap_or_default();
+        let settings = Settings {
+            server_url,
+            room,
+            display_name,
+        };
+        (settings, notices)
+    }
+}
+
+/// The stored string field `key`, checked by `check`. Missing (or `null`):
+/// `None`, silently. Not a string, or refused by `check`: `None`, and a
+/// notice saying what `fallback` happens instead.
+fn stored_field<T>(
+    fields: &Map<String, Value>,
+    key: &str,
+    label: &str,
+    fallback: &str,
+    notices: &mut Vec<String>,
+    check: impl FnOnce(&str) -> Result<T, AppError>,
+) -> Option<T> {
+    let problem = match fields.get(key) {
+        None | Some(Value::Null) => return None,
+        Some(Value::String(text)) => match check(text) {
+            Ok(value) => return Some(value),
+            Err(e) => format!("The saved {label} \"{text}\" is not valid: {}", e.message),
+        },
+        Some(other) => format!("The saved {label} ({other}) is not text"),
+    };
+    notices.push(format!(
+        "{problem}. Instead {fallback}; change it in Settings."
+    ));
+    None
+}
+
+/// The name the app starts with until you choose one: your operating system
+/// account's full name, or its login name when it has none.
+pub fn default_display_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    // `realname` falls back to the login name, and reads only the name part
+    // of a GECOS field ("Ada Lovelace,,,").
+    NAME.get_or_init(|| validate_name(&whoami::realname()).unwrap_or_default())
+}
+
+/// Trims a room name and checks it is one the protocol accepts.
+pub fn validate_room(room: &str) -> Result<String, AppError> {
+    let room = room.trim();
+    mesh_protocol::validate_room_name(room).map_err(|e| AppError::invalid(format!("Room: {e}")))?;
+    Ok(room.to_string())
 }
 
 /// Checks a server URL: `ws://` or `wss://`, a host, nothing else odd.
@@ -170,6 +260,42 @@ mod tests {
         assert_eq!(validate_name("  Ada  ").unwrap(), "Ada");
         assert!(validate_status(&"s".repeat(MAX_STATUS_CHARS + 1)).is_err());
         assert!(validate_status("a\u{7}").is_err());
+    }
+
+    #[test]
+    fn stored_settings_are_checked_field_by_field() {
+        let stored = serde_json::json!({"serverUrl": "ws://256.1.1.1", "room": "design", "displayName": "Ada"});
+        let (s, notices) = Settings::from_stored(&stored);
+        assert_eq!(s.server_url, None, "falls back to the embedded server");
+        assert_eq!(
+            (s.room.as_str(), s.display_name.as_str()),
+            ("design", "Ada")
+        );
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].contains("ws://256.1.1.1"), "{notices:?}");
+        assert!(notices[0].contains("embedded server"), "{notices:?}");
+
+        let stored =
+            serde_json::json!({"serverUrl": "http://example", "room": 7, "displayName": "x\u{7}"});
+        let (s, notices) = Settings::from_stored(&stored);
+        assert_eq!(s, Settings::default());
+        assert_eq!(notices.len(), 3, "one notice per bad field: {notices:?}");
+
+        let stored = serde_json::json!({"serverUrl": " wss://mesh.example.com ", "room": " r "});
+        let (s, notices) = Settings::from_stored(&stored);
+        assert_eq!(s.server_url.as_deref(), Some("wss://mesh.example.com"));
+        assert_eq!(s.room, "r");
+        assert!(notices.is_empty(), "{notices:?}");
+
+        let (s, notices) = Settings::from_stored(&serde_json::json!("garbage"));
+        assert_eq!(s, Settings::default());
+        assert_eq!(notices.len(), 1);
+    }
+
+    #[test]
+    fn the_default_name_is_a_valid_one() {
+        let name = default_display_name();
+        assert_eq!(validate_name(name).unwrap(), name);
     }
 
     #[test]

@@ -26,13 +26,19 @@ pub struct AppState {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     /// Serialises (re)connects so two quick ones cannot both install a session.
     connect_gate: tokio::sync::Mutex<()>,
+    /// What the user must be told once (a damaged store file, a saved
+    /// setting that could not be used), until a window takes them.
+    notices: Mutex<Vec<String>>,
 }
 
 impl AppState {
     /// State over `store`; the embedded server, when needed, starts from
     /// `embedded_port`.
+    /// A saved setting that is not valid is not used, and the first window
+    /// is told (see [`AppState::take_notices`]).
     pub fn new(store: AppStore, embedded_port: u16) -> Result<Self, AppError> {
         let user_id = store.user_id()?;
+        let (_, notices) = store.checked_settings();
         Ok(AppState {
             store,
             user_id,
@@ -40,7 +46,23 @@ impl AppState {
             embedded: OnceCell::new(),
             sessions: Mutex::new(HashMap::new()),
             connect_gate: tokio::sync::Mutex::new(()),
+            notices: Mutex::new(notices),
         })
+    }
+
+    /// Adds something the next window to ask must tell the user.
+    pub fn notify(&self, notice: String) {
+        if let Ok(mut notices) = self.notices.lock() {
+            notices.push(notice);
+        }
+    }
+
+    /// What the user has not been told yet; each notice is handed out once.
+    pub fn take_notices(&self) -> Vec<String> {
+        self.notices
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
     }
 
     /// The persistent store.

@@ -5,9 +5,11 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_client::{ClientOptions, MeshClient, PresenceEvent, PresenceUpdate};
+use mesh_client::{ClientEvent, ClientOptions, MeshClient, PresenceEvent, PresenceUpdate};
+use mesh_presence_app::events;
+use mesh_presence_app::settings::Settings;
 use mesh_presence_app::state::AppState;
-use mesh_presence_app::store::{AppStore, MemoryKeyValue};
+use mesh_presence_app::store::{AppStore, KeyValue, MemoryKeyValue};
 use mesh_server::{RunningServer, Server, TrackOptions};
 use serde_json::{json, Value};
 use tauri::ipc::{CallbackFn, InvokeBody};
@@ -15,7 +17,7 @@ use tauri::test::{
     get_ipc_response, mock_builder, mock_context, noop_assets, MockRuntime, INVOKE_KEY,
 };
 use tauri::webview::InvokeRequest;
-use tauri::{App, Manager, WebviewWindow, WebviewWindowBuilder};
+use tauri::{App, Listener, Manager, WebviewWindow, WebviewWindowBuilder};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -28,10 +30,15 @@ struct Harness {
 impl Harness {
     /// An app with an in-memory store whose embedded server starts at `port`.
     fn new(embedded_port: u16) -> Harness {
+        Harness::with_store(embedded_port, Arc::new(MemoryKeyValue::default()))
+    }
+
+    /// An app over `kv`, as it finds it at start.
+    fn with_store(embedded_port: u16, kv: Arc<MemoryKeyValue>) -> Harness {
         let app = mesh_presence_app::builder(mock_builder())
             .build(mock_context(noop_assets()))
             .expect("mock app");
-        let store = AppStore::new(Arc::new(MemoryKeyValue::default()));
+        let store = AppStore::new(kv);
         app.manage(AppState::new(store, embedded_port).expect("state"));
         let window = WebviewWindowBuilder::new(&app, "main", Default::default())
             .build()
@@ -73,7 +80,9 @@ impl Harness {
         })
     }
 
-    fn use_server(&self, url: &str) {
+    /// Saves settings naming `url`, which reconnects the window in the
+    /// background.
+    fn save_server(&self, url: &str) {
         let view = self
             .invoke(
                 "set_settings",
@@ -81,6 +90,23 @@ impl Harness {
             )
             .expect("settings saved");
         assert_eq!(view["serverUrl"], url);
+    }
+
+    /// [`Harness::save_server`], and waits until that background reconnect
+    /// is online, so that it cannot replace a session the test starts.
+    fn use_server(&self, url: &str) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let id = self.window.listen(events::STATUS, move |event| {
+            let _ = tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
+        });
+        self.save_server(url);
+        loop {
+            let status = rx.recv_timeout(WAIT).expect("the window goes online");
+            if status["status"] == "online" && status["serverUrl"] == url {
+                break;
+            }
+        }
+        self.window.unlisten(id);
     }
 }
 
@@ -138,6 +164,37 @@ fn settings_start_with_defaults_and_refuse_bad_urls() {
     let view = h.invoke("get_settings", json!({})).unwrap();
     assert_eq!(view["room"], "design");
     assert_eq!(view["userId"], user_id.as_str(), "the user id is stable");
+}
+
+#[test]
+fn a_bad_saved_server_url_falls_back_to_the_embedded_server_and_keeps_the_rest() {
+    let kv = Arc::new(MemoryKeyValue::default());
+    let stored = json!({"serverUrl": "ws://256.1.1.1", "room": "design", "displayName": "Ada"});
+    kv.set("settings", stored).unwrap();
+    let h = Harness::with_store(free_port(), kv);
+
+    let view = h.invoke("get_settings", json!({})).unwrap();
+    assert_eq!(view["serverUrl"], Value::Null);
+    assert_eq!(view["room"], "design");
+    assert_eq!(view["displayName"], "Ada");
+    let notices = h.invoke("take_notices", json!({})).unwrap();
+    let notices = notices.as_array().unwrap();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let notice = notices[0].as_str().unwrap();
+    assert!(
+        notice.contains("ws://256.1.1.1") && notice.contains("embedded server"),
+        "{notice}"
+    );
+    assert_eq!(
+        h.invoke("take_notices", json!({})).unwrap(),
+        json!([]),
+        "told once"
+    );
+
+    let status = h.invoke("connect", json!({})).unwrap();
+    assert_eq!(status["status"], "online");
+    assert_eq!(status["embedded"], true);
+    assert_eq!(status["room"], "design");
 }
 
 #[test]
@@ -221,6 +278,7 @@ fn a_short_lived_status_is_cleared_when_it_runs_out() {
     let h = Harness::new(free_port());
     let server = h.server();
     h.use_server(&server.url());
+    let me = h.invoke("get_settings", json!({})).unwrap()["userId"].clone();
     h.invoke("connect", json!({})).unwrap();
     let (peer, mut stream) = h.rt.block_on(async {
         let peer = MeshClient::connect(&server.url(), ClientOptions::default())
@@ -235,9 +293,10 @@ fn a_short_lived_status_is_cleared_when_it_runs_out() {
     )
     .unwrap();
     h.rt.block_on(next_state(&mut stream, |s| s["status"] == "brb"));
-    // The app clears the status itself; the name (and so the row) stays.
+    // The app clears the status itself; who you are (and so the row) stays.
     let cleared =
         h.rt.block_on(next_state(&mut stream, |s| s["status"] == ""));
+    assert_eq!(cleared["userId"], me, "an empty userId would split you off");
     assert_eq!(cleared["username"], "Ada");
     assert!(cleared.get("expiresAt").is_none());
     assert_eq!(h.invoke("read", json!({})).unwrap()["status"], "");
@@ -245,6 +304,108 @@ fn a_short_lived_status_is_cleared_when_it_runs_out() {
         peer.close().await;
         server.shutdown().await;
     });
+}
+
+#[test]
+fn saved_state_is_published_once_already_corrected() {
+    // As the app was left: a short-lived status that ran out since.
+    let kv = Arc::new(MemoryKeyValue::default());
+    let store = AppStore::new(kv.clone());
+    let me = store.user_id().unwrap();
+    let stale = json!({"userId": me, "username": "Ada", "status": "back in 5", "expiresAt": 1_000});
+    store.save_last_state("general", &stale).unwrap();
+    let h = Harness::with_store(free_port(), kv);
+    let server = h.server();
+    let settings = Settings {
+        server_url: Some(server.url()),
+        room: "general".into(),
+        display_name: "Ada".into(),
+    };
+    store.save_settings(&settings).unwrap();
+
+    let (peer, mut stream) = h.rt.block_on(async {
+        let peer = MeshClient::connect(&server.url(), ClientOptions::default())
+            .await
+            .unwrap();
+        let (_, stream) = peer.subscribe_presence("general").await.unwrap();
+        (peer, stream)
+    });
+    let status = h.invoke("connect", json!({})).unwrap();
+    let conn = status["connectionId"].as_str().unwrap().to_string();
+    // A later publish marks the end of what the start published.
+    h.invoke(
+        "publish",
+        json!({"state": {"username": "Ada", "status": "marker"}}),
+    )
+    .unwrap();
+    let at_start = h.rt.block_on(async {
+        let mut seen = Vec::new();
+        loop {
+            let (from, state) = next_update(&mut stream).await;
+            if from != conn {
+                continue;
+            }
+            if state["status"] == "marker" {
+                return seen;
+            }
+            seen.push(state);
+        }
+    });
+    assert_eq!(
+        at_start,
+        vec![json!({"userId": me, "username": "Ada", "status": ""})],
+        "one publish at start, the expired status already gone"
+    );
+    h.rt.block_on(async {
+        peer.close().await;
+        server.shutdown().await;
+    });
+}
+
+#[test]
+fn status_events_are_sent_only_when_something_changed() {
+    let h = Harness::new(free_port());
+    // Latency measured every 20 ms: on loopback, mostly the same figure.
+    let server = h.rt.block_on(async {
+        Server::builder()
+            .addr("127.0.0.1:0".parse().expect("addr"))
+            .latency_interval(Duration::from_millis(20))
+            .track_presence(".*", TrackOptions::default())
+            .bind()
+            .await
+            .expect("server")
+    });
+    h.use_server(&server.url());
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.window.listen(events::STATUS, move |event| {
+        let _ = tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
+    });
+    h.invoke("connect", json!({})).unwrap();
+    // Another client on the same server gets its latency pushes on the same
+    // schedule: once it has had ten, so has the app.
+    h.rt.block_on(async {
+        let clock = MeshClient::connect(&server.url(), ClientOptions::default())
+            .await
+            .unwrap();
+        let mut events = clock.events();
+        let mut pushes = 0;
+        while pushes < 10 {
+            if let Ok(ClientEvent::Latency(_)) = events.recv().await {
+                pushes += 1;
+            }
+        }
+        clock.close().await;
+    });
+    let sent: Vec<Value> = rx.try_iter().collect();
+    assert!(
+        sent.iter()
+            .any(|s| s["status"] == "online" && s["latencyMs"].is_u64()),
+        "{sent:?}"
+    );
+    for pair in sent.windows(2) {
+        assert_ne!(pair[0], pair[1], "an event that changed nothing: {sent:?}");
+    }
+    h.rt.block_on(server.shutdown());
 }
 
 #[test]
@@ -279,7 +440,7 @@ fn an_unreachable_server_is_reported_not_hung_on() {
     let h = Harness::new(free_port());
     // A port nobody listens on.
     let url = format!("ws://127.0.0.1:{}", free_port());
-    h.use_server(&url);
+    h.save_server(&url);
     let err = h.invoke("connect", json!({})).unwrap_err();
     assert_eq!(err["code"], "EOFFLINE");
     assert!(err["message"].as_str().unwrap().contains(&url), "{err}");
@@ -300,23 +461,34 @@ fn embedded_server_takes_the_next_port_when_the_first_is_busy() {
     drop(busy);
 }
 
+/// The next state set in the room: who set it, and the state.
+async fn next_update(stream: &mut mesh_client::PresenceStream) -> (String, Value) {
+    let wait = async {
+        loop {
+            match stream.recv().await {
+                Some(PresenceEvent::Update(PresenceUpdate::State {
+                    connection_id,
+                    state: Some(s),
+                    ..
+                })) => return (connection_id, s),
+                Some(_) => {}
+                None => panic!("presence stream ended"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, wait)
+        .await
+        .expect("state update in time")
+}
+
 async fn next_state(
     stream: &mut mesh_client::PresenceStream,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let wait =
-        async {
-            loop {
-                match stream.recv().await {
-                    Some(PresenceEvent::Update(PresenceUpdate::State {
-                        state: Some(s), ..
-                    })) if check(&s) => return s,
-                    Some(_) => {}
-                    None => panic!("presence stream ended"),
-                }
-            }
-        };
-    tokio::time::timeout(WAIT, wait)
-        .await
-        .expect("state update in time")
+    loop {
+        let (_, state) = next_update(stream).await;
+        if check(&state) {
+            return state;
+        }
+    }
 }

@@ -32,6 +32,11 @@ pub fn output_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// Where an app started by a [`Driver`] on `data_dir` keeps its store file.
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("data").join("dev.meshpresence.app")
+}
+
 /// One `tauri-driver` (and the WebKitWebDriver it runs), with the app's data
 /// directories pointed at `data_dir` so that runs never share state. Several
 /// app launches in a row with the same driver share that data, like restarts.
@@ -321,6 +326,11 @@ impl App {
 
     /// Saves a screenshot of the window as `<step>.png` in the test output.
     pub fn screenshot(&self, step: &str) -> Result<(), String> {
+        // WebKit answers a screenshot after the page's next paint. A page
+        // with nothing changing (a settled list) never paints again, and
+        // the request would wait until the transport gives up, so repaint
+        // it for a moment with a change no one can see.
+        self.js(REPAINT_FOR_SCREENSHOT)?;
         let png = self.session.screenshot().map_err(|e| e.to_string())?;
         fs::write(self.out.join(format!("{step}.png")), png).map_err(|e| e.to_string())
     }
@@ -331,6 +341,22 @@ impl App {
         self.session.end()
     }
 }
+
+/// Repaints the page on every frame for two seconds by flipping an
+/// outline between two almost transparent shades.
+const REPAINT_FOR_SCREENSHOT: &str = r#"
+const root = document.documentElement;
+const end = performance.now() + 2000;
+const tick = (now) => {
+  root.style.outline = root.style.outline.includes("0.01")
+    ? "1px solid rgba(0, 0, 0, 0.02)"
+    : "1px solid rgba(0, 0, 0, 0.01)";
+  root.style.outlineOffset = "-1px";
+  if (now < end) requestAnimationFrame(tick);
+  else { root.style.outline = ""; root.style.outlineOffset = ""; }
+};
+requestAnimationFrame(tick);
+"#;
 
 impl Drop for App {
     fn drop(&mut self) {

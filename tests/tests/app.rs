@@ -5,11 +5,15 @@
 //! Run with `scripts/test.sh` (or `xvfb-run -a cargo test -p
 //! mesh-presence-e2e --features e2e -- --test-threads=1` after building the app).
 
+use std::fs;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_client::presence::{GroupKey, MemoryStore, Presence};
 use mesh_client::{ClientOptions, MeshClient, PresenceEvent, PresenceStream, PresenceUpdate};
-use mesh_presence_e2e::app::{output_dir, Driver};
+use mesh_presence_e2e::app::{output_dir, store_dir, Driver};
 use mesh_presence_e2e::{wait_for, UI_TIMEOUT};
 use mesh_server::{RunningServer, Server, TrackOptions};
 use serde_json::{json, Value};
@@ -110,6 +114,12 @@ fn starts_and_shows_its_user() {
         .wait_rows("my own row", |rows| rows.len() == 1 && rows[0].you)
         .unwrap();
     assert!(rows[0].id.starts_with("user-"), "stable user id: {rows:?}");
+    assert_eq!(
+        rows[0].name,
+        whoami::realname(),
+        "named after the account, not the user id"
+    );
+    assert_eq!(app.value("#username").unwrap(), whoami::realname());
     assert_eq!(rows[0].tabs, "1 tab");
     assert_eq!(app.text("#count").unwrap(), "1");
     let url = app.server_url().unwrap();
@@ -131,18 +141,36 @@ fn another_user_appears_and_sees_my_status() {
     let url = app.server_url().unwrap();
 
     let rt = runtime();
+    let long = "reviewing the presence pull request, then lunch; back around two";
     let mut bob = rt.block_on(Peer::join(
         &url,
-        json!({"userId": "bob", "username": "Bob", "status": "reviewing"}),
+        json!({"userId": "bob", "username": "Bob", "status": long}),
     ));
     let rows = app
         .wait_rows("Bob with his status", |rows| {
             rows.iter()
-                .any(|r| r.name == "Bob" && r.status == "reviewing" && !r.you)
+                .any(|r| r.name == "Bob" && r.status == long && !r.you)
         })
         .unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(app.text("#count").unwrap(), "2");
+    // A long status gets the row's free width, and all of it on hover.
+    let shown = app
+        .js(
+            r#"const row = document.querySelector('.user-row[data-user-id="bob"]');
+               const status = row.querySelector('.user-status');
+               return {title: status.title, width: status.clientWidth, row: row.clientWidth};"#,
+        )
+        .unwrap();
+    assert_eq!(shown["title"], long);
+    let (width, row) = (
+        shown["width"].as_f64().unwrap(),
+        shown["row"].as_f64().unwrap(),
+    );
+    assert!(
+        width > row * 0.6,
+        "the status has {width} px of a {row} px row"
+    );
     app.screenshot("01-bob-appears").unwrap();
 
     app.fill("#username", "Ada").unwrap();
@@ -303,4 +331,219 @@ fn second_window_shows_me_once_with_two_tabs() {
     assert_eq!(app.text("#count").unwrap(), "1", "{rows:?}");
     app.screenshot("01-two-windows").unwrap();
     app.quit().unwrap();
+}
+
+/// Everything the page's list holds, as the backend sent it.
+const USERS_JS: &str = "return Array.from(list.users.values())";
+
+#[test]
+fn an_expired_status_keeps_me_in_one_row() {
+    let out = output_dir("an_expired_status_keeps_me_in_one_row");
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    let me = app
+        .wait_rows("my own row", |rows| rows.len() == 1 && rows[0].you)
+        .unwrap()
+        .remove(0);
+    let url = app.server_url().unwrap();
+
+    // Bob groups the room into people, as any Presence user does.
+    let rt = runtime();
+    let bob = rt.block_on(async {
+        let client = MeshClient::connect(&url, ClientOptions::default())
+            .await
+            .expect("Bob connects");
+        let bob = Presence::new(
+            client,
+            ROOM,
+            "bob",
+            GroupKey::state_field("userId"),
+            Arc::new(MemoryStore::new()),
+        )
+        .await
+        .expect("Bob's presence");
+        bob.publish(json!({"userId": "bob", "username": "Bob"}))
+            .await
+            .expect("Bob publishes");
+        bob
+    });
+
+    // A 2-second status (the menu's shortest is 30 s; the page takes any).
+    app.js("const e = document.getElementById('expire'); e.add(new Option('In 2 seconds', '2000')); e.value = '2000';")
+        .unwrap();
+    app.fill("#status", "back in 2").unwrap();
+    app.click("#update").unwrap();
+    app.wait_rows("my short-lived status", |rows| {
+        rows.iter().any(|r| r.you && r.status == "back in 2")
+    })
+    .unwrap();
+    app.screenshot("01-short-lived-status").unwrap();
+
+    // Bob sees it run out: one row for me, my name, no status.
+    let mut users = bob.users();
+    let seen = rt.block_on(async {
+        let wait = async {
+            loop {
+                {
+                    let list = users.borrow_and_update();
+                    let mine = list.iter().find(|u| *u.id == *me.id);
+                    let cleared = mine
+                        .and_then(|u| u.state.as_ref())
+                        .is_some_and(|s| s["status"] == "" && s.get("expiresAt").is_none());
+                    if cleared {
+                        return list.clone();
+                    }
+                }
+                users.changed().await.expect("Bob's list goes on");
+            }
+        };
+        tokio::time::timeout(UI_TIMEOUT, wait)
+            .await
+            .expect("Bob sees my status cleared")
+    });
+    let ids: Vec<&str> = seen.iter().map(|u| &*u.id).collect();
+    assert_eq!(ids, ["bob", me.id.as_str()], "one row each: {seen:?}");
+    let mine = &seen[1];
+    assert_eq!(mine.tab_count, 1);
+    assert_eq!(mine.state.as_ref().unwrap()["username"], me.name.as_str());
+
+    // My window got the same cleared state: still one row, still me.
+    wait_for("my cleared state in my window", UI_TIMEOUT, || {
+        let users = app.js(USERS_JS)?;
+        let users = users.as_array().cloned().unwrap_or_default();
+        let mine: Vec<&Value> = users.iter().filter(|u| u["id"] != "bob").collect();
+        let done = mine.len() == 1
+            && mine[0]["id"] == me.id.as_str()
+            && mine[0]["you"] == true
+            && mine[0]["status"] == ""
+            && mine[0]["expiresAt"].is_null();
+        if done {
+            Ok(Some(()))
+        } else {
+            Err(format!("{users:?}"))
+        }
+    })
+    .unwrap();
+    // And draws it: Bob, and one row for me, with my name and no status.
+    app.wait_rows("Bob and me, my status gone", |rows| {
+        let mine: Vec<_> = rows.iter().filter(|r| r.you).collect();
+        rows.len() == 2
+            && mine.len() == 1
+            && mine[0].id == me.id
+            && mine[0].name == me.name
+            && mine[0].status == "idle"
+            && mine[0].expiry.is_empty()
+    })
+    .unwrap();
+    app.screenshot("02-status-ran-out").unwrap();
+    rt.block_on(async { drop(bob) });
+    app.quit().unwrap();
+}
+
+#[test]
+fn a_damaged_store_is_kept_and_reported_once() {
+    let out = output_dir("a_damaged_store_is_kept_and_reported_once");
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    // A store cut short by a crash mid-write (as a non-atomic save could
+    // leave it), and with a server URL that is not valid.
+    let dir = store_dir(data.path());
+    fs::create_dir_all(&dir).unwrap();
+    let damaged = r#"{
+  "settings": {"serverUrl": "ws://256.1.1.1", "room": "design", "displayName": "Grace"},
+  "user-state:design": {"userId": "user-e2erecov1", "username": "Grace", "status": "writing"},
+  "userId": "user-e2e"#;
+    fs::write(dir.join("mesh-presence.json"), damaged).unwrap();
+
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    let rows = app
+        .wait_rows("me, as I was", |rows| {
+            rows.len() == 1 && rows[0].you && rows[0].status == "writing"
+        })
+        .unwrap();
+    assert_eq!(rows[0].id, "user-e2erecov1", "the user id is recovered");
+    assert_eq!(rows[0].name, "Grace");
+    assert_eq!(app.text("#room-name").unwrap(), "design");
+    assert!(
+        app.text("#server-url").unwrap().ends_with("(embedded)"),
+        "a bad server URL falls back to the embedded server"
+    );
+
+    // The damaged file is kept, byte for byte, beside the new one.
+    let backups = backups_in(&dir);
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(fs::read_to_string(&backups[0]).unwrap(), damaged);
+    let store: Value =
+        serde_json::from_slice(&fs::read(dir.join("mesh-presence.json")).unwrap()).unwrap();
+    assert_eq!(store["userId"], "user-e2erecov1");
+
+    let notices = wait_for("the notices", UI_TIMEOUT, || {
+        let v = app.js("return Array.from(document.querySelectorAll('#notices .notice')).map(n => n.textContent)")?;
+        let notices: Vec<String> = v
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        Ok((notices.len() >= 2).then_some(notices))
+    })
+    .unwrap();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    let backup = backups[0].display().to_string();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("damaged") && n.contains(&backup)),
+        "{notices:?}"
+    );
+    assert!(
+        notices.iter().any(|n| n.contains("ws://256.1.1.1")),
+        "{notices:?}"
+    );
+    app.screenshot("01-recovered").unwrap();
+
+    // A second window is not told again.
+    app.click("#new-window").unwrap();
+    app.wait_rows("me with 2 tabs", |rows| {
+        rows.len() == 1 && rows[0].tabs == "2 tabs"
+    })
+    .unwrap();
+    app.quit().unwrap();
+
+    // Nor is the next start: the store is sound now, and no new backup
+    // appears. (The bad server URL is still there to fix.)
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.wait_rows("me again", |rows| {
+        rows.len() == 1 && rows[0].id == "user-e2erecov1"
+    })
+    .unwrap();
+    let texts = app
+        .js("return Array.from(document.querySelectorAll('#notices .notice')).map(n => n.textContent)")
+        .unwrap();
+    let texts = texts.as_array().cloned().unwrap_or_default();
+    assert!(
+        texts
+            .iter()
+            .all(|t| !t.as_str().unwrap_or_default().contains("damaged")),
+        "{texts:?}"
+    );
+    assert_eq!(backups_in(&dir).len(), 1);
+    app.screenshot("02-next-start").unwrap();
+    app.quit().unwrap();
+}
+
+/// The backups of damaged store files in `dir`.
+fn backups_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("mesh-presence.damaged-"))
+        })
+        .collect();
+    found.sort();
+    found
 }

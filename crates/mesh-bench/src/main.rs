@@ -178,6 +178,18 @@ impl SpawnedServer {
         let listen = if args.bare { "--serve-bare" } else { "--addr" };
         let child = Command::new(&bin)
             .args([listen, &addr])
+            // Every client of this tool comes from one address, and the
+            // idle benchmark opens 10,000 of them.
+            .args(if args.bare {
+                &[][..]
+            } else {
+                &[
+                    "--max-connections-per-ip",
+                    "0",
+                    "--max-connections",
+                    "100000",
+                ][..]
+            })
             .args(&args.server_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

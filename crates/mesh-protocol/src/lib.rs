@@ -25,7 +25,7 @@ pub mod payload;
 pub mod presence;
 
 pub use error::{ErrorCode, ErrorPayload};
-pub use frame::{DecodeError, Frame};
+pub use frame::{DecodeError, Frame, MAX_DEPTH};
 pub use metadata::Strategy;
 pub use presence::PresenceUpdate;
 
@@ -39,7 +39,9 @@ pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 64;
 pub const MAX_ROOM_NAME_BYTES: usize = 256;
 
 /// Checks a room name: not empty, at most [`MAX_ROOM_NAME_BYTES`], and free of
-/// control characters (room names end up in logs and storage keys).
+/// control characters (room names end up in logs and storage keys) and of
+/// bidirectional formatting characters (which can make one name display as
+/// another in any list).
 pub fn validate_room_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("roomName must not be empty".into());
@@ -53,7 +55,19 @@ pub fn validate_room_name(name: &str) -> Result<(), String> {
     if name.chars().any(char::is_control) {
         return Err("roomName must not contain control characters".into());
     }
+    if let Some(c) = name.chars().find(|c| is_bidi_control(*c)) {
+        return Err(format!(
+            "roomName must not contain bidirectional control characters (U+{:04X})",
+            u32::from(c)
+        ));
+    }
     Ok(())
+}
+
+/// The Unicode bidirectional formatting characters: marks, embeddings,
+/// overrides and isolates.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Milliseconds since the Unix epoch, the unit of every protocol timestamp.
@@ -76,5 +90,15 @@ mod tests {
         assert!(validate_room_name("a\nb").is_err());
         assert!(validate_room_name(&"x".repeat(MAX_ROOM_NAME_BYTES + 1)).is_err());
         assert!(validate_room_name(&"x".repeat(MAX_ROOM_NAME_BYTES)).is_ok());
+        for spoof in [
+            "admin\u{202E}txt",
+            "a\u{2066}b\u{2069}",
+            "\u{200F}x",
+            "x\u{061C}",
+        ] {
+            let err = validate_room_name(spoof).unwrap_err();
+            assert!(err.contains("bidirectional"), "{err}");
+        }
+        assert!(validate_room_name("café ☕ 日本").is_ok());
     }
 }

@@ -4,6 +4,7 @@
 //! connection task turns either into the reply frame.
 
 use crate::auth::IDENTITY_FIELDS;
+use crate::backend::BackendError;
 use crate::connection::Connection;
 use crate::error::ServerError;
 use crate::hooks::CommandRequest;
@@ -18,7 +19,6 @@ use mesh_protocol::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -159,30 +159,12 @@ fn server_error(e: ServerError) -> ErrorPayload {
     ErrorPayload::new(ErrorCode::Server, e.to_string())
 }
 
-fn backend_error(e: crate::backend::BackendError) -> ErrorPayload {
+fn backend_error(e: BackendError) -> ErrorPayload {
     server_error(ServerError::Backend(e))
 }
 
-/// Size of a value's JSON encoding, without building the string.
-fn json_len(value: &Value) -> usize {
-    struct Counter(usize);
-    impl Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    // Writing to a counter cannot fail.
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
-}
-
 fn check_size(value: &Value, max: usize, what: &str) -> Result<(), ErrorPayload> {
-    let len = json_len(value);
+    let len = crate::backend::json_len(value);
     if len > max {
         return Err(ErrorPayload::new(
             ErrorCode::TooLarge,
@@ -529,11 +511,21 @@ async fn set_my_metadata(conn: &mut Connection, req: SetMetadataRequest) -> Repl
             .map_err(server_error)?;
         keep_identity(&mut metadata, strategy, current.as_ref())?;
     }
-    conn.server
-        .set_metadata(&conn.id, metadata, strategy)
-        .await
-        .map_err(server_error)?;
-    Ok(json!({ "success": true }))
+    // The limit is on what is stored: merges must not add up past it.
+    let stored = conn
+        .server
+        .shared
+        .backend
+        .set_metadata(&conn.id, metadata, strategy, Some(max))
+        .await;
+    match stored {
+        Ok(_) => Ok(json!({ "success": true })),
+        Err(BackendError::TooLarge { len, max }) => Err(ErrorPayload::new(
+            ErrorCode::TooLarge,
+            format!("metadata would be {len} bytes; the limit is {max}"),
+        )),
+        Err(e) => Err(backend_error(e)),
+    }
 }
 
 /// Makes a metadata write keep the server's identity fields: it may repeat

@@ -2,6 +2,7 @@
 
 use crate::auth::Auth;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Bounds that protect the server from a single connection.
 ///
@@ -32,6 +33,20 @@ pub struct Limits {
     /// Frames that are not a Mesh envelope tolerated per minute; past that
     /// the connection is closed with 1008.
     pub max_bad_frames: u32,
+    /// Control frames the server did not ask for (WebSocket pings and
+    /// pongs, Mesh pongs and latency answers beyond those answering the
+    /// server's own) tolerated per minute; past that the connection is
+    /// closed with 1008. Answering a ping costs the server a write, so a
+    /// flood of them must end.
+    pub max_control_frames: u32,
+    /// Most connections open at once, handshakes included; more are
+    /// refused with `503` before the upgrade. Lowered at start-up to fit
+    /// the process's file-descriptor limit.
+    pub max_connections: usize,
+    /// Most connections open at once from one IP address (`503` past it);
+    /// 0 means no per-address limit. Behind a reverse proxy every client
+    /// has the proxy's address: raise it or set 0 there.
+    pub max_connections_per_ip: usize,
     /// Requests one connection may make per second (bursts up to this many
     /// are fine); past it they are answered with `ERATELIMIT`. 0 (the
     /// default) means unlimited.
@@ -49,6 +64,9 @@ impl Default for Limits {
             max_queued_bytes: 1024 * 1024,
             max_room_members: DEFAULT_MAX_ROOM_MEMBERS,
             max_bad_frames: 100,
+            max_control_frames: 100,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             max_requests_per_second: 0,
             handshake_timeout: Duration::from_secs(10),
         }
@@ -73,6 +91,27 @@ impl Limits {
         self.max_room_members
             .saturating_mul(per_member)
             .saturating_add(self.max_frame_bytes)
+    }
+
+    /// The tungstenite settings a server with these limits gives every
+    /// connection.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        let write_buffer = 8 * 1024;
+        // Small buffers keep idle connections cheap; tungstenite's own size
+        // limits sit above ours so that we can answer `ETOOLARGE` ourselves.
+        // tungstenite writes only frames of its own (pongs, the echo of a
+        // close), and they go straight to the connection's outbox, where
+        // they count against the push budget like any other push. Its write
+        // buffer is bounded anyway (its default is not), so that nothing
+        // it does can pile up pongs.
+        WebSocketConfig::default()
+            // Requests are small: a 1 KiB read buffer per idle connection
+            // instead of 4, at the cost of more reads for a rare large one.
+            .read_buffer_size(1024)
+            .write_buffer_size(write_buffer)
+            .max_write_buffer_size(write_buffer + 64 * 1024)
+            .max_message_size(Some(self.max_frame_bytes.saturating_mul(4)))
+            .max_frame_size(Some(self.max_frame_bytes.saturating_mul(4)))
     }
 }
 
@@ -117,16 +156,21 @@ impl Config {
         self.ping_interval * (self.max_missed_pongs + 1)
     }
 
-    /// Whether a browser `Origin` may connect. Requests without an
-    /// `Origin` (non-browser clients) always may.
-    pub(crate) fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match origin {
-            None => true,
-            Some(_) if self.allowed_origins.is_empty() => true,
-            Some(origin) => self
+    /// Whether a request with these `Origin` headers may connect.
+    /// Requests without one (non-browser clients) always may; with an
+    /// allow-list, more than one is refused, since which one a check
+    /// reads would decide who gets in.
+    pub(crate) fn origin_allowed(&self, origins: &[&str]) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        match origins {
+            [] => true,
+            [origin] => self
                 .allowed_origins
                 .iter()
                 .any(|allowed| allowed == "*" || allowed.eq_ignore_ascii_case(origin)),
+            _ => false,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! reading what we sent it: a ping stuck behind our own backlog to it is
 //! our delay, not the client's.
 
+use crate::admission::{self, Full};
 use crate::auth::{self, Claims, IDENTITY_FIELDS};
 use crate::commands::{self, Payload};
 use crate::config::Config;
@@ -42,6 +43,8 @@ type Socket = WebSocketStream<ReadSide>;
 
 /// Longest we wait for a closing connection's last bytes to leave.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
+/// Longest a refused connection may take to send its request head.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 /// The close reason of a connection whose token expired.
 pub(crate) const TOKEN_EXPIRED: &str = "token expired";
 
@@ -58,15 +61,26 @@ pub(crate) fn is_builtin(name: &str) -> bool {
         .contains(&name)
 }
 
-/// Serves one accepted TCP connection from handshake to cleanup. `_done`
-/// is dropped when the connection is fully cleaned up, which is what
-/// graceful shutdown waits for.
+/// Answers a connection over a connection limit with `503` and closes it.
+/// The request head is read (briefly) first: closing a socket with unread
+/// input resets it, and the client would lose the answer.
+pub(crate) async fn refuse(mut stream: TcpStream, full: Full, _refusal: admission::Refusal) {
+    let _ = tokio::time::timeout(REFUSAL_GRACE, async {
+        let _ = handshake::read_request(&mut stream, REFUSAL_GRACE).await;
+        let _ = handshake::respond(&mut stream, 503, full.body()).await;
+    })
+    .await;
+}
+
+/// Serves one accepted TCP connection from handshake to cleanup. `_held`
+/// (its place under the connection limits, and the sender graceful
+/// shutdown waits on) is dropped when the connection is fully cleaned up.
 pub(crate) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     server: ServerHandle,
     shutdown: watch::Receiver<bool>,
-    _done: mpsc::Sender<()>,
+    _held: (admission::Slot, mpsc::Sender<()>),
 ) {
     let shared = &server.shared;
     let request = match Box::pin(handshake::read_request(
@@ -94,8 +108,9 @@ pub(crate) async fn serve(
         }
         Request::Upgrade { head, key } => (head, key),
     };
-    if !shared.config.origin_allowed(head.header("origin")) {
-        tracing::info!(%peer, origin = ?head.header("origin"), "origin refused");
+    let origins: Vec<&str> = head.headers_named("origin").collect();
+    if !shared.config.origin_allowed(&origins) {
+        tracing::info!(%peer, ?origins, "origin refused");
         let _ = handshake::respond(&mut stream, 403, "origin not allowed\n").await;
         return;
     }
@@ -204,10 +219,13 @@ fn initial_metadata(
     (!metadata.is_empty()).then_some(Value::Object(metadata))
 }
 
-/// Why a connection ended.
+/// Why a connection ended. Each has its own close code and log reason,
+/// so that an operator can tell a crash from an attack from a bad network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
-    /// The peer closed or the socket failed.
+    /// The peer sent a close frame, with this code if it gave one.
+    PeerClosed(Option<CloseCode>),
+    /// The TCP connection ended (or failed) without a close frame.
     PeerGone,
     /// The server is shutting down.
     Shutdown,
@@ -215,6 +233,12 @@ enum Ending {
     Unresponsive,
     /// Too many frames that were not a Mesh envelope.
     Garbage,
+    /// Too many control frames the server did not ask for.
+    ControlFlood,
+    /// A frame that breaks the WebSocket protocol.
+    ProtocolError,
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
     /// Its outgoing queue overflowed.
     SlowConsumer,
     /// A frame over the hard size limit.
@@ -224,20 +248,94 @@ enum Ending {
 }
 
 impl Ending {
-    /// The close frame to send; `None` answers the peer's own close.
+    /// What happened, for the log and the close frame.
+    fn reason(self) -> &'static str {
+        match self {
+            Ending::PeerClosed(_) => "closed by the client",
+            Ending::PeerGone => "gone without a close frame",
+            Ending::Shutdown => "server shutting down",
+            Ending::Unresponsive => "unresponsive: missed pongs",
+            Ending::Garbage => "too many malformed frames",
+            Ending::ControlFlood => "too many control frames",
+            Ending::ProtocolError => "websocket protocol error",
+            Ending::InvalidUtf8 => "text frame is not UTF-8",
+            Ending::SlowConsumer => "slow consumer: outgoing queue full",
+            Ending::Oversized => "frame too large",
+            Ending::TokenExpired => TOKEN_EXPIRED,
+        }
+    }
+
+    /// Whether the server, not the peer, decided to end the connection.
+    fn by_server(self) -> bool {
+        !matches!(
+            self,
+            Ending::PeerClosed(_) | Ending::PeerGone | Ending::Shutdown
+        )
+    }
+
+    /// The close frame to send; `None` sends one without a code.
     fn close_frame(self) -> Option<CloseFrame> {
-        let (code, reason) = match self {
-            Ending::PeerGone | Ending::SlowConsumer => return None,
-            Ending::Shutdown => (CloseCode::Away, "server shutting down"),
-            Ending::Unresponsive => (CloseCode::Away, "missed pongs"),
-            Ending::Garbage => (CloseCode::Policy, "too many malformed frames"),
-            Ending::Oversized => (CloseCode::Size, "frame too large"),
-            Ending::TokenExpired => (CloseCode::Policy, TOKEN_EXPIRED),
+        let code = match self {
+            // The answer to a close repeats its code (RFC 6455, 5.5.1).
+            Ending::PeerClosed(Some(code)) if code.is_allowed() => {
+                return Some(CloseFrame {
+                    code,
+                    reason: "".into(),
+                })
+            }
+            Ending::PeerClosed(Some(_)) => CloseCode::Protocol,
+            Ending::PeerClosed(None) | Ending::PeerGone | Ending::SlowConsumer => return None,
+            Ending::Shutdown | Ending::Unresponsive => CloseCode::Away,
+            Ending::Garbage | Ending::ControlFlood => CloseCode::Policy,
+            Ending::ProtocolError => CloseCode::Protocol,
+            Ending::InvalidUtf8 => CloseCode::Invalid,
+            Ending::Oversized => CloseCode::Size,
+            Ending::TokenExpired => CloseCode::Policy,
         };
         Some(CloseFrame {
             code,
-            reason: reason.into(),
+            reason: self.reason().into(),
         })
+    }
+
+    /// How a read error ends the connection.
+    fn of_read_error(e: &tokio_tungstenite::tungstenite::Error) -> Ending {
+        use tokio_tungstenite::tungstenite::error::ProtocolError as P;
+        use tokio_tungstenite::tungstenite::Error;
+        match e {
+            Error::Capacity(_) => Ending::Oversized,
+            Error::Utf8(_) => Ending::InvalidUtf8,
+            Error::Protocol(P::ResetWithoutClosingHandshake) => Ending::PeerGone,
+            Error::Protocol(_) => Ending::ProtocolError,
+            _ => Ending::PeerGone,
+        }
+    }
+}
+
+/// Counts events in one-minute windows against an allowance.
+struct Allowance {
+    limit: u32,
+    count: u32,
+    window_start: Instant,
+}
+
+impl Allowance {
+    fn new(limit: u32, now: Instant) -> Self {
+        Allowance {
+            limit,
+            count: 0,
+            window_start: now,
+        }
+    }
+
+    /// Counts one event; `true` once the allowance is exceeded.
+    fn spend(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.window_start) > Duration::from_secs(60) {
+            self.window_start = now;
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.count > self.limit
     }
 }
 
@@ -257,8 +355,12 @@ pub(crate) struct Connection {
     /// When the connection is considered dead without a pong.
     alive_until: Instant,
     latency_sent: Option<Instant>,
-    bad_frames: u32,
-    bad_window_start: Instant,
+    /// Pings sent that no pong has answered yet.
+    pings_unanswered: u32,
+    /// When this connection's presence TTLs were last pushed back.
+    ttl_refreshed: Instant,
+    bad_frames: Allowance,
+    control_frames: Allowance,
     requests: RateLimiter,
     /// Lets long-running custom handlers give way to a shutdown.
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -307,8 +409,10 @@ impl Connection {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let limits = &server.shared.config.limits;
-        let requests = RateLimiter::new(limits.max_requests_per_second, Instant::now());
         let now = Instant::now();
+        let requests = RateLimiter::new(limits.max_requests_per_second, now);
+        let bad_frames = Allowance::new(limits.max_bad_frames, now);
+        let control_frames = Allowance::new(limits.max_control_frames, now);
         Connection {
             alive_until: now + server.shared.config.liveness_window(),
             id,
@@ -319,8 +423,10 @@ impl Connection {
             token_expires: claims.as_ref().map(|c| now + c.time_left()),
             claims,
             latency_sent: None,
-            bad_frames: 0,
-            bad_window_start: now,
+            pings_unanswered: 0,
+            ttl_refreshed: now,
+            bad_frames,
+            control_frames,
             shutdown,
             requests,
         }
@@ -339,9 +445,10 @@ impl Connection {
         self.send(Frame::push(command::ASSIGN_ID, json!(self.id)));
 
         let ending = self.event_loop(&mut stream, &mut shutdown).await;
-        tracing::debug!(id = %self.id, ?ending, "closing");
-        if ending != Ending::PeerGone && ending != Ending::Shutdown {
-            tracing::info!(id = %self.id, %peer, ?ending, "connection closed by server");
+        if ending.by_server() {
+            tracing::info!(id = %self.id, %peer, reason = ending.reason(), "connection closed by server");
+        } else {
+            tracing::debug!(id = %self.id, %peer, reason = ending.reason(), "connection closed");
         }
 
         // Stop receiving pushes, then end the writer: a slow consumer's
@@ -418,6 +525,7 @@ impl Connection {
                 _ = outbox.drained(), if backlogged => {}
                 _ = &mut expiry, if self.token_expires.is_some() => return Ending::TokenExpired,
                 _ = ping.tick() => {
+                    self.pings_unanswered = self.pings_unanswered.saturating_add(1);
                     self.heartbeat(Frame::push(command::PING, json!({})));
                 }
                 _ = latency.tick() => {
@@ -431,45 +539,33 @@ impl Connection {
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        if self.count_bad_frame() {
+                        if self.bad_frames.spend(Instant::now()) {
                             return Ending::Garbage;
                         }
                     }
-                    Some(Ok(Message::Close(_))) | None => return Ending::PeerGone,
-                    // Control frames: tungstenite answers pings itself.
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        use tokio_tungstenite::tungstenite::Error;
-                        return match e {
-                            Error::Capacity(_) => Ending::Oversized,
-                            Error::Protocol(_) | Error::Utf8(_) => Ending::Garbage,
-                            _ => Ending::PeerGone,
-                        };
+                    Some(Ok(Message::Close(frame))) => {
+                        return Ending::PeerClosed(frame.map(|f| f.code))
                     }
+                    None => return Ending::PeerGone,
+                    // We never ping at the WebSocket level, so every ping
+                    // or pong is unasked for. tungstenite answers pings; its
+                    // pongs are pushes to the outbox, within its budget.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        if self.control_frames.spend(Instant::now()) {
+                            return Ending::ControlFlood;
+                        }
+                    }
+                    Some(Ok(Message::Frame(_))) => {}
+                    Some(Err(e)) => return Ending::of_read_error(&e),
                 },
             }
         }
     }
 
-    /// Counts a frame that is not a Mesh envelope; `true` when the
-    /// connection is over its allowance and must be closed.
-    fn count_bad_frame(&mut self) -> bool {
-        let now = Instant::now();
-        if now.duration_since(self.bad_window_start) > Duration::from_secs(60) {
-            self.bad_window_start = now;
-            self.bad_frames = 0;
-        }
-        self.bad_frames += 1;
-        self.bad_frames > self.server.shared.config.limits.max_bad_frames
-    }
-
     async fn on_text(&mut self, text: &str) -> Option<Ending> {
         let max = self.server.shared.config.limits.max_frame_bytes;
         match Frame::decode(text, max) {
-            Ok(frame) => {
-                self.on_frame(frame).await;
-                None
-            }
+            Ok(frame) => self.on_frame(frame).await,
             Err(DecodeError::TooLarge { id, len, max }) => {
                 if id.is_some() {
                     let command = command_of(text);
@@ -484,28 +580,42 @@ impl Connection {
             Err(e) => {
                 if let Some(id) = e.request_id() {
                     let error = ErrorPayload::new(ErrorCode::Invalid, e.to_string());
-                    self.reply(Frame::error_reply(Some(id), command_of(text), &error));
+                    let command = e.command().map_or_else(|| command_of(text), str::to_string);
+                    self.reply(Frame::error_reply(Some(id), command, &error));
                 }
-                self.count_bad_frame().then_some(Ending::Garbage)
+                self.bad_frames
+                    .spend(Instant::now())
+                    .then_some(Ending::Garbage)
             }
         }
     }
 
-    async fn on_frame(&mut self, frame: Frame) {
+    async fn on_frame(&mut self, frame: Frame) -> Option<Ending> {
         let Frame {
             id,
             command,
             payload,
         } = frame;
         match command.as_str() {
-            command::PONG => Box::pin(self.on_pong()).await,
-            command::LATENCY_RESPONSE => {
-                if let Some(sent) = self.latency_sent.take() {
+            command::PONG => {
+                let asked = self.pings_unanswered > 0;
+                self.pings_unanswered = self.pings_unanswered.saturating_sub(1);
+                if !asked && self.control_frames.spend(Instant::now()) {
+                    return Some(Ending::ControlFlood);
+                }
+                Box::pin(self.on_pong()).await;
+            }
+            command::LATENCY_RESPONSE => match self.latency_sent.take() {
+                Some(sent) => {
                     // Whole milliseconds, as the reference server sends them.
                     let ms = sent.elapsed().as_millis() as u64;
                     self.send(Frame::push(command::LATENCY, json!(ms)));
                 }
-            }
+                None if self.control_frames.spend(Instant::now()) => {
+                    return Some(Ending::ControlFlood)
+                }
+                None => {}
+            },
             _ => {
                 let result = if self.requests.allow(Instant::now()) {
                     // Boxed: a command's state lives on the heap only while
@@ -527,10 +637,28 @@ impl Connection {
                 }
             }
         }
+        None
     }
 
+    /// A pong proves the connection alive and pushes back its presence
+    /// TTLs. The TTLs are pushed back at most once per half of the shortest
+    /// one, however often pongs come: each refresh is a backend write per
+    /// room, and the pong rate is the client's to choose.
     async fn on_pong(&mut self) {
-        self.alive_until = Instant::now() + self.server.shared.config.liveness_window();
+        let now = Instant::now();
+        self.alive_until = now + self.server.shared.config.liveness_window();
+        let shortest = self
+            .rooms
+            .values()
+            .filter_map(|track| track.as_ref().and_then(|t| t.ttl))
+            .min();
+        let Some(shortest) = shortest else {
+            return;
+        };
+        if now.duration_since(self.ttl_refreshed) < shortest / 2 {
+            return;
+        }
+        self.ttl_refreshed = now;
         let backend = &self.server.shared.backend;
         for (room, track) in &self.rooms {
             if let Some(ttl) = track.as_ref().and_then(|t| t.ttl) {

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -29,10 +29,15 @@ pub(crate) struct RequestHead {
 }
 
 impl RequestHead {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+        self.headers_named(name).next()
+    }
+
+    /// Every value of a header that may appear more than once.
+    pub(crate) fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
+            .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 
@@ -69,7 +74,7 @@ pub(crate) async fn read_request(
     }
 }
 
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Request> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Request> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -78,24 +83,31 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Request> {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => return Ok(classify(&req, buf[len..].to_vec())),
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => continue,
-            Ok(httparse::Status::Partial) => {
-                return Ok(Request::Plain {
-                    status: 431,
-                    body: "request header too large\n",
-                })
-            }
-            Err(_) => {
-                return Ok(Request::Plain {
-                    status: 400,
-                    body: "bad request\n",
-                })
-            }
+        if let Some(request) = parse_head(&buf) {
+            return Ok(request);
         }
+    }
+}
+
+/// Reads a request head from the bytes received so far: `None` while it
+/// is incomplete and under [`MAX_HEAD_BYTES`], the request otherwise (a
+/// plain refusal for anything malformed or too large).
+pub(crate) fn parse_head(buf: &[u8]) -> Option<Request> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => {
+            Some(classify(&req, buf[len..].to_vec()))
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => None,
+        Ok(_) => Some(Request::Plain {
+            status: 431,
+            body: "request header too large\n",
+        }),
+        Err(_) => Some(Request::Plain {
+            status: 400,
+            body: "bad request\n",
+        }),
     }
 }
 
@@ -147,16 +159,34 @@ fn classify(req: &httparse::Request<'_, '_>, leftover: Vec<u8>) -> Request {
             body: "unsupported websocket version\n",
         };
     }
-    match head.header("sec-websocket-key") {
-        Some(key) if !key.is_empty() => {
-            let key = key.to_string();
-            Request::Upgrade { head, key }
+    let mut keys = head.headers_named("sec-websocket-key");
+    let first_two = (keys.next(), keys.next());
+    drop(keys);
+    let key = match first_two {
+        (Some(key), None) if is_valid_key(key) => Some(key.to_string()),
+        (None, _) => None,
+        _ => {
+            return Request::Plain {
+                status: 400,
+                body: "sec-websocket-key must be 16 bytes in base64\n",
+            }
         }
-        _ => Request::Plain {
+    };
+    match key {
+        Some(key) => Request::Upgrade { head, key },
+        None => Request::Plain {
             status: 400,
             body: "missing sec-websocket-key\n",
         },
     }
+}
+
+/// RFC 6455: the key is a random 16-byte value, base64-encoded.
+fn is_valid_key(key: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|bytes| bytes.len() == 16)
 }
 
 /// Writes a complete plain HTTP response and closes our side.
@@ -250,6 +280,70 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn upgrade(extra: &str) -> Vec<u8> {
+        format!(
+            "GET /?a=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn status(request: Option<Request>) -> u16 {
+        match request.expect("complete") {
+            Request::Upgrade { .. } => 101,
+            Request::Plain { status, .. } => status,
+            Request::Metrics => 200,
+        }
+    }
+
+    #[test]
+    fn websocket_key_must_be_16_bytes_of_base64() {
+        let good = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        assert_eq!(status(parse_head(&upgrade(good))), 101);
+        for bad in [
+            "Sec-WebSocket-Key: x\r\n",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ\r\n",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZXg=\r\n",
+            "Sec-WebSocket-Key: !!!!!!!!!!!!!!!!!!!!!!==\r\n",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "",
+        ] {
+            assert_eq!(status(parse_head(&upgrade(bad))), 400, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn head_is_bounded() {
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n").is_none());
+        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(status(parse_head(long.as_bytes())), 431);
+        assert_eq!(status(parse_head(b"\x00\x01 nonsense\r\n\r\n")), 400);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Arbitrary bytes never panic the parser, and the reader stops
+        /// within one read of the head limit, whatever comes.
+        #[test]
+        fn arbitrary_heads_are_bounded(
+            prefix in proptest::prelude::prop_oneof![
+                proptest::prelude::Just(Vec::new()),
+                proptest::prelude::Just(upgrade("")),
+                proptest::prelude::Just(b"GET /healthz HTTP/1.1\r\n".to_vec()),
+            ],
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3 * MAX_HEAD_BYTES),
+        ) {
+            let input = [prefix, bytes].concat();
+            let _ = parse_head(&input);
+            let mut rest: &[u8] = &input;
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let _ = runtime.block_on(read_head(&mut rest));
+            let consumed = input.len() - rest.len();
+            proptest::prop_assert!(consumed < MAX_HEAD_BYTES + 1024, "read {consumed} bytes");
+        }
+    }
 
     #[test]
     fn query_is_decoded() {

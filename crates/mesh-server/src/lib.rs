@@ -30,6 +30,8 @@
 //! Layout, in the order a connection meets it:
 //!
 //! * [`server`]: the builder, the running server and its [`ServerHandle`].
+//! * `admission`: connection limits (total, per address) and the accept
+//!   loop's back-off.
 //! * [`auth`]: signed tokens, the identity they attest, the rooms they open.
 //! * `handshake`: HTTP request head, `GET /healthz`, `GET /metrics`,
 //!   `Origin` check, upgrade.
@@ -49,6 +51,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod auth;
 pub mod backend;
 mod commands;
@@ -64,6 +67,7 @@ mod outbox;
 pub mod server;
 pub mod tracking;
 
+pub use admission::raise_fd_limit;
 pub use auth::{Auth, Claims};
 pub use backend::{
     Backend, BackendError, BackendStats, MemoryBackend, RedisBackend, RedisConfig, UpdateSink,

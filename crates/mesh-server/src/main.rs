@@ -120,6 +120,21 @@ struct Args {
     /// Requests per second allowed per connection (0 = unlimited).
     #[arg(long, env = "MESH_MAX_REQUESTS_PER_SECOND", default_value_t = 0)]
     max_requests_per_second: u32,
+    /// Unrequested control frames (pings, pongs) tolerated per connection
+    /// per minute before closing it (1008).
+    #[arg(long, env = "MESH_MAX_CONTROL_FRAMES", default_value_t = 100)]
+    max_control_frames: u32,
+    /// Time a new connection has to send its HTTP request head.
+    #[arg(long, env = "MESH_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Most connections open at once (503 past it); lowered to fit the
+    /// open-file limit.
+    #[arg(long, env = "MESH_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Most connections open at once from one IP address (503 past it; 0 =
+    /// no limit).
+    #[arg(long, env = "MESH_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    max_connections_per_ip: usize,
     /// Require HS256 tokens signed with the secret in this file (its
     /// contents, surrounding whitespace trimmed).
     #[arg(
@@ -322,7 +337,11 @@ fn configure(args: &Args) -> Result<ServerBuilder, Box<dyn std::error::Error>> {
         .max_queued_bytes(args.max_queued_bytes)
         .max_room_members(args.max_room_members)
         .max_bad_frames(args.max_bad_frames)
-        .max_requests_per_second(args.max_requests_per_second);
+        .max_requests_per_second(args.max_requests_per_second)
+        .max_control_frames(args.max_control_frames)
+        .handshake_timeout(args.handshake_timeout)
+        .max_connections(args.max_connections)
+        .max_connections_per_ip(args.max_connections_per_ip);
     if let Some(auth) = auth {
         tracing::info!(algorithm = %auth.algorithm(), "every connection needs a valid token");
         builder = builder.auth(auth);
@@ -345,6 +364,8 @@ fn configure(args: &Args) -> Result<ServerBuilder, Box<dyn std::error::Error>> {
 /// Serves until Ctrl-C or SIGTERM, then closes every client politely.
 async fn serve(builder: ServerBuilder, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let stop = shutdown_signal()?;
+    // A server for many clients wants every descriptor it is allowed.
+    mesh_server::raise_fd_limit();
     let server = builder.bind().await?;
     tracing::info!(url = %server.url(), tracked = ?args.track, "ready; Ctrl-C to stop");
     stop.await;

@@ -1,6 +1,7 @@
 //! Building, running and stopping a server, and the handle embedders use
 //! to act on it.
 
+use crate::admission::{fit_fd_limit, Admission, Backoff};
 use crate::auth::Auth;
 use crate::backend::{Backend, MemoryBackend, RedisBackend, RedisConfig};
 use crate::config::{Config, Limits};
@@ -200,6 +201,34 @@ impl ServerBuilder {
         self
     }
 
+    /// Time a new connection has to send its HTTP request head (default
+    /// 10 s); a slower one is closed.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.limits.handshake_timeout = timeout;
+        self
+    }
+
+    /// Unrequested control frames (pings, pongs) tolerated per minute per
+    /// connection before it is closed with 1008 (default 100).
+    pub fn max_control_frames(mut self, n: u32) -> Self {
+        self.config.limits.max_control_frames = n;
+        self
+    }
+
+    /// Most connections open at once (default 10,000, lowered to fit the
+    /// file-descriptor limit); more get `503`.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.limits.max_connections = n;
+        self
+    }
+
+    /// Most connections open at once from one IP address, 0 for no limit
+    /// (default 1,000); more get `503`.
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.config.limits.max_connections_per_ip = n;
+        self
+    }
+
     /// Requests per second allowed per connection, 0 for no limit (the
     /// default). Over it, requests are answered with `ERATELIMIT`.
     pub fn max_requests_per_second(mut self, n: u32) -> Self {
@@ -294,7 +323,7 @@ impl ServerBuilder {
     }
 
     /// Binds the address and starts serving in background tasks.
-    pub async fn bind(self) -> Result<RunningServer, ServerError> {
+    pub async fn bind(mut self) -> Result<RunningServer, ServerError> {
         self.check()?;
         let backend: Arc<dyn Backend> = match (self.backend, self.redis) {
             (Some(b), _) => b,
@@ -303,16 +332,18 @@ impl ServerBuilder {
         };
         let listener = TcpListener::bind(self.addr).await?;
         let local_addr = listener.local_addr()?;
+        let (max_connections, fd_limit) = fit_fd_limit(self.config.limits.max_connections);
+        if let Some(fd_limit) = fd_limit {
+            tracing::warn!(
+                fd_limit,
+                max_connections,
+                "max connections lowered to fit the open-file limit; raise it with `ulimit -n` (LimitNOFILE= under systemd)"
+            );
+            self.config.limits.max_connections = max_connections;
+        }
         let limits = &self.config.limits;
-        // Small buffers keep idle connections cheap; tungstenite's own size
-        // limits sit above ours so that we can answer `ETOOLARGE` ourselves.
-        let ws_config = WebSocketConfig::default()
-            // Requests are small: a 1 KiB read buffer per idle connection
-            // instead of 4, at the cost of more reads for a rare large one.
-            .read_buffer_size(1024)
-            .write_buffer_size(8 * 1024)
-            .max_message_size(Some(limits.max_frame_bytes.saturating_mul(4)))
-            .max_frame_size(Some(limits.max_frame_bytes.saturating_mul(4)));
+        let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
+        let ws_config = limits.websocket_config();
         let connections = Arc::new(AtomicUsize::new(0));
         let deliveries = crate::metrics::deliveries_counter();
         let subscribers = Arc::new(Subscribers::new(deliveries.clone()));
@@ -327,6 +358,7 @@ impl ServerBuilder {
             instance_id: new_instance_id(),
             next_id: AtomicU64::new(1),
             connections,
+            admission,
             metrics,
             interest,
             config: self.config,
@@ -369,6 +401,7 @@ pub(crate) struct Shared {
     pub(crate) instance_id: String,
     next_id: AtomicU64,
     pub(crate) connections: Arc<AtomicUsize>,
+    pub(crate) admission: Arc<Admission>,
     pub(crate) metrics: Metrics,
     pub(crate) interest: Arc<Interest>,
     pub(crate) config: Config,
@@ -401,25 +434,44 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
+    let mut backoff = Backoff::default();
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             _ = stopped(&mut shutdown) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection::serve(
-                        stream,
-                        peer,
-                        handle.clone(),
-                        shutdown.clone(),
-                        done.clone(),
-                    ));
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff.reset();
+                accepted
+            }
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of
+                // spinning, and keep serving the connections we have.
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "accept failed");
+                tokio::select! {
+                    _ = stopped(&mut shutdown) => break,
+                    _ = tokio::time::sleep(delay) => continue,
                 }
-                Err(e) => {
-                    // Usually out of file descriptors: back off instead of
-                    // spinning, and keep serving the connections we have.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let admission = &handle.shared.admission;
+        match admission.admit(peer.ip()) {
+            Ok(slot) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection::serve(
+                    stream,
+                    peer,
+                    handle.clone(),
+                    shutdown.clone(),
+                    (slot, done.clone()),
+                ));
+            }
+            Err(full) => {
+                tracing::debug!(%peer, ?full, "connection refused: over the limit");
+                if let Some(refusal) = admission.start_refusal() {
+                    tokio::spawn(connection::refuse(stream, full, refusal));
                 }
             }
         }
@@ -504,6 +556,7 @@ impl ServerHandle {
     }
 
     /// Combines `value` with a connection's metadata; returns the result.
+    /// The embedder is trusted: no size limit applies here.
     pub async fn set_metadata(
         &self,
         connection_id: &str,
@@ -513,7 +566,7 @@ impl ServerHandle {
         Ok(self
             .shared
             .backend
-            .set_metadata(connection_id, value, strategy)
+            .set_metadata(connection_id, value, strategy, None)
             .await?)
     }
 

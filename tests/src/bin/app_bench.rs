@@ -224,6 +224,8 @@ fn standalone_server() -> (Child, String) {
         std::env::var("MESH_SERVER_BIN").expect("MESH_SERVER_BIN names the mesh-server binary");
     let mut child = Command::new(bin)
         .args(["--addr", "127.0.0.1:0", "--track", ROOM])
+        // Every simulated user comes from this one address.
+        .args(["--max-connections-per-ip", "0"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .spawn()

@@ -5,7 +5,8 @@
 //! [`StateStore`] trait is that storage: JSON values by key. Two stores live
 //! here: [`MemoryStore`] (tests, or state that need not outlive the process)
 //! and [`FileStore`] (one JSON file, replaced atomically on every write). The
-//! desktop app brings its own over `tauri-plugin-store`.
+//! desktop app keeps its whole store file, settings included, in a
+//! [`FileStore`].
 //!
 //! The trait is synchronous on purpose: saved states are small, and a store
 //! that must do slow I/O can hand it to its own thread.

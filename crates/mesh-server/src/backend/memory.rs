@@ -8,7 +8,7 @@
 //! one `MemoryBackend` (it fans out to every attached sink), which is how
 //! the tests exercise cross-instance behaviour without Redis.
 
-use super::{encode_members, Backend, BackendResult, UpdateSink};
+use super::{check_len, encode_members, json_len, Backend, BackendResult, UpdateSink};
 use async_trait::async_trait;
 use bytes::Bytes;
 use mesh_protocol::{now_millis, PresenceUpdate, Strategy};
@@ -550,10 +550,14 @@ impl Backend for MemoryBackend {
         conn: &str,
         value: Value,
         strategy: Strategy,
+        max_bytes: Option<usize>,
     ) -> BackendResult<Value> {
         let mut state = self.state();
-        let old = state.metadata.remove(conn);
+        let old = state.metadata.get(conn).cloned();
         let new = strategy.apply(old, value);
+        if max_bytes.is_some() {
+            check_len(json_len(&new), max_bytes)?;
+        }
         state.metadata.insert(conn.to_string(), new.clone());
         state.metadata_changed(conn);
         Ok(new)
@@ -686,11 +690,11 @@ mod tests {
         assert!(b.shared.state.lock().unwrap().rooms.is_empty());
 
         assert_eq!(b.get_metadata("c1").await.unwrap(), None);
-        b.set_metadata("c1", json!({"a": {"x": 1}}), Strategy::Replace)
+        b.set_metadata("c1", json!({"a": {"x": 1}}), Strategy::Replace, None)
             .await
             .unwrap();
         let merged = b
-            .set_metadata("c1", json!({"a": {"y": 2}}), Strategy::DeepMerge)
+            .set_metadata("c1", json!({"a": {"y": 2}}), Strategy::DeepMerge, None)
             .await
             .unwrap();
         assert_eq!(merged, json!({"a": {"x": 1, "y": 2}}));

@@ -34,9 +34,44 @@ pub enum BackendError {
     /// The backend cannot be reached (network, server down).
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The result of a write would be larger than the caller allows;
+    /// nothing was changed.
+    #[error("the result would be {len} bytes; the limit is {max}")]
+    TooLarge {
+        /// Size of the result's JSON encoding.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// Any other failure, described.
     #[error("backend error: {0}")]
     Other(String),
+}
+
+/// Size of a value's JSON encoding, without building the string.
+pub(crate) fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// `Err(TooLarge)` when `len` is over `max` (no limit when `None`).
+pub(crate) fn check_len(len: usize, max: Option<usize>) -> BackendResult<()> {
+    match max {
+        Some(max) if len > max => Err(BackendError::TooLarge { len, max }),
+        _ => Ok(()),
+    }
 }
 
 /// Result of a backend operation.
@@ -187,11 +222,15 @@ pub trait Backend: Send + Sync + 'static {
     async fn states(&self, room: &str) -> BackendResult<Map<String, Value>>;
 
     /// Combines `value` with `conn`'s metadata; returns the stored result.
+    /// When the result's JSON would be over `max_bytes`, nothing is stored
+    /// and the error is [`BackendError::TooLarge`]: the limit holds for
+    /// what is stored, whatever the strategy.
     async fn set_metadata(
         &self,
         conn: &str,
         value: Value,
         strategy: Strategy,
+        max_bytes: Option<usize>,
     ) -> BackendResult<Value>;
 
     /// `conn`'s metadata, `None` when it has none.

@@ -33,7 +33,7 @@ mod mirror;
 mod scripts;
 mod tasks;
 
-use super::{Backend, BackendError, BackendResult, BackendStats, UpdateSink};
+use super::{check_len, Backend, BackendError, BackendResult, BackendStats, UpdateSink};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::{FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, ScriptInvocation};
@@ -588,16 +588,20 @@ impl Inner {
 
     /// Combines a value with one field of a metadata hash without losing a
     /// concurrent writer's change (compare-and-set, retried).
+    /// Nothing is written when the result would be over `max_bytes`.
     async fn merge_field(
         &self,
         hash: &str,
         field: &str,
         value: Value,
         strategy: Strategy,
+        max_bytes: Option<usize>,
     ) -> BackendResult<Value> {
         if matches!(strategy, Strategy::Replace) {
+            let text = value.to_string();
+            check_len(text.len(), max_bytes)?;
             let mut cmd = ::redis::cmd("HSET");
-            cmd.arg(hash).arg(field).arg(value.to_string());
+            cmd.arg(hash).arg(field).arg(text);
             self.query::<i64>(&cmd).await?;
             return Ok(value);
         }
@@ -610,6 +614,7 @@ impl Inner {
                 .and_then(|t| serde_json::from_str::<Value>(t).ok());
             let new = strategy.apply(old, value.clone());
             let new_text = new.to_string();
+            check_len(new_text.len(), max_bytes)?;
             let had = if old_text.is_some() { "1" } else { "0" };
             let mut inv = scripts::COMPARE_AND_SET.prepare_invoke();
             inv.key(hash)
@@ -884,10 +889,11 @@ impl Backend for RedisBackend {
         conn: &str,
         value: Value,
         strategy: Strategy,
+        max_bytes: Option<usize>,
     ) -> BackendResult<Value> {
         let inner = &self.inner;
         let stored = inner
-            .merge_field(&inner.keys.metadata(conn), conn, value, strategy)
+            .merge_field(&inner.keys.metadata(conn), conn, value, strategy, max_bytes)
             .await?;
         if let Some(local) = inner.mirror().conn(conn) {
             local.metadata = Some(stored.clone());
@@ -965,7 +971,7 @@ impl Backend for RedisBackend {
     ) -> BackendResult<Value> {
         let inner = &self.inner;
         inner
-            .merge_field(&inner.keys.room_metadata(room), room, value, strategy)
+            .merge_field(&inner.keys.room_metadata(room), room, value, strategy, None)
             .await
     }
 
