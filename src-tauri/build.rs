@@ -11,6 +11,7 @@ const COMMANDS: &[&str] = &[
     "status",
     "take_notices",
     "new_window",
+    "users_window",
 ];
 
 fn main() {

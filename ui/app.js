@@ -8,7 +8,9 @@ const { listen } = window.__TAURI__.event;
 
 const $ = (id) => document.getElementById(id);
 
-const list = new UserList($("user-list"), $("user-list-spacer"));
+const list = new UserList($("user-list"), $("user-list-spacer"), (start, end) =>
+  invoke("users_window", { start, end }),
+);
 list.onCount = (n) => {
   $("count").textContent = String(n);
   $("empty").hidden = n > 0;
@@ -73,6 +75,7 @@ function fillSettings(s) {
   $("setting-server").value = s.serverUrl || "";
   $("setting-room").value = s.room;
   $("setting-name").value = s.displayName;
+  $("setting-token").value = s.token || "";
   $("setting-user-id").textContent = s.userId;
 }
 
@@ -110,6 +113,7 @@ $("settings-form").addEventListener("submit", async (e) => {
     serverUrl: $("setting-server").value.trim() || null,
     room: $("setting-room").value.trim(),
     displayName: $("setting-name").value.trim(),
+    token: $("setting-token").value.trim() || null,
   };
   try {
     const saved = await invoke("set_settings", { settings });

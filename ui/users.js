@@ -1,30 +1,42 @@
-// The user list: a keyed, virtualized list that touches only what changed.
+// The user list: a window of rows over a list the backend keeps.
 //
-// The backend sends diffs (`upsert` rows and `remove` ids) at most once per
-// frame. We keep every user in a Map, keep a sorted order, and render only the
-// rows that are in view (plus a small margin). A row's DOM is rewritten only
-// when that user changed or the row scrolled into view, so a 5k-user room with
-// a few changes per frame costs a few DOM writes, not five thousand.
+// A 5k-user room is never copied into the page. The backend keeps the sorted
+// list; the page holds its length (for the scroll height) and the rows around
+// what is in view, which it asks for by position (`fetchWindow`, the
+// `users_window` command) when it scrolls past them. Each frame that changed
+// something the page shows, a `presence://users` event brings the new count
+// and, when any row of the page's window changed, that window again. Only the
+// rows in view (plus a small overscan) have elements, and an element is
+// rewritten only when its row changed or it scrolled into view.
 "use strict";
 
 const ROW_HEIGHT = 48; // px; keep in sync with `.user-row` in style.css
-const OVERSCAN = 8; // rows rendered above and below the viewport
+const OVERSCAN = 4; // rows drawn above and below the viewport
+const MARGIN = 1; // screens of rows fetched above and below the viewport
+const MAX_WINDOW = 500; // rows the backend sends at most at once (list_view.rs)
 
 class UserList {
   /**
    * @param {HTMLElement} container scrollable element with role="list"
    * @param {HTMLElement} spacer child that gives the container its full height
+   * @param {(start: number, end: number) => Promise<object>} fetchWindow asks
+   *   the backend for rows `start..end`
    */
-  constructor(container, spacer) {
+  constructor(container, spacer, fetchWindow) {
     this.container = container;
     this.spacer = spacer;
-    this.users = new Map(); // id -> row from the backend
-    this.order = []; // ids, sorted for display
-    this.index = new Map(); // id -> position in `order`
-    this.dirty = new Set(); // ids whose row content changed since the last render
-    this.needsSort = false;
+    this.fetchWindow = fetchWindow;
+    this.count = 0;
+    this.countVersion = 0;
+    this.start = 0; // position of rows[0] in the whole list
+    this.rows = []; // the rows of our window, as the backend sent them
+    this.rowsVersion = 0;
+    this.fetching = false; // a window request is on its way
+    this.fetchFailed = false; // no retry until the backend sends news
+    this.countChanged = true;
     this.rendered = new Map(); // id -> element currently showing that user
-    this.pool = []; // detached-from-a-user elements ready for reuse
+    this.pool = []; // elements showing no one, ready for reuse
+    this.missing = 0; // rows in view the last frame had no data for yet
     this.frameRequested = false;
     this.firstShown = false;
     this.onCount = () => {};
@@ -32,28 +44,35 @@ class UserList {
     window.addEventListener("resize", () => this.schedule());
   }
 
-  /** Applies one `presence://users` diff. */
-  apply(diff) {
-    if (diff.full) {
-      this.users.clear();
-      this.needsSort = true;
-      for (const el of this.rendered.values()) {
-        el.hidden = true;
-        this.pool.push(el);
-      }
-      this.rendered.clear();
-      this.dirty.clear();
-    }
-    for (const id of diff.remove || []) {
-      if (this.users.delete(id)) this.needsSort = true;
-    }
-    for (const row of diff.upsert || []) {
-      const old = this.users.get(row.id);
-      if (!old || sortKey(old) !== sortKey(row)) this.needsSort = true;
-      this.users.set(row.id, row);
-      this.dirty.add(row.id);
-    }
+  /** Takes one `presence://users` event. */
+  apply(update) {
+    this.fetchFailed = false;
+    this.take(update, false);
     this.schedule();
+  }
+
+  /**
+   * Keeps the count and rows of `update` unless newer ones are here. A reply
+   * to our own request may carry the version an event already brought (for
+   * the window we asked for), so it wins a tie; an event does not.
+   */
+  take(update, isReply) {
+    if (update.version >= this.countVersion && update.count !== this.count) {
+      this.count = update.count;
+      this.countChanged = true;
+    }
+    this.countVersion = Math.max(this.countVersion, update.version);
+    if (!update.rows) return;
+    if (update.version > this.rowsVersion || (isReply && update.version === this.rowsVersion)) {
+      this.rowsVersion = update.version;
+      this.start = update.start;
+      this.rows = update.rows;
+    }
+  }
+
+  /** The row at position `i`, if our window has it. */
+  rowAt(i) {
+    return this.rows[i - this.start];
   }
 
   /** Asks for a render on the next animation frame (once, however often called). */
@@ -66,48 +85,80 @@ class UserList {
     });
   }
 
+  /** Fetches a window around rows `first..last` unless we have them all. */
+  ensure(first, last) {
+    const have = first >= this.start && last <= this.start + this.rows.length;
+    if (have || this.fetching || this.fetchFailed || last <= first) return;
+    const screen = last - first;
+    const start = Math.max(0, first - MARGIN * screen);
+    const end = Math.min(this.count, last + MARGIN * screen, start + MAX_WINDOW);
+    this.fetching = true;
+    this.fetchWindow(start, end)
+      .then((reply) => this.take(reply, true))
+      .catch(() => {
+        // Not connected (yet, or any more): the next event brings news.
+        this.fetchFailed = true;
+      })
+      .finally(() => {
+        this.fetching = false;
+        this.schedule();
+      });
+  }
+
   render() {
-    if (this.needsSort) {
-      this.order = Array.from(this.users.values()).sort(compareUsers).map((u) => u.id);
-      this.index.clear();
-      this.order.forEach((id, i) => this.index.set(id, i));
-      this.spacer.style.height = `${this.order.length * ROW_HEIGHT}px`;
-      this.onCount(this.order.length);
+    const count = this.count;
+    if (this.countChanged) {
+      this.spacer.style.height = `${count * ROW_HEIGHT}px`;
+      this.onCount(count);
     }
     const top = this.container.scrollTop;
     const height = this.container.clientHeight || 600;
-    const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);
-    const last = Math.min(this.order.length, Math.ceil((top + height) / ROW_HEIGHT) + OVERSCAN);
+    const first = Math.min(count, Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN));
+    const last = Math.min(count, Math.ceil((top + height) / ROW_HEIGHT) + OVERSCAN);
+    this.ensure(first, last);
 
-    // Release rows that left the window (or whose user left).
+    // Who goes where: the rows in view that we have.
+    const wanted = new Map();
+    let missing = 0;
+    for (let i = first; i < last; i++) {
+      const row = this.rowAt(i);
+      if (row) wanted.set(row.id, i);
+      else missing++;
+    }
+    this.missing = missing;
+    // Release elements whose user is no longer in view (or here).
     for (const [id, el] of this.rendered) {
-      const i = this.index.get(id);
-      if (i === undefined || i < first || i >= last || !this.users.has(id)) {
+      if (!wanted.has(id)) {
         this.rendered.delete(id);
         el.hidden = true;
+        el.row = null;
         this.pool.push(el);
       }
     }
     const now = Date.now();
-    for (let i = first; i < last; i++) {
-      const id = this.order[i];
+    for (const [id, i] of wanted) {
+      const row = this.rowAt(i);
       let el = this.rendered.get(id);
-      const fresh = !el;
-      if (fresh) {
+      if (!el) {
         el = this.pool.pop() || this.createRow();
         this.rendered.set(id, el);
         el.hidden = false;
+        el.index = -1;
       }
-      if (fresh || this.dirty.has(id)) fillRow(el, this.users.get(id), now);
-      if (fresh || this.needsSort) {
+      if (!sameRow(el.row, row)) fillRow(el, row, now);
+      el.row = row;
+      if (el.index !== i) {
+        el.index = i;
         el.style.transform = `translateY(${i * ROW_HEIGHT}px)`;
         el.setAttribute("aria-posinset", String(i + 1));
-        el.setAttribute("aria-setsize", String(this.order.length));
+      }
+      if (el.setSize !== count) {
+        el.setSize = count;
+        el.setAttribute("aria-setsize", String(count));
       }
     }
-    this.dirty.clear();
-    this.needsSort = false;
-    if (!this.firstShown && this.order.length > 0) {
+    this.countChanged = false;
+    if (!this.firstShown && wanted.size > 0) {
       // Lets tools measure start-up: process start to the first list on screen.
       this.firstShown = true;
       performance.mark("mesh:first-list");
@@ -117,9 +168,8 @@ class UserList {
   /** Refreshes the countdown of visible short-lived states. */
   tick() {
     const now = Date.now();
-    for (const [id, el] of this.rendered) {
-      const user = this.users.get(id);
-      if (user && user.expiresAt) fillRow(el, user, now);
+    for (const el of this.rendered.values()) {
+      if (el.row && el.row.expiresAt) fillRow(el, el.row, now);
     }
   }
 
@@ -129,7 +179,8 @@ class UserList {
     el.setAttribute("role", "listitem");
     el.innerHTML =
       '<span class="avatar" aria-hidden="true"></span>' +
-      '<span class="who"><span class="name"></span><span class="you-badge">you</span></span>' +
+      '<span class="who"><span class="name"></span><span class="you-badge">you</span>' +
+      '<span class="unverified-badge" title="The server does not vouch for this identity">unverified</span></span>' +
       '<span class="user-status"></span>' +
       '<span class="expiry"></span>' +
       '<span class="tabs"></span>';
@@ -142,20 +193,20 @@ function displayName(user) {
   return user.username || user.id;
 }
 
-function sortKey(user) {
-  return `${user.you ? 0 : 1}${displayName(user).toLowerCase()}\u0000${user.id}`;
-}
-
-function compareUsers(a, b) {
-  const ka = sortKey(a);
-  const kb = sortKey(b);
-  return ka < kb ? -1 : ka > kb ? 1 : 0;
+/** Whether two rows would draw alike (the backend sends fresh objects). */
+function sameRow(a, b) {
+  if (!a || !b) return false;
+  for (const key in b) {
+    if (a[key] !== b[key]) return false;
+  }
+  return true;
 }
 
 function fillRow(el, user, now) {
   const name = displayName(user);
   el.dataset.userId = user.id;
   el.classList.toggle("you", !!user.you);
+  el.classList.toggle("unverified", !!user.unverified);
   el.querySelector(".avatar").textContent = name.slice(0, 1).toUpperCase();
   const nameEl = el.querySelector(".name");
   nameEl.textContent = name;
@@ -168,7 +219,10 @@ function fillRow(el, user, now) {
   // The whole text on hover, however much the row had to cut.
   status.title = text || "";
   status.classList.toggle("idle", !text);
-  el.querySelector(".tabs").textContent = user.tabCount === 1 ? "1 tab" : `${user.tabCount} tabs`;
+  // No tabs: they were here before a reconnect and are kept for a grace
+  // period while they come back.
+  const tabs = user.tabCount === 0 ? "reconnecting" : user.tabCount === 1 ? "1 tab" : `${user.tabCount} tabs`;
+  el.querySelector(".tabs").textContent = tabs;
   fillExpiry(el, user, now);
 }
 

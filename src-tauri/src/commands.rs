@@ -2,12 +2,14 @@
 //! [`Session`](crate::session::Session) or the store; the ACL in
 //! `capabilities/default.json` allows exactly these.
 
+use mesh_client::Token;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tauri::{AppHandle, Manager, Runtime, State, WebviewWindow};
 
 use crate::error::AppError;
 use crate::events::StatusPayload;
+use crate::list_view::UsersWindow;
 use crate::settings::{validate_name, validate_status, Settings};
 use crate::state::AppState;
 
@@ -26,6 +28,9 @@ pub struct SettingsView {
     pub display_name: String,
     /// Your user id (read-only).
     pub user_id: String,
+    /// The token sent to the server, if any (the panel shows it masked;
+    /// `Debug` hides it).
+    pub token: Option<Token>,
 }
 
 /// What the window sends to publish: the fields a user types. The app adds
@@ -46,6 +51,7 @@ fn view(state: &AppState, settings: Settings) -> SettingsView {
         room: settings.room,
         display_name: settings.display_name,
         user_id: state.user_id().to_string(),
+        token: settings.token,
     }
 }
 
@@ -150,6 +156,22 @@ pub fn status<R: Runtime>(
     app_state: State<'_, AppState>,
 ) -> StatusPayload {
     app_state.status(window.label())
+}
+
+/// Rows `start..end` of this window's user list, sorted as shown, with the
+/// list's length. They become the window's rows: its `presence://users`
+/// events send them again whenever one of them changes.
+#[tauri::command]
+pub fn users_window<R: Runtime>(
+    window: WebviewWindow<R>,
+    app_state: State<'_, AppState>,
+    start: usize,
+    end: usize,
+) -> Result<UsersWindow, AppError> {
+    app_state
+        .session(window.label())
+        .ok_or_else(AppError::not_connected)?
+        .users_window(start, end)
 }
 
 /// Opens another window: another connection for the same user.

@@ -6,7 +6,8 @@
 use serde::Serialize;
 use tauri::{AppHandle, Emitter, EventTarget, Runtime};
 
-/// The user list changed (a [`crate::user_list::UsersEvent`]); at most one per frame.
+/// The user list changed where the page can see it: its length, or a row
+/// of its window ([`crate::list_view::UsersWindow`]); at most one per frame.
 pub const USERS: &str = "presence://users";
 /// The connection changed state or measured a new latency ([`StatusPayload`]).
 pub const STATUS: &str = "mesh://status";

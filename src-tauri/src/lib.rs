@@ -9,7 +9,8 @@
 //! * [`store`]: the user id, [`settings`] and last state per room, kept in
 //!   one JSON file that is replaced atomically and never lost to damage;
 //!   [`my_state`] builds the state we publish.
-//! * [`user_list`]: turns the presence list into per-frame diffs for the UI.
+//! * [`user_list`]: the list's rows and what changed each frame;
+//!   [`list_view`] keeps it sorted and gives the page only the rows it shows.
 //! * [`rendering`]: how WebKit draws on a machine without a GPU.
 //!
 //! The webview (`ui/`) holds no protocol logic.
@@ -20,6 +21,7 @@ pub mod commands;
 pub mod embedded;
 pub mod error;
 pub mod events;
+pub mod list_view;
 pub mod my_state;
 pub mod rendering;
 pub mod session;
@@ -91,6 +93,7 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
             commands::status,
             commands::take_notices,
             commands::new_window,
+            commands::users_window,
         ])
         .on_menu_event(|app, event| {
             if event.id() == NEW_WINDOW_MENU_ID {

@@ -5,6 +5,7 @@
 //! other windows can show how long it has left. The `userId` always comes from
 //! the store, never from the webview: it is what groups your windows.
 
+use mesh_client::presence::CHANGED_AT;
 use serde_json::{json, Map, Value};
 
 /// Your state for a publish from the window.
@@ -26,7 +27,9 @@ pub fn compose(
 /// expiry it still has left.
 ///
 /// A saved short-lived status that has run out since is dropped (your name is
-/// kept); one still running is republished with only its remaining time.
+/// kept), as a change made when it ran out; one still running is republished
+/// with only its remaining time. The saved `changedAt` is kept otherwise:
+/// coming back is not a new change.
 pub fn restore(
     saved: Option<Value>,
     user_id: &str,
@@ -49,7 +52,11 @@ pub fn restore(
     if let Some(expires_at) = state.get("expiresAt").map(Value::as_u64) {
         match expires_at {
             Some(at) if at > now_ms => expire_after = Some(at - now_ms),
-            _ => drop_status(&mut state),
+            Some(at) => {
+                drop_status(&mut state);
+                state.insert(CHANGED_AT.into(), json!(at));
+            }
+            None => drop_status(&mut state),
         }
     }
     state.entry("status").or_insert(json!(""));
@@ -120,9 +127,17 @@ mod tests {
 
         let (state, expiry) = restore(Some(saved), "u1", "", 10_000);
         assert_eq!(state["status"], "", "an expired status is not brought back");
+        assert_eq!(state["changedAt"], 10_000, "it ended when it expired");
         assert!(state.get("expiresAt").is_none());
         assert_eq!(state["username"], "Ada");
         assert_eq!(expiry, None);
+    }
+
+    #[test]
+    fn a_saved_state_keeps_when_it_changed() {
+        let saved = json!({"userId": "u1", "username": "Ada", "status": "in", "changedAt": 5});
+        let (state, _) = restore(Some(saved.clone()), "u1", "Ada", 9);
+        assert_eq!(state, saved);
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! Each window is its own connection, like a browser tab: two windows are
 //! two members of the room, grouped into one row by the shared user id.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mesh_client::presence::{GroupKey, Presence};
-use mesh_client::{ClientEvent, ClientOptions, MeshClient, Status};
+use mesh_client::{ClientError, ClientEvent, ClientOptions, MeshClient, Status, Token};
 use serde_json::Value;
 use tauri::async_runtime::JoinHandle;
 use tauri::{AppHandle, Runtime};
@@ -16,9 +16,10 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::error::AppError;
 use crate::events::{self, StatusPayload};
+use crate::list_view::{ListView, UsersWindow};
 use crate::my_state;
 use crate::store::{state_key, AppStore};
-use crate::user_list::ListDiffer;
+use crate::user_list::{ListDiffer, VerifiedNames};
 
 /// The shortest gap between two `presence://users` events: one frame at 60 Hz.
 /// Changes that arrive in between are merged into the next event.
@@ -36,6 +37,8 @@ pub struct Target {
     pub embedded: bool,
     /// The room.
     pub room: String,
+    /// The token to present, if any.
+    pub token: Option<Token>,
 }
 
 /// A window's live connection. Dropping it stops its tasks and closes the
@@ -47,6 +50,9 @@ pub struct Session {
     presence: Arc<Presence>,
     user_id: String,
     resync: Arc<Notify>,
+    /// The sorted list and what the page has of it. A std mutex: held only
+    /// to apply a frame's changes or copy out a window of rows.
+    list: Arc<Mutex<ListView>>,
     tasks: Vec<JoinHandle<()>>,
     /// Clears a short-lived status when it runs out. A std mutex: only held
     /// to swap the handle.
@@ -69,11 +75,35 @@ impl Session {
         };
         events::emit(&app, &label, events::STATUS, connecting);
 
-        let connect = MeshClient::connect(&target.url, ClientOptions::default());
+        let options = ClientOptions {
+            token: target.token.clone(),
+            ..ClientOptions::default()
+        };
+        let connect = MeshClient::connect(&target.url, options);
         let client = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(client)) => client,
+            Ok(Err(ClientError::Unauthorized)) => return Err(token_refused(&target.url)),
             Ok(Err(e)) => return Err(unreachable_server(&target.url, e.to_string())),
             Err(_) => return Err(unreachable_server(&target.url, "timed out".into())),
+        };
+
+        // A server that attests identity puts your verified user id in your
+        // connection's metadata. Then people are grouped by that, which no
+        // one can forge; otherwise your windows share a `userId` in their
+        // state, and that groups them.
+        let attested = client
+            .get_my_connection_metadata()
+            .await
+            .ok()
+            .and_then(|m| m.get("userId").and_then(Value::as_str).map(str::to_string));
+        let (group_key, verified, user_id) = match attested {
+            Some(id) => {
+                let names = VerifiedNames::default();
+                let recorder = names.clone();
+                let key = GroupKey::metadata_fn(move |metadata| recorder.key_of(metadata));
+                (key, Some(names), id)
+            }
+            None => (GroupKey::state_field("userId"), None, user_id),
         };
 
         // Your saved state (an expired short-lived status dropped), or your
@@ -88,13 +118,11 @@ impl Session {
             mesh_protocol::now_millis(),
         );
         store.save_last_state(&target.room, &state)?;
-
-        // Your windows share a `userId` in their state; that groups them.
         let presence = Presence::new(
             client.clone(),
             &target.room,
             &state_key(&target.room),
-            GroupKey::state_field("userId"),
+            group_key,
             store.presence_store(),
         )
         .await
@@ -102,6 +130,7 @@ impl Session {
         let presence = Arc::new(presence);
 
         let resync = Arc::new(Notify::new());
+        let list = Arc::new(Mutex::new(ListView::new()));
         let tasks = vec![
             tauri::async_runtime::spawn(forward_status(
                 app.clone(),
@@ -113,8 +142,9 @@ impl Session {
                 app,
                 label,
                 presence.clone(),
-                target.room.clone(),
                 user_id.clone(),
+                list.clone(),
+                verified,
                 resync.clone(),
             )),
         ];
@@ -124,6 +154,7 @@ impl Session {
             presence,
             user_id,
             resync,
+            list,
             tasks,
             expiry: Mutex::new(None),
         };
@@ -133,9 +164,17 @@ impl Session {
         Ok(session)
     }
 
-    /// Makes the next `presence://users` event a full list (the window reloaded).
+    /// Sends the page the list's length and first rows again (it reloaded).
     pub fn resync(&self) {
         self.resync.notify_one();
+    }
+
+    /// Rows `start..end` of the list, which become the page's window.
+    pub fn users_window(&self, start: usize, end: usize) -> Result<UsersWindow, AppError> {
+        self.list
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .request(start, end)
     }
 
     /// The connection's status right now.
@@ -157,22 +196,26 @@ impl Session {
             expire_after_ms,
             mesh_protocol::now_millis(),
         );
-        self.publish_state(state.clone(), expire_after_ms).await?;
-        Ok(state)
+        self.publish_state(state, expire_after_ms).await
     }
 
     /// Publishes (and saves) `state`; a short-lived one gets a timer that
     /// clears its status when it runs out, so you keep your row and name.
+    /// It is a change made now: returns the state as published, with the
+    /// `changedAt` that orders it against your other windows and devices.
     async fn publish_state(
         &self,
         state: Value,
         expire_after_ms: Option<u64>,
-    ) -> Result<(), AppError> {
-        self.clear_on_expiry(state.clone(), expire_after_ms);
-        self.presence
-            .publish(state)
-            .await
-            .map_err(|e| AppError::new("ESERVER", format!("Could not publish your state: {e}")))
+    ) -> Result<Value, AppError> {
+        let published =
+            self.presence.publish(state).await.map_err(|e| {
+                AppError::new("ESERVER", format!("Could not publish your state: {e}"))
+            })?;
+        // The timer compares against the state as published, `changedAt`
+        // included: that is what the store holds until something newer.
+        self.clear_on_expiry(published.clone(), expire_after_ms);
+        Ok(published)
     }
 
     /// Replaces the expiry timer: after `expire_after_ms` (if any), the
@@ -220,6 +263,16 @@ fn unreachable_server(url: &str, reason: String) -> AppError {
     AppError::new("EOFFLINE", format!("Could not connect to {url}: {reason}"))
 }
 
+fn token_refused(url: &str) -> AppError {
+    AppError::new(
+        "EUNAUTHORIZED",
+        format!(
+            "{url} refused your token (missing, invalid or expired). \
+             Set the one you were given in Settings → Token."
+        ),
+    )
+}
+
 fn status_payload(client: &MeshClient, target: &Target, latency_ms: Option<u64>) -> StatusPayload {
     let (status, attempt) = match *client.status().borrow() {
         Status::Connecting => ("connecting", None),
@@ -263,6 +316,10 @@ async fn forward_status<R: Runtime>(
             }
             event = client_events.recv() => match event {
                 Ok(ClientEvent::Latency(ms)) => latency = Some(ms),
+                // The client stays offline rather than retry: say why.
+                Ok(ClientEvent::Unauthorized) => {
+                    events::emit(&app, &label, events::ERROR, token_refused(&target.url));
+                }
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -270,21 +327,30 @@ async fn forward_status<R: Runtime>(
     }
 }
 
-/// Sends the user list as diffs, at most one event per [`FRAME`].
+/// Keeps the window's sorted list up to date and tells the page what it can
+/// see changed, at most one event per [`FRAME`].
 async fn forward_users<R: Runtime>(
     app: AppHandle<R>,
     label: String,
     presence: Arc<Presence>,
-    room: String,
     me: String,
+    list: Arc<Mutex<ListView>>,
+    verified: Option<VerifiedNames>,
     resync: Arc<Notify>,
 ) {
     let mut users = presence.users();
-    let mut differ = ListDiffer::new();
+    let mut differ = ListDiffer::with_verified(verified);
     loop {
         // Diffed in place: the list is only read, and copying 5k users
         // every frame would cost more than the diff.
-        let event = differ.diff(&room, &users.borrow_and_update(), &me);
+        let diff = differ.diff(&users.borrow_and_update(), &me);
+        let event = {
+            let mut list = list.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(diff) = diff {
+                list.apply(diff);
+            }
+            list.event()
+        };
         if let Some(event) = event {
             events::emit(&app, &label, events::USERS, event);
         }
@@ -295,7 +361,7 @@ async fn forward_users<R: Runtime>(
                     break;
                 }
             }
-            () = resync.notified() => differ.reset(),
+            () = resync.notified() => list.lock().unwrap_or_else(PoisonError::into_inner).reset(),
         }
     }
 }

@@ -1,10 +1,12 @@
-//! What the user can configure: which server, which room, which name.
+//! What the user can configure: which server, which room, which name, and
+//! the token that proves who they are to a server that asks.
 //!
 //! Settings are plain data with a `validate` step, so the checks run (and are
 //! tested) without a window or a store.
 
 use std::sync::OnceLock;
 
+use mesh_client::Token;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -16,6 +18,8 @@ pub const DEFAULT_ROOM: &str = "general";
 pub const MAX_NAME_CHARS: usize = 64;
 /// Longest status text we accept, in characters.
 pub const MAX_STATUS_CHARS: usize = 200;
+/// Longest token we accept, in bytes (a JWT with generous claims).
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// The user's settings, as stored and as shown in the settings panel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +34,10 @@ pub struct Settings {
     /// The name others see.
     #[serde(default)]
     pub display_name: String,
+    /// A signed token for a server with authentication; `None` sends none.
+    /// Its `Debug` form hides it, so settings can be logged.
+    #[serde(default)]
+    pub token: Option<Token>,
 }
 
 fn default_room() -> String {
@@ -42,6 +50,7 @@ impl Default for Settings {
             server_url: None,
             room: default_room(),
             display_name: String::new(),
+            token: None,
         }
     }
 }
@@ -56,6 +65,10 @@ impl Settings {
         };
         self.room = validate_room(&self.room)?;
         self.display_name = validate_name(&self.display_name)?;
+        self.token = match self.token.as_ref().map(|t| t.expose().trim()) {
+            None | Some("") => None,
+            Some(token) => Some(validate_token(token)?),
+        };
         Ok(self)
     }
 
@@ -99,14 +112,30 @@ impl Settings {
             validate_name,
         )
         .unwrap_or_default();
+        let token = stored_field(
+            fields,
+            "token",
+            "token",
+            "no token is sent",
+            &mut notices,
+            |token| match token.trim() {
+                "" => Ok(None),
+                token => validate_token(token).map(Some),
+            },
+        )
+        .flatten();
         let settings = Settings {
             server_url,
             room,
             display_name,
+            token,
         };
         (settings, notices)
     }
 }
+
+/// Stored fields whose value a notice must not quote.
+const SECRET_FIELDS: &[&str] = &["token"];
 
 /// The stored string field `key`, checked by `check`. Missing (or `null`):
 /// `None`, silently. Not a string, or refused by `check`: `None`, and a
@@ -119,13 +148,24 @@ fn stored_field<T>(
     notices: &mut Vec<String>,
     check: impl FnOnce(&str) -> Result<T, AppError>,
 ) -> Option<T> {
+    // A secret is never repeated, not even to its owner's window.
+    let secret = SECRET_FIELDS.contains(&key);
     let problem = match fields.get(key) {
         None | Some(Value::Null) => return None,
         Some(Value::String(text)) => match check(text) {
             Ok(value) => return Some(value),
-            Err(e) => format!("The saved {label} \"{text}\" is not valid: {}", e.message),
+            Err(e) if secret => format!("The saved {label} is not valid: {}", e.message),
+            Err(e) => format!(
+                "The saved {label} \"{}\" is not valid: {}",
+                hide_token_param(text),
+                e.message
+            ),
         },
-        Some(other) => format!("The saved {label} ({other}) is not text"),
+        Some(_) if secret => format!("The saved {label} is not text"),
+        Some(other) => format!(
+            "The saved {label} ({}) is not text",
+            hide_token_param(&other.to_string())
+        ),
     };
     notices.push(format!(
         "{problem}. Instead {fallback}; change it in Settings."
@@ -149,11 +189,48 @@ pub fn validate_room(room: &str) -> Result<String, AppError> {
     Ok(room.to_string())
 }
 
-/// Checks a server URL: `ws://` or `wss://`, a host, nothing else odd.
+/// Checks a token's shape (not its signature: only the server can): one
+/// line of visible ASCII, as an HTTP header needs, and not absurdly long.
+pub fn validate_token(token: &str) -> Result<Token, AppError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AppError::invalid(format!(
+            "Token is too long; the limit is {MAX_TOKEN_BYTES} bytes"
+        )));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AppError::invalid(
+            "Token must be one line of visible characters, as issued (no spaces)",
+        ));
+    }
+    Ok(Token::new(token))
+}
+
+/// `text` with the value of every `token=` parameter replaced by `…`: a
+/// URL may carry a token, and a message never shows one.
+fn hide_token_param(text: &str) -> String {
+    const PARAM: &str = "token=";
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(PARAM) {
+        let value = at + PARAM.len();
+        shown.push_str(&rest[..value]);
+        shown.push('…');
+        let end = rest[value..]
+            .find(['&', '#'])
+            .map_or(rest.len(), |len| value + len);
+        rest = &rest[end..];
+    }
+    shown.push_str(rest);
+    shown
+}
+
+/// Checks a server URL: `ws://` or `wss://`, a host, no token (that goes in
+/// the Token field, which is kept out of logs, messages and the window).
 pub fn validate_server_url(url: &str) -> Result<String, AppError> {
     let parsed = url::Url::parse(url).map_err(|e| {
         AppError::invalid(format!(
-            "Server URL \"{url}\" is not a valid URL ({e}); expected e.g. ws://127.0.0.1:3000"
+            "Server URL \"{}\" is not a valid URL ({e}); expected e.g. ws://127.0.0.1:3000",
+            hide_token_param(url)
         ))
     })?;
     if !matches!(parsed.scheme(), "ws" | "wss") {
@@ -164,6 +241,11 @@ pub fn validate_server_url(url: &str) -> Result<String, AppError> {
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(AppError::invalid("Server URL has no host"));
+    }
+    if parsed.query_pairs().any(|(name, _)| name == "token") {
+        return Err(AppError::invalid(
+            "Server URL must not carry the token: put it in the Token field instead",
+        ));
     }
     Ok(url.to_string())
 }
@@ -260,6 +342,44 @@ mod tests {
         assert_eq!(validate_name("  Ada  ").unwrap(), "Ada");
         assert!(validate_status(&"s".repeat(MAX_STATUS_CHARS + 1)).is_err());
         assert!(validate_status("a\u{7}").is_err());
+    }
+
+    #[test]
+    fn tokens_are_trimmed_checked_and_never_printed() {
+        let with_token = |t: &str| Settings {
+            token: Some(Token::new(t)),
+            ..Settings::default()
+        };
+        let s = with_token(" a.b.c ").validate().unwrap();
+        assert_eq!(s.token.as_ref().map(Token::expose), Some("a.b.c"));
+        assert!(!format!("{s:?}").contains("a.b.c"), "Debug hides the token");
+        assert_eq!(with_token("  ").validate().unwrap().token, None);
+        assert!(with_token("a b").validate().is_err());
+        assert!(with_token(&"x".repeat(MAX_TOKEN_BYTES + 1))
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn a_token_in_the_server_url_is_refused_and_never_repeated() {
+        for url in [
+            "ws://mesh.example.com/?token=abc.def",
+            "wss://mesh.example.com/?room=x&token=abc.def#top",
+        ] {
+            let err = validate_server_url(url).unwrap_err();
+            assert!(err.message.contains("Token field"), "{}", err.message);
+            assert!(!err.message.contains("abc.def"), "{}", err.message);
+        }
+        // Even when the URL is wrong in other ways too.
+        let err = validate_server_url("ws://:99999/?token=abc.def").unwrap_err();
+        assert!(!err.message.contains("abc.def"), "{}", err.message);
+        let stored = serde_json::json!({"serverUrl": "ws://h/?token=abc.def&x=1", "room": "r"});
+        let (s, notices) = Settings::from_stored(&stored);
+        assert_eq!((s.server_url, s.room.as_str()), (None, "r"));
+        assert!(notices[0].contains("ws://h/?token=…&x=1"), "{notices:?}");
+        // A URL without one is untouched.
+        assert_eq!(hide_token_param("ws://h/?tokens"), "ws://h/?tokens");
+        assert!(validate_server_url("ws://h/?room=token").is_ok());
     }
 
     #[test]

@@ -117,6 +117,7 @@ impl AppState {
             url,
             embedded,
             room: settings.room.clone(),
+            token: settings.token.clone(),
         })
     }
 

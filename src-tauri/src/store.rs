@@ -8,7 +8,9 @@
 //!
 //! The file is mesh-client's [`FileStore`]: every write goes to a temporary
 //! file that is then renamed over the old one, so a crash or a full disk
-//! leaves the old file or the new one, never a torn one. A file that is
+//! leaves the old file or the new one, never a torn one. The file may hold
+//! the user's token, so only its owner may read it (mode 0600 on Unix, set
+//! on each temporary file before the rename). A file that is
 //! damaged all the same (a bad edit, a disk fault, an older version of the
 //! app) is never written over: [`open_file`] moves it aside under a name with
 //! the time, carries what can still be read of it (at least the user id) into
@@ -152,15 +154,17 @@ impl Recovery {
 /// returned [`Recovery`] tells what happened.
 pub fn open_file(path: &Path) -> Result<(Arc<FileStore>, Option<Recovery>), AppError> {
     let io_error = |e: io::Error| AppError::store(format!("{}: {e}", path.display()));
+    // The file may hold a token: it is narrowed to its owner before anything
+    // else, so a damaged one keeps that mode when it is moved aside, and
+    // every write after is created with it.
+    let store = Arc::new(FileStore::owner_only(path).map_err(AppError::store)?);
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok((Arc::new(FileStore::new(path)), None))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((store, None)),
         Err(e) => return Err(io_error(e)),
     };
     let reason = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(_)) => return Ok((Arc::new(FileStore::new(path)), None)),
+        Ok(Value::Object(_)) => return Ok((store, None)),
         Ok(_) => "it is not a JSON object".to_string(),
         Err(_) if bytes.iter().all(u8::is_ascii_whitespace) => "it is empty".to_string(),
         Err(e) => e.to_string(),
@@ -168,7 +172,6 @@ pub fn open_file(path: &Path) -> Result<(Arc<FileStore>, Option<Recovery>), AppE
     let backup = backup_path(path, SystemTime::now());
     fs::rename(path, &backup).map_err(io_error)?;
     tracing::warn!(file = %path.display(), backup = %backup.display(), reason = %reason, "damaged store file moved aside");
-    let store = Arc::new(FileStore::new(path));
     let entries = recover(&bytes);
     let mut recovered = Vec::new();
     for (key, value) in entries {
@@ -390,6 +393,7 @@ fn new_user_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_client::Token;
     use serde_json::json;
 
     fn store() -> AppStore {
@@ -424,6 +428,7 @@ mod tests {
             server_url: Some("ws://10.0.0.2:4000".into()),
             room: "design".into(),
             display_name: "Ada".into(),
+            token: Some(Token::new("a.b.c")),
         };
         s.save_settings(&custom).unwrap();
         assert_eq!(s.settings(), custom);
@@ -455,6 +460,7 @@ mod tests {
             server_url: None,
             room: "design".into(),
             display_name: "Ada".into(),
+            token: Some(Token::new("a.b.c")),
         })
         .unwrap();
         let state = json!({"userId": id, "username": "Ada", "status": "writing", "expiresAt": 99});
@@ -590,6 +596,88 @@ mod tests {
         assert_ne!(first.backup, second.backup);
         assert_eq!(fs::read_to_string(&first.backup).unwrap(), "");
         assert_eq!(fs::read_to_string(&second.backup).unwrap(), "[1, 2]");
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_holding_the_token_is_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let wide = fs::Permissions::from_mode(0o644);
+        let dir = tempfile::tempdir().unwrap();
+
+        // First run: the file is created private.
+        let path = dir.path().join(STORE_FILE);
+        let (kv, _) = open_file(&path).unwrap();
+        let store = AppStore::new(kv);
+        let me = store.user_id().unwrap();
+        assert_eq!(mode(&path), 0o600);
+
+        // A file left readable by others (an older version, a hand edit) is
+        // narrowed at start, and saving a token keeps it so.
+        fs::set_permissions(&path, wide.clone()).unwrap();
+        let (kv, recovery) = open_file(&path).unwrap();
+        assert_eq!(recovery, None);
+        assert_eq!(mode(&path), 0o600);
+        let store = AppStore::new(kv);
+        assert_eq!(store.user_id().unwrap(), me);
+        let settings = Settings {
+            token: Some(Token::new("header.claims.signature")),
+            ..store.settings()
+        };
+        store.save_settings(&settings).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(store.settings().token, settings.token);
+        store
+            .save_last_state("general", &json!({"status": "x"}))
+            .unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(files_in(dir.path()), [STORE_FILE]);
+
+        // A damaged file (with the token still in it) is moved aside
+        // private too, and the fresh file is private from the start.
+        fs::write(
+            &path,
+            r#"{"userId": "user-abc", "settings": {"token": "header.cla"#,
+        )
+        .unwrap();
+        fs::set_permissions(&path, wide).unwrap();
+        let (_, recovery) = open_file(&path).unwrap();
+        let backup = recovery.unwrap().backup;
+        assert_eq!(mode(&backup), 0o600);
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn a_bad_saved_token_is_dropped_with_a_notice_that_does_not_repeat_it() {
+        let s = store();
+        let secret = "eyJhbGciOiJIUzI1NiJ9 with a space";
+        s.kv.set(
+            SETTINGS_KEY,
+            json!({"room": "design", "displayName": "Ada", "token": secret}),
+        )
+        .unwrap();
+        let (settings, notices) = s.checked_settings();
+        assert_eq!(settings.token, None, "no token is sent");
+        assert_eq!(settings.room, "design");
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].contains("saved token"), "{notices:?}");
+        assert!(!notices[0].contains("eyJ"), "{notices:?}");
+
+        s.kv.set(SETTINGS_KEY, json!({"token": {"nested": "eyJ"}}))
+            .unwrap();
+        let (settings, notices) = s.checked_settings();
+        assert_eq!(settings.token, None);
+        assert!(!notices[0].contains("eyJ"), "{notices:?}");
+
+        // No token, or an empty one, is simply none, without a notice.
+        s.kv.set(SETTINGS_KEY, json!({"token": " "})).unwrap();
+        assert_eq!(s.checked_settings(), (defaults(), vec![]));
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! The user list as the webview sees it, sent as diffs.
+//! The rows of the user list, and what changed between two lists.
 //!
-//! The presence engine hands us the whole list whenever it changes. Sending
-//! the whole list to the webview every frame would cost megabytes per second
-//! in a 5k-user room, so [`ListDiffer`] remembers what the window already has
-//! and sends only rows that changed and ids that left.
+//! The presence engine hands us the whole list whenever it changes.
+//! Rebuilding 5,000 rows every frame would cost more than the frame, so
+//! [`ListDiffer`] remembers what it last saw and yields only the rows that
+//! changed and the ids that left; [`crate::list_view`] keeps the sorted list
+//! from those.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use mesh_client::presence::User;
 use serde::Serialize;
@@ -31,16 +32,57 @@ pub struct UserRow {
     pub you: bool,
     /// When their state last changed (ms since the epoch).
     pub timestamp: u64,
+    /// On a server that attests identity: the row's identity is not one the
+    /// server vouches for, or its state claims to be someone else.
+    pub unverified: bool,
+}
+
+/// The names a server attests, by verified user id, learned from
+/// connection metadata as the presence helper groups connections by it.
+///
+/// Grows with the distinct users seen in the room, like the list itself.
+#[derive(Debug, Clone, Default)]
+pub struct VerifiedNames(Arc<Mutex<HashMap<String, String>>>);
+
+impl VerifiedNames {
+    /// The verified user id in `metadata` (its `userId`), remembering the
+    /// verified name (`username`) that goes with it. This is the group key
+    /// of a session on a server that attests identity.
+    pub fn key_of(&self, metadata: &Value) -> Option<String> {
+        let id = metadata.get("userId")?.as_str()?.to_string();
+        let name = metadata
+            .get("username")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), name);
+        Some(id)
+    }
+
+    /// The verified name of `id`; `None` when `id` is not a verified user.
+    pub fn name(&self, id: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
 }
 
 impl UserRow {
     /// Builds a row from a user's id, latest state and connection count.
+    /// With `verified` (a server that attests identity), the name is the
+    /// verified one and a row the server does not vouch for is marked.
     pub fn new(
         id: &str,
         state: Option<&Value>,
         tab_count: usize,
         timestamp: u64,
         me: &str,
+        verified: Option<&VerifiedNames>,
     ) -> Self {
         let text = |key: &str| {
             state
@@ -49,9 +91,17 @@ impl UserRow {
                 .unwrap_or_default()
                 .to_string()
         };
+        let verified_name = verified.and_then(|v| v.name(id));
+        let claims_other = state
+            .and_then(|s| s.get("userId"))
+            .is_some_and(|claimed| claimed.as_str() != Some(id));
+        let unverified = verified.is_some() && (verified_name.is_none() || claims_other);
         UserRow {
             id: id.to_string(),
-            username: text("username"),
+            username: verified_name
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| text("username")),
+            unverified,
             status: text("status"),
             expires_at: state
                 .and_then(|s| s.get("expiresAt"))
@@ -63,12 +113,9 @@ impl UserRow {
     }
 }
 
-/// The payload of a `presence://users` event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UsersEvent {
-    /// The room the list belongs to.
-    pub room: String,
+/// What changed between two lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListDiff {
     /// `true`: drop every row you have and take `upsert` as the whole list.
     pub full: bool,
     /// How many users the room has after this diff.
@@ -104,7 +151,7 @@ impl Shown {
     }
 }
 
-/// Remembers what one window shows and turns new lists into diffs.
+/// Remembers the last list it saw and turns new lists into diffs.
 ///
 /// A diff walks the list once with one hash lookup per user and builds rows
 /// only for users who changed, so a 5k-user room where ten people change
@@ -114,6 +161,7 @@ pub struct ListDiffer {
     shown: HashMap<Arc<str>, Shown>,
     synced: bool,
     generation: u64,
+    verified: Option<VerifiedNames>,
 }
 
 impl ListDiffer {
@@ -122,15 +170,24 @@ impl ListDiffer {
         ListDiffer::default()
     }
 
-    /// Forgets what the window has (it reloaded), so the next diff is full.
+    /// A differ for a server that attests identity: rows carry verified
+    /// names and unverified marks (see [`UserRow::new`]).
+    pub fn with_verified(verified: Option<VerifiedNames>) -> Self {
+        ListDiffer {
+            verified,
+            ..ListDiffer::default()
+        }
+    }
+
+    /// Forgets what it saw, so the next diff is full.
     pub fn reset(&mut self) {
         self.shown.clear();
         self.synced = false;
     }
 
-    /// The diff from what the window shows to `users` (whose ids are
+    /// The diff from the last list to `users` (whose ids are
     /// unique), or `None` when nothing changed. `me` is this app's user id.
-    pub fn diff(&mut self, room: &str, users: &[User], me: &str) -> Option<UsersEvent> {
+    pub fn diff(&mut self, users: &[User], me: &str) -> Option<ListDiff> {
         let full = !self.synced;
         self.generation += 1;
         let generation = self.generation;
@@ -145,6 +202,7 @@ impl ListDiffer {
                         user.tab_count,
                         user.timestamp,
                         me,
+                        self.verified.as_ref(),
                     ));
                     let shown = Shown {
                         state: user.state.clone(),
@@ -170,8 +228,7 @@ impl ListDiffer {
         if !full && upsert.is_empty() && remove.is_empty() {
             return None;
         }
-        Some(UsersEvent {
-            room: room.to_string(),
+        Some(ListDiff {
             full,
             count: self.shown.len(),
             upsert,
@@ -201,12 +258,12 @@ mod tests {
     #[test]
     fn rows_read_name_status_and_expiry_from_the_state() {
         let state = json!({"userId": "me", "username": "Ada", "status": "busy", "expiresAt": 99});
-        let r = UserRow::new("me", Some(&state), 2, 5, "me");
+        let r = UserRow::new("me", Some(&state), 2, 5, "me", None);
         assert_eq!((r.username.as_str(), r.status.as_str()), ("Ada", "busy"));
         assert_eq!(r.expires_at, Some(99));
         assert!(r.you);
         assert_eq!(r.tab_count, 2);
-        let bare = UserRow::new("conn-1", None, 1, 0, "me");
+        let bare = UserRow::new("conn-1", None, 1, 0, "me", None);
         assert_eq!(bare.username, "");
         assert!(!bare.you);
         // A peer's odd state shape is shown as empty fields, never an error.
@@ -216,27 +273,51 @@ mod tests {
             1,
             0,
             "me",
+            None,
         );
         assert_eq!((odd.username.as_str(), odd.status.as_str()), ("", ""));
+        assert!(
+            !odd.unverified,
+            "without attested identity nothing is marked"
+        );
+    }
+
+    #[test]
+    fn attested_identity_names_rows_and_marks_impostors() {
+        let verified = VerifiedNames::default();
+        let meta = json!({"userId": "alice", "username": "Alice (verified)"});
+        assert_eq!(verified.key_of(&meta), Some("alice".into()));
+        assert_eq!(verified.key_of(&json!({"username": "no id"})), None);
+        let v = Some(&verified);
+
+        // The verified name wins over whatever the state says.
+        let state = json!({"userId": "alice", "username": "Al"});
+        let row = UserRow::new("alice", Some(&state), 1, 0, "me", v);
+        assert_eq!(row.username, "Alice (verified)");
+        assert!(!row.unverified);
+        // A state claiming someone else's id is marked, not merged.
+        let spoof = json!({"userId": "bob", "username": "Bob"});
+        let row = UserRow::new("alice", Some(&spoof), 1, 0, "me", v);
+        assert!(row.unverified);
+        assert_eq!(row.username, "Alice (verified)");
+        // So is a connection the server vouches for no one for.
+        let row = UserRow::new("conn-7", Some(&spoof), 1, 0, "me", v);
+        assert!(row.unverified);
+        assert_eq!(row.username, "Bob");
     }
 
     #[test]
     fn first_diff_is_full_then_only_changes_are_sent() {
         let mut d = ListDiffer::new();
-        let first = d
-            .diff("general", &[user("a", "", 1), user("b", "", 1)], "me")
-            .unwrap();
+        let first = d.diff(&[user("a", "", 1), user("b", "", 1)], "me").unwrap();
         assert!(first.full);
         assert_eq!(first.upsert.len(), 2);
         assert_eq!(first.count, 2);
 
-        assert_eq!(
-            d.diff("general", &[user("a", "", 1), user("b", "", 1)], "me"),
-            None
-        );
+        assert_eq!(d.diff(&[user("a", "", 1), user("b", "", 1)], "me"), None);
 
         let change = d
-            .diff("general", &[user("a", "away", 1), user("c", "", 1)], "me")
+            .diff(&[user("a", "away", 1), user("c", "", 1)], "me")
             .unwrap();
         assert!(!change.full);
         let ids: Vec<_> = change.upsert.iter().map(|r| r.id.as_str()).collect();
@@ -248,22 +329,22 @@ mod tests {
     #[test]
     fn a_tab_count_change_is_a_change() {
         let mut d = ListDiffer::new();
-        d.diff("r", &[user("a", "", 1)], "me");
-        let more = d.diff("r", &[user("a", "", 2)], "me").unwrap();
+        d.diff(&[user("a", "", 1)], "me");
+        let more = d.diff(&[user("a", "", 2)], "me").unwrap();
         assert_eq!(more.upsert[0].tab_count, 2);
     }
 
     #[test]
     fn reset_makes_the_next_diff_full() {
         let mut d = ListDiffer::new();
-        d.diff("r", &[user("a", "", 1)], "me");
+        d.diff(&[user("a", "", 1)], "me");
         d.reset();
-        let again = d.diff("r", &[user("a", "", 1)], "me").unwrap();
+        let again = d.diff(&[user("a", "", 1)], "me").unwrap();
         assert!(again.full);
         assert_eq!(again.upsert.len(), 1);
         // An empty room after a reset is still worth one (full, empty) event.
         d.reset();
-        let empty = d.diff("r", &[], "me").unwrap();
+        let empty = d.diff(&[], "me").unwrap();
         assert!(empty.full && empty.upsert.is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! The commands, invoked through Tauri's IPC on a mock runtime (no window
 //! system needed), against real Mesh servers on 127.0.0.1.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,11 +96,30 @@ impl Harness {
     /// [`Harness::save_server`], and waits until that background reconnect
     /// is online, so that it cannot replace a session the test starts.
     fn use_server(&self, url: &str) {
+        self.use_settings(url, || self.save_server(url));
+    }
+
+    /// Saves settings naming `url` and presenting `token`, and waits until
+    /// the window is online there.
+    fn use_server_with_token(&self, url: &str, token: &str) {
+        self.use_settings(url, || {
+            let settings = json!({"serverUrl": url, "room": "general", "displayName": "Ada",
+                "token": token});
+            let view = self
+                .invoke("set_settings", json!({ "settings": settings }))
+                .expect("settings saved");
+            assert_eq!(view["token"], token);
+        });
+    }
+
+    /// Runs `save` (which saves settings naming `url`), and waits until the
+    /// window is online there.
+    fn use_settings(&self, url: &str, save: impl FnOnce()) {
         let (tx, rx) = std::sync::mpsc::channel();
         let id = self.window.listen(events::STATUS, move |event| {
             let _ = tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
         });
-        self.save_server(url);
+        save();
         loop {
             let status = rx.recv_timeout(WAIT).expect("the window goes online");
             if status["status"] == "online" && status["serverUrl"] == url {
@@ -320,6 +340,7 @@ fn saved_state_is_published_once_already_corrected() {
         server_url: Some(server.url()),
         room: "general".into(),
         display_name: "Ada".into(),
+        token: None,
     };
     store.save_settings(&settings).unwrap();
 
@@ -353,7 +374,9 @@ fn saved_state_is_published_once_already_corrected() {
     });
     assert_eq!(
         at_start,
-        vec![json!({"userId": me, "username": "Ada", "status": ""})],
+        // Changed when it ran out, not now: a change made since on another
+        // device still wins over it.
+        vec![json!({"userId": me, "username": "Ada", "status": "", "changedAt": 1_000})],
         "one publish at start, the expired status already gone"
     );
     h.rt.block_on(async {
@@ -491,4 +514,232 @@ async fn next_state(
             return state;
         }
     }
+}
+
+/// A server that attests identity itself, as an embedder might: its
+/// `on_connection` hook looks the bearer session up and puts the verified
+/// `userId` and `username` in the connection's metadata, but, unlike
+/// `--auth-secret-file`, lets a state claim any `userId`.
+fn attesting_server(h: &Harness) -> RunningServer {
+    h.rt.block_on(async {
+        Server::builder()
+            .addr("127.0.0.1:0".parse().expect("addr"))
+            .track_presence(".*", TrackOptions::default())
+            .on_connection(|info| async move {
+                let who = match info.header("authorization") {
+                    Some("Bearer s-ada") => Some(("ada", "Ada (verified)")),
+                    Some("Bearer s-mallory") => Some(("mallory", "Mallory (verified)")),
+                    _ => None,
+                };
+                if let Some((id, name)) = who {
+                    let metadata = json!({"userId": id, "username": name});
+                    info.set_metadata(metadata).await.expect("metadata set");
+                }
+                Ok(())
+            })
+            .bind()
+            .await
+            .expect("server")
+    })
+}
+
+/// The rows the window was sent, by id, once `done` holds for them. The
+/// page never asked for a window of its own, so events bring the list's
+/// first rows: the whole of a small room.
+fn wait_rows(
+    rx: &std::sync::mpsc::Receiver<Value>,
+    done: impl Fn(&HashMap<String, Value>) -> bool,
+) -> HashMap<String, Value> {
+    let mut rows = HashMap::new();
+    loop {
+        let event = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("rows: {rows:?}"));
+        if let Some(sent) = event["rows"].as_array() {
+            assert_eq!(event["start"], 0, "{event}");
+            rows = sent
+                .iter()
+                .map(|row| (row["id"].as_str().expect("id").to_string(), row.clone()))
+                .collect();
+        }
+        if done(&rows) {
+            return rows;
+        }
+    }
+}
+
+#[test]
+fn attested_identity_groups_by_it_names_rows_and_marks_impostors() {
+    let h = Harness::new(free_port());
+    let server = attesting_server(&h);
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.window.listen(events::USERS, move |event| {
+        let _ = tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
+    });
+    h.use_server_with_token(&server.url(), "s-ada");
+
+    let with_session = |session: Option<&str>| ClientOptions {
+        token: session.map(mesh_client::Token::new),
+        ..ClientOptions::default()
+    };
+    let (_peers, _stream) = h.rt.block_on(async {
+        let watcher = MeshClient::connect(&server.url(), with_session(None))
+            .await
+            .unwrap();
+        let (reply, stream) = watcher.subscribe_presence("general").await.unwrap();
+        // The app published under the id the server attests, not its own.
+        let mine: Vec<_> = reply.states.values().map(|s| s["userId"].clone()).collect();
+        assert_eq!(mine, [json!("ada")]);
+        // Mallory, verified as herself, claims to be Ada in her state; an
+        // anonymous connection claims to be Ada too.
+        let mut peers = vec![watcher];
+        for session in [Some("s-mallory"), None] {
+            let peer = MeshClient::connect(&server.url(), with_session(session))
+                .await
+                .unwrap();
+            peer.join_room("general").await.unwrap();
+            let claim = json!({"userId": "ada", "username": "Ada", "status": "it is me"});
+            assert!(peer
+                .publish_presence_state("general", claim, None, false)
+                .await
+                .unwrap());
+            peers.push(peer);
+        }
+        (peers, stream)
+    });
+
+    let rows = wait_rows(&rx, |rows| {
+        rows.len() == 3 && rows.values().filter(|r| r["status"] == "it is me").count() == 2
+    });
+    // Me: my verified id and name, one tab: nobody was merged into my row.
+    let me = &rows["ada"];
+    assert_eq!(me["you"], true, "{rows:?}");
+    assert_eq!(me["username"], "Ada (verified)");
+    assert_eq!(me["tabCount"], 1);
+    assert_eq!(me["unverified"], false);
+    // Mallory: her own row, under her verified name, marked.
+    let mallory = &rows["mallory"];
+    assert_eq!(mallory["username"], "Mallory (verified)");
+    assert_eq!(mallory["status"], "it is me");
+    assert_eq!(mallory["unverified"], true);
+    // The anonymous one: a row of its own, marked.
+    let anonymous: Vec<_> = rows
+        .iter()
+        .filter(|(id, _)| !["ada", "mallory"].contains(&id.as_str()))
+        .collect();
+    assert_eq!(anonymous.len(), 1, "{rows:?}");
+    assert_eq!(anonymous[0].1["unverified"], true);
+    assert_eq!(anonymous[0].1["you"], false);
+
+    h.rt.block_on(server.shutdown());
+}
+
+#[test]
+fn the_page_gets_a_window_of_the_sorted_list_and_news_of_it() {
+    let h = Harness::new(free_port());
+    let server = h.server();
+    let err = h
+        .invoke("users_window", json!({"start": 0, "end": 10}))
+        .unwrap_err();
+    assert_eq!(err["code"], "EOFFLINE");
+    h.use_server(&server.url());
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.window.listen(events::USERS, move |event| {
+        let _ = tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
+    });
+    let next_event = || rx.recv_timeout(WAIT).expect("a users event");
+
+    // Thirty peers join, last name first; the list sorts them (me first).
+    let peers: Vec<MeshClient> = h.rt.block_on(async {
+        let mut peers = Vec::new();
+        for i in (0..30).rev() {
+            let peer = MeshClient::connect(&server.url(), ClientOptions::default())
+                .await
+                .unwrap();
+            peer.join_room("general").await.unwrap();
+            let state = json!({"userId": format!("p{i}"), "username": format!("Peer {i:02}")});
+            peer.publish_presence_state("general", state, None, false)
+                .await
+                .unwrap();
+            peers.push(peer);
+        }
+        peers
+    });
+    while next_event()["count"] != 31 {}
+
+    let names = |w: &Value| -> Vec<String> {
+        w["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["username"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let window = h
+        .invoke("users_window", json!({"start": 10, "end": 15}))
+        .unwrap();
+    assert_eq!(window["count"], 31);
+    assert_eq!(window["start"], 10);
+    assert_eq!(
+        names(&window),
+        ["Peer 09", "Peer 10", "Peer 11", "Peer 12", "Peer 13"]
+    );
+    let first = h
+        .invoke("users_window", json!({"start": 0, "end": 1}))
+        .unwrap();
+    assert_eq!(first["rows"][0]["you"], true, "you come first");
+    let asked = h
+        .invoke("users_window", json!({"start": 10, "end": 15}))
+        .unwrap()["version"]
+        .as_u64()
+        .unwrap();
+
+    // Peer 25 (out of the window), then Peer 11 (in it) change: the page
+    // hears of the second, and no later event brings rows outside its window.
+    h.rt.block_on(async {
+        for (peer, i) in [(&peers[4], 25), (&peers[18], 11)] {
+            let state = json!({"userId": format!("p{i}"), "username": format!("Peer {i:02}"), "status": "changed"});
+            peer.publish_presence_state("general", state, None, false)
+                .await
+                .unwrap();
+        }
+    });
+    loop {
+        let event = next_event();
+        // An event worked out before the request may still be on its way.
+        if event["version"].as_u64().unwrap() <= asked {
+            continue;
+        }
+        assert_eq!(event["count"], 31, "{event}");
+        if event["rows"].is_null() {
+            continue;
+        }
+        assert_eq!(event["start"], 10, "{event}");
+        assert_eq!(event["rows"].as_array().unwrap().len(), 5, "{event}");
+        if event["rows"][2]["status"] == "changed" {
+            break;
+        }
+    }
+    let window = h
+        .invoke("users_window", json!({"start": 20, "end": 31}))
+        .unwrap();
+    let p25 = &window["rows"][6];
+    assert_eq!(
+        (&p25["username"], &p25["status"]),
+        (&json!("Peer 25"), &json!("changed"))
+    );
+
+    // A window that ends before it starts, or is too large, is refused.
+    for (start, end) in [(5, 2), (0, 100_000)] {
+        let err = h
+            .invoke("users_window", json!({"start": start, "end": end}))
+            .unwrap_err();
+        assert_eq!(err["code"], "EINVALID", "{err}");
+    }
+    h.rt.block_on(async {
+        for peer in peers {
+            peer.close().await;
+        }
+        server.shutdown().await;
+    });
 }

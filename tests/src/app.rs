@@ -13,13 +13,25 @@ use crate::{free_port, wait_for, UI_TIMEOUT};
 
 /// The app binary: `$MESH_PRESENCE_APP`, or the workspace's debug build.
 pub fn app_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("MESH_PRESENCE_APP") {
+    built_binary("MESH_PRESENCE_APP", "mesh-presence")
+}
+
+/// The standalone server binary: `$MESH_SERVER_BIN`, or the workspace's
+/// debug build.
+pub fn server_binary() -> PathBuf {
+    built_binary("MESH_SERVER_BIN", "mesh-server")
+}
+
+/// The binary named in the environment variable `env`, or `name` in the
+/// workspace's debug build.
+fn built_binary(env: &str, name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env) {
         return PathBuf::from(path);
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("debug/mesh-presence")
+    target.join("debug").join(name)
 }
 
 /// Where a test's screenshots and logs go: `test-output/e2e/<test>/`.
@@ -90,14 +102,17 @@ impl Driver {
     }
 
     /// Launches the app and waits until its page has loaded our script.
+    /// What the app prints (its log) is appended to `app.log` in the output
+    /// directory: WebKitWebDriver, which starts it, discards it.
     pub fn launch(&self) -> Result<App, String> {
         let binary = app_binary();
         if !binary.exists() {
             return Err(format!("app binary {} not built", binary.display()));
         }
+        let launcher = self.logging_launcher(&binary)?;
         let session = Session::start(
             &self.url,
-            json!({"browserName": "wry", "tauri:options": {"application": binary}}),
+            json!({"browserName": "wry", "tauri:options": {"application": launcher}}),
         )
         .map_err(|e| e.to_string())?;
         let app = App {
@@ -110,6 +125,22 @@ impl Driver {
                 .map(|v| v.as_bool().unwrap_or(false).then_some(()))
         })?;
         Ok(app)
+    }
+
+    /// A script that runs `binary` (same process, same arguments) with its
+    /// output appended to `app.log`.
+    fn logging_launcher(&self, binary: &Path) -> Result<PathBuf, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+        let script = format!(
+            "#!/bin/sh\nexec {} \"$@\" >>{} 2>&1\n",
+            quote(binary),
+            quote(&self.out.join("app.log"))
+        );
+        let path = self.out.join("mesh-presence.sh");
+        fs::write(&path, script).map_err(|e| e.to_string())?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        Ok(path)
     }
 }
 
@@ -206,13 +237,19 @@ pub struct Row {
     pub you: bool,
     /// The remaining-time text of a short-lived status.
     pub expiry: String,
+    /// Where the row is in the whole list, from 1 (its `aria-posinset`).
+    pub position: usize,
+    /// Whether the row is marked unverified.
+    pub unverified: bool,
 }
 
 const ROWS_JS: &str =
     "return Array.from(document.querySelectorAll('.user-row:not([hidden])')).map(r => ({
   id: r.dataset.userId, name: r.querySelector('.name').textContent,
   status: r.querySelector('.user-status').textContent, tabs: r.querySelector('.tabs').textContent,
-  you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent }))";
+  you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent,
+  position: Number(r.getAttribute('aria-posinset')),
+  unverified: r.classList.contains('unverified') }))";
 
 impl App {
     /// Runs a script in the page.
@@ -290,6 +327,8 @@ impl App {
                 tabs: r["tabs"].as_str().unwrap_or_default().into(),
                 you: r["you"].as_bool().unwrap_or(false),
                 expiry: r["expiry"].as_str().unwrap_or_default().into(),
+                position: r["position"].as_u64().unwrap_or_default() as usize,
+                unverified: r["unverified"].as_bool().unwrap_or(false),
             })
             .collect())
     }
@@ -316,11 +355,36 @@ impl App {
         Ok(text.trim_end_matches("(embedded)").trim().to_string())
     }
 
+    /// Points the app at the server `url` through its settings panel and
+    /// waits until it is online there.
+    pub fn use_server(&self, url: &str, timeout: Duration) -> Result<(), String> {
+        self.click("#open-settings")?;
+        self.fill("#setting-server", url)?;
+        self.click("#settings-save")?;
+        wait_for("the app on the server", timeout, || {
+            let shown = self.server_url()?;
+            Ok((shown == url && self.connection()? == "online").then_some(()))
+        })
+    }
+
     /// How many windows the app has open.
     pub fn window_count(&self) -> Result<usize, String> {
         self.session
             .window_handles()
             .map(|h| h.len())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits for a window other than the current one and sends the next
+    /// commands to it.
+    pub fn switch_to_new_window(&self) -> Result<(), String> {
+        let current = self.session.window_handle().map_err(|e| e.to_string())?;
+        let other = wait_for("a second window", UI_TIMEOUT, || {
+            let handles = self.session.window_handles().map_err(|e| e.to_string())?;
+            Ok(handles.into_iter().find(|h| *h != current))
+        })?;
+        self.session
+            .switch_to_window(&other)
             .map_err(|e| e.to_string())
     }
 

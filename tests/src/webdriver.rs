@@ -127,6 +127,17 @@ impl Session {
             .unwrap_or_default())
     }
 
+    /// The handle of the window commands go to.
+    pub fn window_handle(&self) -> Result<String, WebDriverError> {
+        let v = self.get("/window")?;
+        Ok(v.as_str().unwrap_or_default().to_string())
+    }
+
+    /// Sends the next commands to the window `handle`.
+    pub fn switch_to_window(&self, handle: &str) -> Result<(), WebDriverError> {
+        self.post("/window", json!({ "handle": handle })).map(drop)
+    }
+
     /// A PNG screenshot of the current window.
     pub fn screenshot(&self) -> Result<Vec<u8>, WebDriverError> {
         let v = self.get("/screenshot")?;

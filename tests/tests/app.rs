@@ -6,14 +6,20 @@
 //! mesh-presence-e2e --features e2e -- --test-threads=1` after building the app).
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_client::presence::{GroupKey, MemoryStore, Presence};
-use mesh_client::{ClientOptions, MeshClient, PresenceEvent, PresenceStream, PresenceUpdate};
-use mesh_presence_e2e::app::{output_dir, store_dir, Driver};
+use mesh_client::{
+    ClientOptions, MeshClient, PresenceEvent, PresenceStream, PresenceUpdate, Token,
+};
+use mesh_presence_e2e::app::{output_dir, server_binary, store_dir, Driver};
 use mesh_presence_e2e::{wait_for, UI_TIMEOUT};
 use mesh_server::{RunningServer, Server, TrackOptions};
 use serde_json::{json, Value};
@@ -51,7 +57,11 @@ struct Peer {
 
 impl Peer {
     async fn join(url: &str, state: Value) -> Peer {
-        let client = MeshClient::connect(url, ClientOptions::default())
+        Peer::join_with(url, ClientOptions::default(), state).await
+    }
+
+    async fn join_with(url: &str, options: ClientOptions, state: Value) -> Peer {
+        let client = MeshClient::connect(url, options)
             .await
             .expect("peer connects");
         let (reply, stream) = client
@@ -333,8 +343,98 @@ fn second_window_shows_me_once_with_two_tabs() {
     app.quit().unwrap();
 }
 
-/// Everything the page's list holds, as the backend sent it.
-const USERS_JS: &str = "return Array.from(list.users.values())";
+#[test]
+fn status_changed_in_the_second_window_is_what_a_newcomer_sees() {
+    let out = output_dir("status_changed_in_the_second_window_is_what_a_newcomer_sees");
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.fill("#status", "said in the first window").unwrap();
+    app.click("#update").unwrap();
+    let me = app
+        .wait_rows("my first status", |rows| {
+            rows.len() == 1 && rows[0].status == "said in the first window"
+        })
+        .unwrap()
+        .remove(0)
+        .id;
+
+    app.click("#new-window").unwrap();
+    app.wait_rows("me with 2 tabs", |rows| {
+        rows.len() == 1 && rows[0].tabs == "2 tabs"
+    })
+    .unwrap();
+    app.switch_to_new_window().unwrap();
+    app.wait_connection("online").unwrap();
+    app.fill("#status", "said in the second window").unwrap();
+    app.click("#update").unwrap();
+    app.wait_rows("the second window shows it", |rows| {
+        rows.len() == 1 && rows[0].you && rows[0].status == "said in the second window"
+    })
+    .unwrap();
+    app.screenshot("01-second-window").unwrap();
+
+    // Newcomers, again and again (the server lists members in any order):
+    // the list each one builds from its snapshot shows me once, with both
+    // windows and the new status.
+    let url = app.server_url().unwrap();
+    let rt = runtime();
+    for round in 0..5 {
+        let users = rt.block_on(async {
+            let client = MeshClient::connect(&url, ClientOptions::default())
+                .await
+                .expect("newcomer connects");
+            let newcomer = Presence::new(
+                client.clone(),
+                ROOM,
+                "newcomer",
+                GroupKey::state_field("userId"),
+                Arc::new(MemoryStore::new()),
+            )
+            .await
+            .expect("newcomer's presence");
+            let users = newcomer.users().borrow().clone();
+            drop(newcomer);
+            client.close().await;
+            users
+        });
+        let row = users.iter().find(|u| *u.id == *me);
+        let row = row.unwrap_or_else(|| panic!("round {round}: my row: {users:?}"));
+        assert_eq!(row.tab_count, 2, "round {round}: {users:?}");
+        assert_eq!(
+            row.state.as_ref().map(|s| &s["status"]),
+            Some(&json!("said in the second window")),
+            "round {round}: {users:?}"
+        );
+    }
+    // And the first window took the change over: both connections hold it.
+    wait_for("both windows holding the new status", UI_TIMEOUT, || {
+        let states = rt.block_on(async {
+            let client = MeshClient::connect(&url, ClientOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let reply = client
+                .get_presence_state(ROOM)
+                .await
+                .map_err(|e| e.to_string());
+            client.close().await;
+            reply
+        })?;
+        let held = states
+            .states
+            .values()
+            .filter(|s| s["userId"] == me.as_str() && s["status"] == "said in the second window")
+            .count();
+        Ok((held == 2).then_some(()))
+    })
+    .unwrap();
+    app.quit().unwrap();
+}
+
+/// The rows the page's list holds (its window of the list), as the backend
+/// sent them.
+const USERS_JS: &str = "return list.rows";
 
 #[test]
 fn an_expired_status_keeps_me_in_one_row() {
@@ -546,4 +646,391 @@ fn backups_in(dir: &Path) -> Vec<std::path::PathBuf> {
         .collect();
     found.sort();
     found
+}
+
+/// Forwards every TCP connection to `target` and counts them: how often a
+/// client tried to connect, whatever the server answered.
+async fn counting_proxy(target: SocketAddr) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (format!("ws://{addr}"), count)
+}
+
+/// The standalone `mesh-server`, started as an operator would; killed on drop.
+struct StandaloneServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl StandaloneServer {
+    fn start(args: &[&str]) -> StandaloneServer {
+        let mut child = Command::new(server_binary())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mesh-server starts (scripts/e2e.sh builds it)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // The "ready" line names the address it bound.
+        let addr = loop {
+            let line = lines.next().expect("server log ended early").unwrap();
+            if let Some(at) = line.find("ws://") {
+                let rest = &line[at + "ws://".len()..];
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                break rest[..end].parse().expect("an address in the ready line");
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        StandaloneServer { child, addr }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+impl Drop for StandaloneServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mesh-server token --secret-file SECRET ARGS...`: a token, as the README's
+/// worked example mints them.
+fn mint(secret: &Path, args: &[&str]) -> String {
+    let output = Command::new(server_binary())
+        .arg("token")
+        .arg("--secret-file")
+        .arg(secret)
+        .args(args)
+        .output()
+        .expect("mesh-server token runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// The README's worked example, with the app as Ada and a client as Bob.
+#[test]
+fn auth_server_shows_verified_names_and_refuses_bad_tokens() {
+    let out = output_dir("auth_server_shows_verified_names_and_refuses_bad_tokens");
+    let data = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let secret = keys.path().join("mesh.secret");
+    // As `head -c 32 /dev/urandom | base64` leaves it: a trailing newline.
+    fs::write(&secret, "c2VjcmV0IG9ubHkgdGhlIG9wZXJhdG9yIGtub3dzCg==\n").unwrap();
+    let ada_token = mint(
+        &secret,
+        &[
+            "--sub",
+            "ada",
+            "--name",
+            "Ada L.",
+            "--rooms",
+            "general,doc:*",
+        ],
+    );
+    let bob_token = mint(
+        &secret,
+        &[
+            "--sub", "bob", "--name", "Bob", "--rooms", "general", "--ttl", "7d",
+        ],
+    );
+    let secret_arg = secret.to_str().unwrap();
+    let server =
+        StandaloneServer::start(&["--addr", "127.0.0.1:0", "--auth-secret-file", secret_arg]);
+    let rt = runtime();
+    // The app goes through a proxy that counts its connection attempts.
+    let (url, attempts) = rt.block_on(counting_proxy(server.addr));
+
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.click("#open-settings").unwrap();
+    app.fill("#setting-server", &url).unwrap();
+    app.fill("#setting-token", &ada_token).unwrap();
+    app.click("#settings-save").unwrap();
+    // The server's word for who I am: its id and name, not the name in
+    // Settings (the account's name by default).
+    let rows = app
+        .wait_rows("my verified row", |rows| {
+            rows.iter()
+                .any(|r| r.you && r.id == "ada" && r.name == "Ada L.")
+        })
+        .unwrap();
+    assert!(rows.iter().all(|r| !r.unverified), "{rows:?}");
+    assert_eq!(app.connection().unwrap(), "online");
+
+    // Bob, with his own token, shows under his verified name, whatever his
+    // state says; he sees my state under my verified id.
+    let bob_options = ClientOptions {
+        token: Some(Token::new(bob_token)),
+        ..ClientOptions::default()
+    };
+    let mut bob = rt.block_on(Peer::join_with(
+        &server.url(),
+        bob_options,
+        json!({"userId": "bob", "username": "Robert", "status": "reviewing"}),
+    ));
+    app.wait_rows("Bob's verified name and status", |rows| {
+        rows.len() == 2
+            && rows.iter().any(|r| {
+                r.id == "bob" && r.name == "Bob" && r.status == "reviewing" && !r.unverified
+            })
+    })
+    .unwrap();
+    rt.block_on(bob.wait_state("my state under my verified id", |s| s["userId"] == "ada"));
+    app.fill("#status", "verified").unwrap();
+    app.click("#update").unwrap();
+    rt.block_on(bob.wait_state("my new status", |s| {
+        s["userId"] == "ada" && s["status"] == "verified"
+    }));
+    app.screenshot("01-verified").unwrap();
+
+    // The store file holds the token, for its owner only.
+    let store_file = store_dir(data.path()).join("mesh-presence.json");
+    assert!(fs::read_to_string(&store_file)
+        .unwrap()
+        .contains(&ada_token));
+    let mode = fs::metadata(&store_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", store_file.display());
+
+    let refused = |what: &str| {
+        let message = wait_for(what, UI_TIMEOUT, || {
+            let shown = app.js("return !document.getElementById('error').hidden")? == json!(true);
+            let text = app.text("#error-text")?;
+            Ok((shown && text.contains("refused your token")).then_some(text))
+        })
+        .unwrap();
+        assert!(message.contains("Settings → Token"), "{message}");
+        app.wait_connection("offline").unwrap();
+    };
+
+    // A bad token: a clear message, offline, and one attempt: the app does
+    // not try again on its own. Proving an absence takes a wait.
+    let before = attempts.load(Ordering::SeqCst);
+    app.click("#open-settings").unwrap();
+    app.fill("#setting-token", "not-a-token").unwrap();
+    app.click("#settings-save").unwrap();
+    refused("the bad token's message");
+    app.screenshot("02-bad-token").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(attempts.load(Ordering::SeqCst) - before, 1, "no retries");
+
+    // A token that runs out while connected: the server closes the
+    // connection, the client's one reconnect is refused, and the app says
+    // so and stays offline instead of retrying.
+    app.click("#error-dismiss").unwrap();
+    let short_token = mint(
+        &secret,
+        &["--sub", "ada", "--name", "Ada L.", "--ttl", "5s"],
+    );
+    let before = attempts.load(Ordering::SeqCst);
+    app.click("#open-settings").unwrap();
+    app.fill("#setting-token", &short_token).unwrap();
+    app.click("#settings-save").unwrap();
+    refused("the expired token's message");
+    app.screenshot("03-expired-token").unwrap();
+    let at_message = attempts.load(Ordering::SeqCst);
+    // The connection and the refused reconnect (only the refusal, if the
+    // token ran out before the app connected on a slow machine).
+    assert!(at_message - before <= 2, "{} attempts", at_message - before);
+    // Longer than the client's second reconnect delay (2 to 4 s): a client
+    // that went on retrying would have by now.
+    std::thread::sleep(Duration::from_millis(4500));
+    assert_eq!(attempts.load(Ordering::SeqCst), at_message, "no retries");
+    app.quit().unwrap();
+    drop(driver);
+
+    // Nothing the app logged shows a token.
+    let log = fs::read_to_string(out.join("app.log")).unwrap();
+    assert!(log.contains("mesh_presence_app"), "the app's log is there");
+    for token in [&ada_token, &short_token] {
+        assert!(!log.contains(token.as_str()), "the token is never logged");
+    }
+    drop(server);
+}
+
+/// How many people the large-room test puts in the room: many screens of
+/// rows, so that the page's window is a small part of the list.
+const LARGE_ROOM: usize = 1000;
+
+/// The name of person `i` of the large room; zero-padded, so that the list
+/// (sorted by name) has them in the order of `i`.
+fn person(i: usize) -> String {
+    format!("Person {i:04}")
+}
+
+/// Waits until every row in view of `#user-list` is drawn, and each one is
+/// `expected[position - 1]` (name, status) — the right person in the right
+/// place. Returns the rows.
+fn wait_right_people(
+    app: &mesh_presence_e2e::app::App,
+    what: &str,
+    expected: &[(String, String)],
+) -> Vec<mesh_presence_e2e::app::Row> {
+    wait_for(what, UI_TIMEOUT, || {
+        let view = app.js(
+            "const b = document.getElementById('user-list'); return [b.scrollTop, b.clientHeight];",
+        )?;
+        let (top, height) = (
+            view[0].as_f64().unwrap_or(0.0),
+            view[1].as_f64().unwrap_or(0.0),
+        );
+        // Rows are 48 px high; positions count from 1.
+        let first = (top / 48.0).floor() as usize + 1;
+        let last = (((top + height) / 48.0).ceil() as usize).min(expected.len());
+        let rows = app.rows()?;
+        for position in first..=last {
+            let Some(row) = rows.iter().find(|r| r.position == position) else {
+                return Err(format!("no row at {position} ({first}..={last}): {rows:?}"));
+            };
+            let (name, status) = &expected[position - 1];
+            if (&row.name, &row.status) != (name, status) {
+                return Err(format!("at {position}: {row:?}, want {name} / {status}"));
+            }
+        }
+        for row in &rows {
+            let (name, status) = &expected[row.position - 1];
+            if (&row.name, &row.status) != (name, status) {
+                return Err(format!(
+                    "drawn at {}: {row:?}, want {name} / {status}",
+                    row.position
+                ));
+            }
+        }
+        Ok(Some(rows))
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_large_room_shows_the_right_people_after_scrolling() {
+    let out = output_dir("a_large_room_shows_the_right_people_after_scrolling");
+    let data = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    // Everyone connects from 127.0.0.1.
+    let server = rt.block_on(async {
+        Server::builder()
+            .addr("127.0.0.1:0".parse().unwrap())
+            .max_connections_per_ip(0)
+            .track_presence(".*", TrackOptions::default())
+            .bind()
+            .await
+            .expect("server binds")
+    });
+    let url = server.url();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.use_server(&url, UI_TIMEOUT).unwrap();
+    app.fill("#username", "Ada").unwrap();
+    app.click("#update").unwrap();
+    app.wait_rows("my row", |rows| {
+        rows.iter().any(|r| r.you && r.name == "Ada")
+    })
+    .unwrap();
+
+    // The room fills in an order unlike the list's.
+    let clients: Vec<MeshClient> = rt.block_on(async {
+        let mut clients = Vec::with_capacity(LARGE_ROOM);
+        let order: Vec<usize> = (0..LARGE_ROOM).map(|k| k * 7 % LARGE_ROOM).collect();
+        for chunk in order.chunks(100) {
+            let joins = chunk.iter().map(|&i| {
+                let url = url.clone();
+                async move {
+                    let c = MeshClient::connect(&url, ClientOptions::default()).await?;
+                    c.join_room(ROOM).await?;
+                    let state = json!({"userId": format!("p{i}"), "username": person(i), "status": format!("status {i}")});
+                    c.publish_presence_state(ROOM, state, None, false).await?;
+                    Ok::<_, mesh_client::ClientError>((i, c))
+                }
+            });
+            let mut joined = futures_util::future::join_all(joins).await;
+            clients.extend(joined.drain(..).map(|r| r.expect("a person joins")));
+        }
+        clients.sort_by_key(|(i, _)| *i);
+        clients.into_iter().map(|(_, c)| c).collect()
+    });
+    let mut expected: Vec<(String, String)> = vec![("Ada".into(), "idle".into())];
+    expected.extend((0..LARGE_ROOM).map(|i| (person(i), format!("status {i}"))));
+    wait_for("the whole room counted", UI_TIMEOUT, || {
+        let n = app.text("#count")?;
+        if n == expected.len().to_string() {
+            Ok(Some(()))
+        } else {
+            Err(format!("count {n}"))
+        }
+    })
+    .unwrap();
+
+    let top = wait_right_people(&app, "the top of the list", &expected);
+    assert_eq!(top[0].position, 1);
+    assert!(top.iter().any(|r| r.you && r.position == 1));
+    app.screenshot("01-top").unwrap();
+
+    // The middle, then the bottom, as a user would get there.
+    app.js("document.getElementById('user-list').scrollTop = 500 * 48")
+        .unwrap();
+    let middle = wait_right_people(&app, "the middle of the list", &expected);
+    assert!(middle.iter().any(|r| r.name == person(499)), "{middle:?}");
+    app.screenshot("02-middle").unwrap();
+    app.js("const b = document.getElementById('user-list'); b.scrollTop = b.scrollHeight")
+        .unwrap();
+    let bottom = wait_right_people(&app, "the bottom of the list", &expected);
+    assert!(bottom.iter().any(|r| r.position == expected.len()));
+    app.screenshot("03-bottom").unwrap();
+
+    // The page holds a window of rows around what it shows, not the room.
+    let held = app
+        .js("return [list.rows.length, document.querySelectorAll('.user-row').length]")
+        .unwrap();
+    let (rows, elements) = (held[0].as_u64().unwrap(), held[1].as_u64().unwrap());
+    assert!(
+        rows <= 100,
+        "the page holds {rows} rows of {}",
+        expected.len()
+    );
+    assert!(elements <= 60, "the page has {elements} row elements");
+
+    // While it stays there: someone in view changes, someone above leaves.
+    let last = LARGE_ROOM - 1;
+    rt.block_on(clients[last].publish_presence_state(
+        ROOM,
+        json!({"userId": format!("p{last}"), "username": person(last), "status": "changed at the bottom"}),
+        None,
+        false,
+    ))
+    .unwrap();
+    expected.last_mut().unwrap().1 = "changed at the bottom".into();
+    wait_right_people(&app, "a change in view", &expected);
+    rt.block_on(clients[5].close());
+    expected.remove(1 + 5);
+    let bottom = wait_right_people(&app, "the list after someone above left", &expected);
+    assert!(bottom
+        .iter()
+        .any(|r| r.position == expected.len() && r.name == person(last)));
+    assert_eq!(app.text("#count").unwrap(), expected.len().to_string());
+    app.screenshot("04-after-changes").unwrap();
+
+    app.quit().unwrap();
+    rt.block_on(async {
+        for c in clients {
+            c.close().await;
+        }
+        server.shutdown().await;
+    });
 }

@@ -58,7 +58,7 @@ fn state_stream(n_conns: usize, len: usize) -> Vec<(String, Value)> {
 fn seeded_engine(n: usize) -> PresenceEngine {
     let (present, states) = snapshot(n);
     let mut engine = PresenceEngine::new(by_user_id());
-    engine.reset(&present, states, 1);
+    engine.reset(&present, states);
     engine.take_events();
     engine
 }
@@ -119,7 +119,7 @@ fn engine_benches<M: Measurement>(c: &mut Criterion<M>) {
         b.iter_batched(
             || (PresenceEngine::new(by_user_id()), states.clone()),
             |(mut engine, states)| {
-                engine.reset(&present, states, 1);
+                engine.reset(&present, states);
                 black_box(engine.user_count())
             },
             BatchSize::PerIteration,

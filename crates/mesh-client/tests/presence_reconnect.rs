@@ -4,14 +4,14 @@
 
 mod support;
 
-use mesh_client::presence::{GroupKey, MemoryStore, Presence, PresenceOptions, StateStore, User};
+use mesh_client::presence::{GroupKey, MemoryStore, Presence, PresenceOptions, StateStore};
 use mesh_client::MeshClient;
 use mesh_protocol::Frame;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use support::room::wait_users;
 use support::{fast_options, within, Peer, ScriptedServer};
-use tokio::sync::watch;
 
 const KEY: &str = "user-state:lobby";
 
@@ -66,25 +66,6 @@ fn answer(me: &'static str, ghost: Option<&'static str>) -> impl Fn(&Frame) -> V
         "mesh/get-connection-metadata" => json!({"metadata": {"userId": "me"}}),
         _ => json!(true),
     }
-}
-
-async fn wait_users(
-    rx: &mut watch::Receiver<Vec<User>>,
-    what: &str,
-    pred: impl Fn(&[User]) -> bool,
-) -> Vec<User> {
-    within(what, async {
-        loop {
-            {
-                let users = rx.borrow_and_update();
-                if pred(&users) {
-                    return users.clone();
-                }
-            }
-            rx.changed().await.expect("presence stopped");
-        }
-    })
-    .await
 }
 
 #[tokio::test]

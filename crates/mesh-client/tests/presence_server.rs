@@ -5,104 +5,14 @@ mod support;
 use mesh_client::presence::{
     GroupKey, MemoryStore, Presence, PresenceError, PresenceOptions, StateStore, User,
 };
-use mesh_client::{MeshClient, PresenceEvent, PresenceUpdate};
-use mesh_server::{RunningServer, Server, TrackOptions};
-use serde_json::{json, Value};
+use mesh_client::{PresenceEvent, PresenceUpdate};
+use serde_json::json;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{fast_options, within};
-use tokio::sync::watch;
-
-const ROOM: &str = "lobby";
-const KEY: &str = "user-state:lobby";
-
-async fn start_server_at(addr: SocketAddr) -> RunningServer {
-    Server::builder()
-        .addr(addr)
-        .ping_interval(Duration::from_millis(500))
-        .track_presence("^lobby$", TrackOptions::default())
-        .metadata_from_query(true)
-        .bind()
-        .await
-        .unwrap()
-}
-
-async fn start_server() -> RunningServer {
-    start_server_at("127.0.0.1:0".parse().unwrap()).await
-}
-
-async fn connect_as(server_url: &str, user: &str) -> MeshClient {
-    let url = format!("{server_url}/?userId={user}");
-    MeshClient::connect(&url, fast_options()).await.unwrap()
-}
-
-fn options() -> PresenceOptions {
-    PresenceOptions {
-        republish_jitter: Duration::from_millis(100),
-        resolve_retry_after: Duration::from_millis(100),
-        ..PresenceOptions::default()
-    }
-}
-
-/// One tab: a connection of `user` with its own presence and store.
-async fn tab(server: &RunningServer, user: &str, key: GroupKey) -> (MeshClient, Presence) {
-    tab_with(server, user, key, Arc::new(MemoryStore::new()), options()).await
-}
-
-async fn tab_with(
-    server: &RunningServer,
-    user: &str,
-    key: GroupKey,
-    store: Arc<dyn StateStore>,
-    options: PresenceOptions,
-) -> (MeshClient, Presence) {
-    let client = connect_as(&server.url(), user).await;
-    let presence = Presence::with_options(client.clone(), ROOM, KEY, key, store, options)
-        .await
-        .unwrap();
-    (client, presence)
-}
-
-/// Rows as (user id, tab count, state).
-fn rows(users: &[User]) -> Vec<(String, usize, Option<Value>)> {
-    users
-        .iter()
-        .map(|u| (u.id.to_string(), u.tab_count, u.state.as_deref().cloned()))
-        .collect()
-}
-
-/// Waits until the user list satisfies `pred`; returns that list.
-async fn wait_users(
-    rx: &mut watch::Receiver<Vec<User>>,
-    what: &str,
-    pred: impl Fn(&[User]) -> bool,
-) -> Vec<User> {
-    within(what, async {
-        loop {
-            {
-                let users = rx.borrow_and_update();
-                if pred(&users) {
-                    return users.clone();
-                }
-            }
-            rx.changed().await.expect("presence stopped");
-        }
-    })
-    .await
-}
-
-fn tabs_are<'a>(expected: &'a [(&'a str, usize)]) -> impl Fn(&[User]) -> bool + 'a {
-    move |users| {
-        users.len() == expected.len()
-            && users
-                .iter()
-                .zip(expected)
-                .all(|(u, (id, tabs))| &*u.id == *id && u.tab_count == *tabs)
-    }
-}
+use support::room::*;
+use support::within;
 
 #[tokio::test]
 async fn two_users_with_two_tabs_each_are_two_rows() {
@@ -180,7 +90,7 @@ async fn states_are_shown_per_user_and_grouped_by_state_key() {
         )]
     );
     assert_eq!(
-        carol.read().unwrap(),
+        bare(carol.read().unwrap()),
         Some(json!({"userId": "carol", "status": "writing"}))
     );
     // The callback got the same list.
@@ -301,25 +211,22 @@ async fn tabs_stay_in_step_without_echo() {
     )
     .await;
 
-    a.publish(json!({"status": "busy"})).await.unwrap();
+    let busy = a.publish(json!({"status": "busy"})).await.unwrap();
+    assert_eq!(bare(Some(busy.clone())), Some(json!({"status": "busy"})));
     wait_users(&mut b_users, "b sees busy", |u| {
         u.iter()
-            .any(|u| &*u.id == "alice" && u.state.as_deref() == Some(&json!({"status": "busy"})))
+            .any(|u| &*u.id == "alice" && u.state.as_deref() == Some(&busy))
     })
     .await;
-    assert_eq!(
-        b.read().unwrap(),
-        Some(json!({"status": "busy"})),
-        "b saved it"
-    );
-    assert_eq!(store_b.get(KEY).unwrap(), Some(json!({"status": "busy"})));
+    assert_eq!(b.read().unwrap(), Some(busy.clone()), "b saved it as it is");
+    assert_eq!(store_b.get(KEY).unwrap(), Some(busy.clone()));
 
     // B also stored it on the server, silently.
     let b_id = tab_b.connection_id().unwrap();
     within("b's silent publish", async {
         loop {
             let snapshot = observer.get_presence_state(ROOM).await.unwrap();
-            if snapshot.states.get(&b_id) == Some(&json!({"status": "busy"})) {
+            if snapshot.states.get(&b_id) == Some(&busy) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -329,7 +236,7 @@ async fn tabs_stay_in_step_without_echo() {
 
     // No echo: the observer saw a's state, and the next state it sees is
     // a's next one, not anything from b bouncing back.
-    a.publish(json!({"status": "away"})).await.unwrap();
+    let away = a.publish(json!({"status": "away"})).await.unwrap();
     let a_id = tab_a.connection_id().unwrap();
     let mut states = Vec::new();
     within("a's two states", async {
@@ -347,18 +254,15 @@ async fn tabs_stay_in_step_without_echo() {
     .await;
     assert_eq!(
         states,
-        vec![
-            (a_id.clone(), Some(json!({"status": "busy"}))),
-            (a_id, Some(json!({"status": "away"}))),
-        ]
+        vec![(a_id.clone(), Some(busy)), (a_id, Some(away.clone()))]
     );
     wait_users(&mut b_users, "b follows to away", |u| {
         u.iter()
-            .any(|u| &*u.id == "alice" && u.state.as_deref() == Some(&json!({"status": "away"})))
+            .any(|u| &*u.id == "alice" && u.state.as_deref() == Some(&away))
     })
     .await;
-    assert_eq!(store_b.get(KEY).unwrap(), Some(json!({"status": "away"})));
-    assert_eq!(store_a.get(KEY).unwrap(), Some(json!({"status": "away"})));
+    assert_eq!(store_b.get(KEY).unwrap(), Some(away.clone()));
+    assert_eq!(store_a.get(KEY).unwrap(), Some(away));
 }
 
 #[tokio::test]
@@ -460,7 +364,10 @@ async fn dispose_leaves_the_room_and_keeps_the_saved_state() {
     wait_users(&mut users, "gina gone", tabs_are(&[("watcher", 1)])).await;
     let members = server.handle().room_members(ROOM).await.unwrap();
     assert!(!members.contains(&gina_id));
-    assert_eq!(store.get(KEY).unwrap(), Some(json!({"status": "bye"})));
+    assert_eq!(
+        bare(store.get(KEY).unwrap()),
+        Some(json!({"status": "bye"}))
+    );
 }
 
 #[tokio::test]
@@ -588,7 +495,7 @@ async fn bad_states_and_rooms_are_refused_and_nothing_is_saved() {
     assert!(matches!(err, PresenceError::InvalidRoom(_)), "{err}");
     // And the good session still works.
     kim.publish(json!({"ok": true})).await.unwrap();
-    assert_eq!(store.get(KEY).unwrap(), Some(json!({"ok": true})));
+    assert_eq!(bare(store.get(KEY).unwrap()), Some(json!({"ok": true})));
 }
 
 #[tokio::test]
@@ -628,7 +535,7 @@ async fn the_user_list_is_coalesced() {
             let done = users
                 .borrow_and_update()
                 .iter()
-                .any(|u| u.state.as_deref() == Some(&json!({"n": 19})));
+                .any(|u| u.state.as_ref().is_some_and(|s| s["n"] == 19));
             if done {
                 return;
             }

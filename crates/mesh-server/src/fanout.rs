@@ -6,6 +6,7 @@ use crate::outbox::{framed_text, Kind, Outbox, Outgoing};
 use mesh_protocol::PresenceUpdate;
 use prometheus::IntCounter;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 
 /// This instance's presence subscribers, by room. The backend delivers
@@ -15,6 +16,8 @@ pub(crate) struct Subscribers {
     rooms: RwLock<HashMap<String, HashMap<String, Outbox>>>,
     /// Bumped once per fan-out by the number of subscribers reached.
     deliveries: IntCounter,
+    /// Set when the server shuts down: nothing more is delivered here.
+    closed: AtomicBool,
 }
 
 impl Subscribers {
@@ -23,7 +26,21 @@ impl Subscribers {
         Subscribers {
             rooms: RwLock::default(),
             deliveries,
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Stops local delivery for good (the server is shutting down). Every
+    /// local subscriber is being closed too: hearing the others leave one
+    /// by one first would only make each client's list empty out before its
+    /// own socket closes, and then flicker back when the room reconnects.
+    /// Other instances still hear the leaves through the backend.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.rooms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Subscribes a connection; `false` if it already was.
@@ -52,6 +69,9 @@ impl Subscribers {
 
 impl UpdateSink for Subscribers {
     fn deliver(&self, update: &PresenceUpdate) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         let rooms = self.rooms.read().unwrap_or_else(|p| p.into_inner());
         let Some(subs) = rooms.get(update.room_name()) else {
             return;

@@ -514,8 +514,11 @@ impl RunningServer {
 
     /// Stops accepting, closes every connection with `1001 Going Away`,
     /// and returns once each one is cleaned up (left its rooms, metadata
-    /// removed, `on_disconnection` run).
+    /// removed, `on_disconnection` run). The clients of this instance hear
+    /// no presence updates from then on (not each other leaving); clients
+    /// of other instances sharing the backend do.
     pub async fn shutdown(mut self) {
+        self.handle.shared.subscribers.close();
         let _ = self.shutdown_tx.send(true);
         let _ = (&mut self.accept).await;
         // Every connection task holds a sender; `None` means all are done.

@@ -1,5 +1,7 @@
-//! Measures the desktop app: cold start to first rendered list, memory, and
-//! the cost of rendering a 5k-user room that keeps changing.
+//! Measures the desktop app: cold start to first rendered list, memory (the
+//! app process, WebKit's web and network processes), the cost of rendering a
+//! 5k-user room that keeps changing and of scrolling it from top to bottom,
+//! and the memory left once that room has emptied.
 //!
 //! Run with `scripts/bench-app.sh`, which builds the release app and server
 //! and runs this under Xvfb. `MESH_PRESENCE_APP` names the app binary and
@@ -38,6 +40,30 @@ const INSTRUMENT_JS: &str = "
   requestAnimationFrame(tick);
   return true;";
 
+/// How far the scroll phase moves the list each frame: ten rows, a fast
+/// flick, so nearly every frame shows rows the last one did not.
+const SCROLL_STEP_PX: u32 = 480;
+
+/// Scrolls `#user-list` from the top to the bottom by `STEP` px a frame and
+/// says when it is done. `short` counts frames the list drew with rows in
+/// view whose data had not arrived yet, for a list that reports that.
+const SCROLL_JS: &str = "
+  const box = document.getElementById('user-list');
+  const s = window.__scroll = {frames: 0, short: null, done: false};
+  box.scrollTop = 0;
+  const step = (t) => {
+    s.frames++;
+    if (typeof list.missing === 'number') s.short = (s.short || 0) + (list.missing > 0 ? 1 : 0);
+    if (box.scrollTop + box.clientHeight >= box.scrollHeight - 1) { s.done = true; return; }
+    box.scrollTop += STEP;
+    requestAnimationFrame(step);
+  };
+  requestAnimationFrame(step);
+  return true;";
+
+/// How long the page gets, once the room is empty, before its memory is read.
+const EMPTIED_SECS: u64 = 5;
+
 /// One display refresh at 60 Hz; a frame gap over 1.5 of these is a frame
 /// that missed its refresh.
 const REFRESH_MS: f64 = 1000.0 / 60.0;
@@ -68,46 +94,83 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Resident memory (kB) of the app process and of its WebKit helper
-/// processes, found through /proc by parent pid.
-fn rss_kb(app_binary: &str) -> (u64, u64) {
-    let mut app = 0;
-    let mut app_pids = Vec::new();
-    let mut helpers = 0;
-    let procs: Vec<(u32, u32, String, u64)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
-            let field = |k: &str| {
-                status
-                    .lines()
-                    .find(|l| l.starts_with(k))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .map(str::to_string)
-            };
-            let ppid = field("PPid:")?.parse().ok()?;
-            let rss = field("VmRSS:").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let exe = std::fs::read_link(e.path().join("exe"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            Some((pid, ppid, exe, rss))
-        })
-        .collect();
-    for (pid, _, exe, rss) in &procs {
-        if exe == app_binary {
-            app += rss;
-            app_pids.push(*pid);
+/// Resident memory (kB) of the app process and of each kind of WebKit
+/// helper it started (the web process, which runs the page, and the network
+/// process), found through /proc by parent pid.
+#[derive(Debug, Default, Clone, Copy)]
+struct Rss {
+    app: u64,
+    web: u64,
+    network: u64,
+    /// Any other WebKit helper (a GPU process, when WebKit starts one).
+    other: u64,
+}
+
+impl Rss {
+    fn read(app_binary: &str) -> Rss {
+        let procs: Vec<(u32, u32, String, u64)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+                let field = |k: &str| {
+                    status
+                        .lines()
+                        .find(|l| l.starts_with(k))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .map(str::to_string)
+                };
+                let ppid = field("PPid:")?.parse().ok()?;
+                let rss = field("VmRSS:").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let exe = std::fs::read_link(e.path().join("exe"))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                Some((pid, ppid, exe, rss))
+            })
+            .collect();
+        let mut rss = Rss::default();
+        let mut app_pids = Vec::new();
+        for (pid, _, exe, kb) in &procs {
+            if exe == app_binary {
+                rss.app += kb;
+                app_pids.push(*pid);
+            }
         }
-    }
-    for (_, ppid, exe, rss) in &procs {
-        if app_pids.contains(ppid) && exe.contains("WebKit") {
-            helpers += rss;
+        for (_, ppid, exe, kb) in &procs {
+            if !app_pids.contains(ppid) || !exe.contains("WebKit") {
+                continue;
+            }
+            if exe.ends_with("WebKitWebProcess") {
+                rss.web += kb;
+            } else if exe.ends_with("WebKitNetworkProcess") {
+                rss.network += kb;
+            } else {
+                rss.other += kb;
+            }
         }
+        rss
     }
-    (app, helpers)
+
+    fn helpers(&self) -> u64 {
+        self.web + self.network + self.other
+    }
+
+    fn print(&self, when: &str) {
+        let other = if self.other > 0 {
+            format!(", other {:.1} MiB", mib(self.other))
+        } else {
+            String::new()
+        };
+        println!(
+            "RSS {when}: app {:.1} MiB, WebKit helpers {:.1} MiB (web process {:.1} MiB, network process {:.1} MiB{other})",
+            mib(self.app),
+            mib(self.helpers()),
+            mib(self.web),
+            mib(self.network),
+        );
+    }
 }
 
 /// When the (single) app process started, in ms since the epoch: its start
@@ -244,23 +307,6 @@ fn standalone_server() -> (Child, String) {
     (child, url)
 }
 
-/// Points the app at `url` through its settings panel and waits until it is
-/// online there.
-fn use_server(app: &App, url: &str) {
-    app.click("#open-settings").expect("settings");
-    app.fill("#setting-server", url).expect("server field");
-    app.click("#settings-save").expect("save");
-    wait_for(
-        "the app on the standalone server",
-        Duration::from_secs(20),
-        || {
-            let shown = app.server_url()?;
-            Ok((shown == url && app.connection()? == "online").then_some(()))
-        },
-    )
-    .expect("online on the standalone server");
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let users: usize = std::env::var("USERS")
@@ -302,12 +348,9 @@ async fn main() {
             first_list_epoch_ms - start_ms
         );
     }
-    let (app_rss, web_rss) = rss_kb(&binary.display().to_string());
-    println!(
-        "RSS idle: app {:.1} MiB, WebKit helpers {:.1} MiB",
-        mib(app_rss),
-        mib(web_rss)
-    );
+    let binary = binary.display().to_string();
+    let idle = Rss::read(&binary);
+    idle.print("idle");
 
     // The floor: frames of the idle window, nothing changing.
     frames(
@@ -326,7 +369,8 @@ async fn main() {
     } else {
         let (child, url) = standalone_server();
         server = Some(child);
-        tokio::task::block_in_place(|| use_server(&app, &url));
+        tokio::task::block_in_place(|| app.use_server(&url, Duration::from_secs(20)))
+            .expect("online on the standalone server");
         url
     };
     println!(
@@ -371,12 +415,8 @@ async fn main() {
         )
     })
     .expect("full list");
-    let (app_rss, web_rss) = rss_kb(&binary.display().to_string());
-    println!(
-        "RSS with {users} users: app {:.1} MiB, WebKit helpers {:.1} MiB",
-        mib(app_rss),
-        mib(web_rss)
-    );
+    let full = Rss::read(&binary);
+    full.print(&format!("with {users} users"));
 
     frames(
         &app,
@@ -412,17 +452,66 @@ async fn main() {
         changes,
     )
     .await;
-    let (app_rss, web_rss) = rss_kb(&binary.display().to_string());
-    println!(
-        "RSS after the changes: app {:.1} MiB, WebKit helpers {:.1} MiB",
-        mib(app_rss),
-        mib(web_rss)
-    );
+    let changed = Rss::read(&binary);
+    changed.print("after the changes");
     let _ = app.screenshot("5k-users-updating");
-    drop(app);
+
+    // Scroll the whole list, top to bottom, as fast as a flick would.
+    frames(
+        &app,
+        &format!("{users}-user room, scrolled top to bottom, {SCROLL_STEP_PX} px a frame"),
+        async {
+            app.js(&SCROLL_JS.replace("STEP", &SCROLL_STEP_PX.to_string()))
+                .expect("scroll");
+            tokio::task::block_in_place(|| {
+                wait_for(
+                    "the scroll to reach the bottom",
+                    Duration::from_secs(120),
+                    || {
+                        let done = app.js("return window.__scroll.done")?;
+                        Ok(done.as_bool().unwrap_or(false).then_some(()))
+                    },
+                )
+            })
+            .expect("scrolled");
+        },
+    )
+    .await;
+    let scroll = app.js("return window.__scroll").expect("scroll stats");
+    let short = scroll["short"]
+        .as_u64()
+        .map_or("n/a".to_string(), |n| n.to_string());
+    println!(
+        "  frames drawn before their rows arrived: {short} of {}",
+        scroll["frames"]
+    );
+    let scrolled = Rss::read(&binary);
+    scrolled.print("after scrolling");
+
+    // Everyone leaves; the page should give back what the room cost it.
+    let t = Instant::now();
     for c in clients {
         c.close().await;
     }
+    tokio::task::block_in_place(|| {
+        wait_for("the room to empty", Duration::from_secs(120), || {
+            let n = app.text("#count")?;
+            Ok((n == "1").then_some(()))
+        })
+    })
+    .expect("empty room");
+    println!("room emptied in {} ms", t.elapsed().as_millis());
+    tokio::time::sleep(Duration::from_secs(EMPTIED_SECS)).await;
+    let emptied = Rss::read(&binary);
+    emptied.print(&format!("{EMPTIED_SECS} s after the room emptied"));
+    println!(
+        "WebKit helpers against idle: with {users} users {:+.1} MiB, after the changes {:+.1} MiB, after scrolling {:+.1} MiB, emptied {:+.1} MiB",
+        mib(full.helpers()) - mib(idle.helpers()),
+        mib(changed.helpers()) - mib(idle.helpers()),
+        mib(scrolled.helpers()) - mib(idle.helpers()),
+        mib(emptied.helpers()) - mib(idle.helpers()),
+    );
+    drop(app);
     if let Some(mut child) = server {
         let _ = child.kill();
         let _ = child.wait();

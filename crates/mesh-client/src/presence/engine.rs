@@ -25,20 +25,41 @@
 //!   or expires (the person is still here, only their status is gone), and a
 //!   state with a different key moves the connection to that user.
 //!
-//! # State rules
+//! # State rules: which state is the latest
 //!
-//! A user's state is the last state any of its connections published (last
-//! writer wins, a clear included). When the connection that sent it leaves,
-//! the user keeps the state: tabs of one user keep their states in step, so
-//! the state is still that person's. A state update for a connection that
-//! never joined counts as a join (the server only accepts states from
-//! members), except a cleared state, which is ignored so a late expiry can
-//! never bring back a connection that left.
+//! A user's state is the one their owner changed last, by the state's
+//! [`changedAt`](super::CHANGED_AT) (a state without it, and a clear, count
+//! as changed when the server handled them; in a snapshot, which carries no
+//! times, as oldest). So a state saved offline and republished late never
+//! wins over a newer one, and every client, whether it watched the updates
+//! arrive or started from a snapshot, picks the same state. Ties (the same
+//! millisecond) are broken by the state's text, the same way everywhere. A
+//! connection's own next update always replaces the state it sent before:
+//! the server delivers each connection's updates in order.
+//!
+//! When the connection that sent the state leaves, the user keeps it: tabs
+//! of one user keep their states in step, so it is still that person's. A
+//! state update for a connection that never joined counts as a join (the
+//! server only accepts states from members), except a cleared state, which
+//! is ignored so a late expiry can never bring back a connection that left.
+//!
+//! # Reconnecting without a gap
+//!
+//! After a reconnect the room comes back as a snapshot, taken while the
+//! others may still be reconnecting too. [`PresenceEngine::resync`] keeps a
+//! user who was here before and is missing from the snapshot, with no
+//! connections (`tab_count` 0: reconnecting) and their last state, until
+//! they come back or a grace period ends; a user who is back but has not
+//! republished yet keeps their last state meanwhile. Such a kept state is a
+//! placeholder: the first state from one of the user's connections replaces
+//! it, whatever its time. [`PresenceEngine::expire`] ends the grace.
 
+use super::changed_at::changed_at;
 use mesh_protocol::PresenceUpdate;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -147,19 +168,34 @@ pub struct User {
     pub id: Arc<str>,
     /// The latest state, `None` when there is none. Shared, so a list is cheap to build.
     pub state: Option<Arc<Value>>,
-    /// Number of connections (tabs, devices) of this user.
+    /// Number of connections (tabs, devices) of this user; 0 while they
+    /// are reconnecting (kept for a grace period after a resync).
     pub tab_count: usize,
     /// Connection ids of this user, sorted. Shared, so a list is cheap to build.
     pub members: Arc<[Arc<str>]>,
     /// The connection that sent the current state, while it is still here.
     pub representative: Option<Arc<str>>,
-    /// When the state last changed (milliseconds since the Unix epoch).
+    /// When the state last changed (milliseconds since the Unix epoch): its
+    /// `changedAt`, else when the server handled it; 0 when unknown.
     pub timestamp: u64,
+}
+
+/// A user's current state, as [`PresenceEngine::latest`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Latest<'a> {
+    /// The state, `None` when there is none.
+    pub state: Option<&'a Arc<Value>>,
+    /// When it changed (as [`User::timestamp`]).
+    pub changed_at: u64,
+    /// The connection that sent it; `None` when that connection left, or
+    /// when the state is kept over a resync and no connection has sent it.
+    pub sender: Option<&'a Arc<str>>,
 }
 
 /// Where one connection stands.
 enum Placement {
-    /// Key unknown: not shown. Keeps the latest state seen meanwhile.
+    /// Key unknown: not shown. Keeps the latest state seen meanwhile, and
+    /// when it changed.
     Held {
         state: Option<Arc<Value>>,
         timestamp: u64,
@@ -175,7 +211,12 @@ struct Group {
     sorted: OnceLock<Arc<[Arc<str>]>>,
     state: Option<Arc<Value>>,
     representative: Option<Arc<str>>,
+    /// When the state changed (see the module documentation).
     timestamp: u64,
+    /// Set while the group is kept over a resync (ms since the epoch): its
+    /// state is a placeholder until a member sends one, and a group without
+    /// members goes at this time.
+    kept_until: Option<u64>,
 }
 
 impl Group {
@@ -186,6 +227,20 @@ impl Group {
             state: None,
             representative: None,
             timestamp: 0,
+            kept_until: None,
+        }
+    }
+
+    /// Whether `state`, sent by `conn` and changed at `time`, replaces this
+    /// group's state (see the module documentation).
+    fn superseded_by(&self, conn: &str, state: Option<&Value>, time: u64) -> bool {
+        if self.kept_until.is_some() || self.representative.as_deref() == Some(conn) {
+            return true;
+        }
+        match time.cmp(&self.timestamp) {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal => wins_tie(state, self.state.as_deref()),
         }
     }
 
@@ -212,6 +267,8 @@ pub struct PresenceEngine {
     unresolved: Vec<Arc<str>>,
     events: Vec<UserEvent>,
     dirty: bool,
+    /// The earliest `kept_until` of any group, when one is kept.
+    next_deadline: Option<u64>,
 }
 
 impl fmt::Debug for PresenceEngine {
@@ -235,6 +292,7 @@ impl PresenceEngine {
             unresolved: Vec::new(),
             events: Vec::new(),
             dirty: false,
+            next_deadline: None,
         }
     }
 
@@ -281,8 +339,10 @@ impl PresenceEngine {
         }
     }
 
-    /// A connection's state changed (`None`: cleared or expired).
+    /// A connection's state changed (`None`: cleared or expired), in an
+    /// update the server handled at `timestamp`.
     pub fn set_state(&mut self, conn: &str, state: Option<Value>, timestamp: u64) {
+        let time = state.as_ref().and_then(changed_at).unwrap_or(timestamp);
         // Fast path, the common case: a placed connection whose key stays.
         // Two hash lookups, no allocation but the shared state itself.
         if let Some((conn_id, Placement::Placed(key))) = self.conns.get_key_value(conn) {
@@ -292,29 +352,17 @@ impl PresenceEngine {
                 }
                 _ => true,
             };
-            if key_stays {
-                if let Some(group) = self.groups.get_mut(key) {
-                    let state = state.map(Arc::new);
-                    if group.timestamp >= timestamp && group.state == state {
-                        return; // a duplicate delivery
-                    }
-                    group.state = state;
-                    group.timestamp = timestamp;
-                    if group.representative.as_ref() != Some(conn_id) {
-                        group.representative = Some(conn_id.clone());
-                    }
-                    let event = UserEvent::Updated {
-                        id: key.clone(),
-                        change: Change::State,
-                    };
-                    self.push_event(event);
-                    return;
-                }
+            if key_stays && self.groups.contains_key(key) {
+                let (conn_id, key) = (conn_id.clone(), key.clone());
+                self.offer_state(&key, &conn_id, state.map(Arc::new), time);
+                return;
             }
         }
-        self.put_state(conn, state.map(Arc::new), timestamp);
+        self.put_state(conn, state.map(Arc::new), time);
     }
 
+    /// Places a connection's state changed at `timestamp` (moving the
+    /// connection when the state names another key).
     fn put_state(&mut self, conn: &str, state: Option<Arc<Value>>, timestamp: u64) {
         let key_from_state = match (&self.source, &state) {
             (KeySource::State(key), Some(value)) => key.key_of(value),
@@ -339,7 +387,7 @@ impl PresenceEngine {
                 self.detach(&conn, &key);
                 self.attach(&conn, Arc::from(new_key), state, timestamp);
             }
-            (Some(key), _) => self.set_group_state(&key, &conn, state, timestamp),
+            (Some(key), _) => self.offer_state(&key, &conn, state, timestamp),
             (None, Some(new_key)) => self.attach(&conn, Arc::from(new_key), state, timestamp),
             (None, None) => {
                 self.conns
@@ -396,12 +444,32 @@ impl PresenceEngine {
         out
     }
 
-    /// Replaces everything with a snapshot (initial seed, or a resync after
-    /// a reconnect): `present` connection ids and their `states`. Keys
-    /// already known for connections still present are kept, so a resync
-    /// does not look everyone up again. Emits only the differences.
-    /// `now` stamps the seeded states (a snapshot carries no timestamps).
-    pub fn reset<I, S>(&mut self, present: I, mut states: Map<String, Value>, now: u64)
+    /// Replaces everything with a snapshot (the initial seed): `present`
+    /// connection ids and their `states`. Keys already known for
+    /// connections still present are kept. Emits only the differences.
+    pub fn reset<I, S>(&mut self, present: I, states: Map<String, Value>)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.rebuild(present, states, None);
+    }
+
+    /// [`reset`](Self::reset) after a reconnect: users who were here and
+    /// are missing from the snapshot, or are back without a state, keep
+    /// their last state until one of their connections sends one or
+    /// `keep_until` (ms since the epoch) passes; see [`expire`](Self::expire).
+    /// Keys known for connections still present are kept, so a resync does
+    /// not look everyone up again.
+    pub fn resync<I, S>(&mut self, present: I, states: Map<String, Value>, keep_until: u64)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.rebuild(present, states, Some(keep_until));
+    }
+
+    fn rebuild<I, S>(&mut self, present: I, mut states: Map<String, Value>, keep_until: Option<u64>)
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -417,24 +485,32 @@ impl PresenceEngine {
             if self.conns.contains_key(conn) {
                 continue;
             }
-            let state = states.remove(conn).filter(|s| !s.is_null()).map(Arc::new);
+            let state = states.remove(conn).filter(|s| !s.is_null());
+            // A snapshot has no times: a state that does not say when it
+            // changed is older than any update.
+            let time = state.as_ref().and_then(changed_at).unwrap_or(0);
+            let state = state.map(Arc::new);
             let known_key = match (&self.source, old_conns.remove(conn)) {
                 (KeySource::Resolved, Some(Placement::Placed(key))) => Some(key),
                 _ => None,
             };
-            self.join(conn, now);
+            self.join(conn, 0);
             match (known_key, state) {
                 (Some(key), state) => {
                     self.conns.remove(conn);
                     let conn: Arc<str> = Arc::from(conn);
                     match state {
-                        Some(state) => self.attach(&conn, key, Some(state), now),
+                        Some(state) => self.attach(&conn, key, Some(state), time),
                         None => self.attach_stateless(&conn, key),
                     }
                 }
-                (None, Some(state)) => self.put_state(conn, Some(state), now),
+                (None, Some(state)) => self.put_state(conn, Some(state), time),
                 (None, None) => {}
             }
+        }
+        self.next_deadline = None;
+        if let Some(until) = keep_until {
+            self.keep_over_resync(&old_groups, until);
         }
         // The events of the rebuild are replaced by a diff against before.
         self.events.truncate(events_before);
@@ -463,6 +539,118 @@ impl PresenceEngine {
             }
         }
         self.dirty = true;
+    }
+
+    /// Keeps the users of `old_groups` that the rebuilt room lacks, or that
+    /// came back without a state, as the module documentation says.
+    fn keep_over_resync(&mut self, old_groups: &HashMap<Arc<str>, Group>, until: u64) {
+        for (key, old) in old_groups {
+            let until = old.kept_until.map_or(until, |t| t.min(until));
+            match self.groups.get_mut(key) {
+                Some(new) if new.state.is_none() && old.state.is_some() => {
+                    new.state = old.state.clone();
+                    new.timestamp = old.timestamp;
+                    new.representative = None;
+                    new.kept_until = Some(until);
+                }
+                Some(_) => continue,
+                None => {
+                    let mut kept = Group::new();
+                    kept.state = old.state.clone();
+                    kept.timestamp = old.timestamp;
+                    kept.kept_until = Some(until);
+                    self.groups.insert(key.clone(), kept);
+                    self.order.insert(key.clone());
+                }
+            }
+            self.next_deadline = Some(self.next_deadline.map_or(until, |t| t.min(until)));
+        }
+    }
+
+    /// When the earliest grace of a user kept over a resync ends (ms since
+    /// the epoch), if any: call [`expire`](Self::expire) then.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.next_deadline
+    }
+
+    /// Ends the grace of kept users whose time is up at `now`: those who did
+    /// not come back leave; those who came back without sending a state
+    /// lose the placeholder.
+    pub fn expire(&mut self, now: u64) {
+        if self.next_deadline.is_none_or(|at| at > now) {
+            return;
+        }
+        let mut next: Option<u64> = None;
+        let mut gone = Vec::new();
+        let mut emptied = Vec::new();
+        for (key, group) in &mut self.groups {
+            match group.kept_until {
+                Some(until) if until <= now => {
+                    group.kept_until = None;
+                    if group.members.is_empty() {
+                        gone.push(key.clone());
+                    } else if group.state.is_some() {
+                        group.state = None;
+                        group.timestamp = 0;
+                        emptied.push(key.clone());
+                    }
+                }
+                Some(until) => next = Some(next.map_or(until, |t| t.min(until))),
+                None => {}
+            }
+        }
+        self.next_deadline = next;
+        for key in gone {
+            self.groups.remove(&key);
+            self.order.remove(&key);
+            self.push_event(UserEvent::Left { id: key });
+        }
+        for key in emptied {
+            self.push_event(UserEvent::Updated {
+                id: key,
+                change: Change::State,
+            });
+        }
+    }
+
+    /// Our own connection left because we reconnected: like
+    /// [`leave`](Self::leave), but when it was our user's last connection
+    /// the user is kept until `keep_until`, since we are coming back.
+    pub fn leave_keeping(&mut self, conn: &str, keep_until: u64) {
+        let Some((conn, placement)) = self.conns.remove_entry(conn) else {
+            return;
+        };
+        let Placement::Placed(key) = placement else {
+            return;
+        };
+        match self.groups.get_mut(&key) {
+            Some(group) if group.members.len() == 1 && group.members.contains(&conn) => {
+                group.members.clear();
+                group.sorted.take();
+                group.representative = None;
+                let until = group.kept_until.map_or(keep_until, |t| t.min(keep_until));
+                group.kept_until = Some(until);
+                self.next_deadline = Some(self.next_deadline.map_or(until, |t| t.min(until)));
+                self.push_event(UserEvent::Updated {
+                    id: key,
+                    change: Change::Tabs,
+                });
+            }
+            _ => {
+                self.detach(&conn, &key);
+            }
+        }
+    }
+
+    /// A user's state, when it changed and who sent it, without building a
+    /// [`User`].
+    pub fn latest(&self, id: &str) -> Option<Latest<'_>> {
+        let group = self.groups.get(id)?;
+        Some(Latest {
+            state: group.state.as_ref(),
+            changed_at: group.timestamp,
+            sender: group.representative.as_ref(),
+        })
     }
 
     /// The user a connection belongs to, if it is placed.
@@ -521,8 +709,8 @@ impl PresenceEngine {
         self.dirty = true;
     }
 
-    /// Puts a connection into group `key` with the state it sent at
-    /// `timestamp`; the state wins unless the group already has a newer one.
+    /// Puts a connection into group `key` with the state it changed at
+    /// `timestamp`; the state wins unless the group already has a later one.
     fn attach(
         &mut self,
         conn: &Arc<str>,
@@ -531,13 +719,7 @@ impl PresenceEngine {
         timestamp: u64,
     ) {
         self.attach_stateless(conn, key.clone());
-        let newer_there = self
-            .groups
-            .get(&key)
-            .is_some_and(|g| g.timestamp > timestamp);
-        if !newer_there {
-            self.set_group_state(&key, conn, state, timestamp);
-        }
+        self.offer_state(&key, conn, state, timestamp);
     }
 
     /// Puts a connection into group `key` without touching the group's state.
@@ -547,8 +729,8 @@ impl PresenceEngine {
         let group = self.groups.entry(key.clone()).or_insert_with(Group::new);
         group.members.insert(conn.clone());
         group.sorted.take();
-        let event = if group.members.len() == 1 {
-            self.order.insert(key.clone());
+        // A user kept over a resync is already listed: they are back.
+        let event = if group.members.len() == 1 && self.order.insert(key.clone()) {
             UserEvent::Joined { id: key }
         } else {
             UserEvent::Updated {
@@ -590,7 +772,9 @@ impl PresenceEngine {
         carried
     }
 
-    fn set_group_state(
+    /// Offers `state`, sent by `conn` and changed at `timestamp`, to group
+    /// `key`: it becomes the user's state unless theirs is later.
+    fn offer_state(
         &mut self,
         key: &Arc<str>,
         conn: &Arc<str>,
@@ -600,17 +784,41 @@ impl PresenceEngine {
         let Some(group) = self.groups.get_mut(key) else {
             return;
         };
-        if group.timestamp >= timestamp && group.state == state {
-            // Same state, not newer: a duplicate delivery; nothing visible changes.
+        if !group.superseded_by(conn, state.as_deref(), timestamp) {
             return;
+        }
+        let was_kept = group.kept_until.take().is_some();
+        if group.timestamp >= timestamp && group.state == state {
+            // The same state, not newer: a duplicate delivery, or the state
+            // kept over a resync confirmed. Nothing visible changes.
+            if was_kept {
+                group.representative = Some(conn.clone());
+            }
+            return;
+        }
+        if group.representative.as_ref() != Some(conn) {
+            group.representative = Some(conn.clone());
         }
         group.state = state;
         group.timestamp = timestamp;
-        group.representative = Some(conn.clone());
         self.push_event(UserEvent::Updated {
             id: key.clone(),
             change: Change::State,
         });
+    }
+}
+
+/// Between two different states changed in the same millisecond, the one
+/// whose text sorts last wins, so every client picks the same; a state wins
+/// over a clear.
+fn wins_tie(new: Option<&Value>, old: Option<&Value>) -> bool {
+    match (new, old) {
+        (Some(new), Some(old)) => {
+            let text = |v: &Value| serde_json::to_string(v).unwrap_or_default();
+            new != old && text(new) > text(old)
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 

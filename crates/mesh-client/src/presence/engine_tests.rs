@@ -380,13 +380,13 @@ fn seed_from_snapshot_groups_by_state() {
         "b": {"userId": "u1", "status": "x"},
         "c": {"userId": "u2"},
     });
-    e.reset(
-        ["a", "b", "c", "d"],
-        states.as_object().unwrap().clone(),
-        100,
-    );
+    e.reset(["a", "b", "c", "d"], states.as_object().unwrap().clone());
     assert_eq!(ids(&e), vec![("u1".to_string(), 2), ("u2".to_string(), 1)]);
-    assert_eq!(e.user("u1").unwrap().timestamp, 100);
+    assert_eq!(
+        e.user("u1").unwrap().timestamp,
+        0,
+        "a snapshot has no times: unknown"
+    );
     assert!(e.contains_connection("d"), "held until it has a state");
     let mut events = e.take_events();
     events.sort_by_key(|e| format!("{e:?}"));
@@ -402,7 +402,7 @@ fn resync_keeps_known_keys_and_emits_only_differences() {
     // After a reconnect: "a" is still here (same state), "b" is gone,
     // our old connection is gone and our new one is unknown yet.
     let states = json!({"a": {"s": "a"}});
-    e.reset(["a", "new-me"], states.as_object().unwrap().clone(), 50);
+    e.reset(["a", "new-me"], states.as_object().unwrap().clone());
     assert!(e.take_dirty());
     assert_eq!(e.user_of("a"), Some("u1"), "no second lookup for a");
     assert_eq!(e.take_unresolved(), vec!["new-me"]);
@@ -419,7 +419,7 @@ fn resync_reports_changed_state_and_tabs() {
     e.set_state("a", Some(json!({"s": 1})), 5);
     e.take_events();
     let states = json!({"a": {"s": 2}});
-    e.reset(["a"], states.as_object().unwrap().clone(), 50);
+    e.reset(["a"], states.as_object().unwrap().clone());
     let events = e.take_events();
     assert!(events.contains(&updated("u1", Change::Tabs)));
     assert!(events.contains(&updated("u1", Change::State)));
@@ -471,4 +471,208 @@ fn a_burst_of_states_from_one_user_is_one_event() {
         e.user("u1").unwrap().state.as_deref(),
         Some(&json!({"n": 4}))
     );
+}
+
+/// A state that says when its owner changed it.
+fn at(changed: u64, status: &str) -> Value {
+    json!({"userId": "u1", "status": status, "changedAt": changed})
+}
+
+fn status_of(e: &PresenceEngine, user: &str) -> Option<Value> {
+    e.user(user)?.state.map(|s| s["status"].clone())
+}
+
+#[test]
+fn the_latest_change_wins_not_the_latest_packet() {
+    let mut e = PresenceEngine::new(by_user_id());
+    e.set_state("a", Some(at(200, "new")), 1_000);
+    e.take_events();
+    // An older change republished later, by another connection of the user.
+    e.set_state("b", Some(at(100, "old")), 2_000);
+    assert_eq!(status_of(&e, "u1"), Some(json!("new")));
+    assert_eq!(
+        e.user("u1").unwrap().timestamp,
+        200,
+        "the time of the change"
+    );
+    assert_eq!(e.user("u1").unwrap().representative.as_deref(), Some("a"));
+    let events = e.take_events();
+    assert!(events.contains(&updated("u1", Change::Tabs)), "{events:?}");
+    assert!(
+        !events.contains(&updated("u1", Change::State)),
+        "{events:?}"
+    );
+    // A later change from it wins.
+    e.set_state("b", Some(at(300, "newer")), 2_001);
+    assert_eq!(status_of(&e, "u1"), Some(json!("newer")));
+}
+
+#[test]
+fn a_connection_replaces_its_own_state_whatever_the_times() {
+    let mut e = PresenceEngine::new(by_user_id());
+    e.set_state("a", Some(at(500, "typing")), 1_000);
+    // Its state expires: the server's time is behind the owner's clock.
+    e.set_state("a", None, 400);
+    assert_eq!(e.user("u1").unwrap().state, None);
+}
+
+#[test]
+fn a_snapshot_orders_states_by_change_whatever_the_member_order() {
+    for present in [["a", "b"], ["b", "a"]] {
+        let mut e = PresenceEngine::new(by_user_id());
+        let states = json!({"a": at(100, "old"), "b": at(200, "new")});
+        e.reset(present, states.as_object().unwrap().clone());
+        assert_eq!(status_of(&e, "u1"), Some(json!("new")), "{present:?}");
+        assert_eq!(e.user("u1").unwrap().tab_count, 2);
+    }
+    // Without times (other clients), every order still picks the same one.
+    let mut picked = Vec::new();
+    for present in [["a", "b"], ["b", "a"]] {
+        let mut e = PresenceEngine::new(by_user_id());
+        let states = json!({"a": {"userId": "u1", "s": 1}, "b": {"userId": "u1", "s": 2}});
+        e.reset(present, states.as_object().unwrap().clone());
+        picked.push(e.user("u1").unwrap().state);
+    }
+    assert_eq!(picked[0], picked[1]);
+}
+
+#[test]
+fn same_millisecond_changes_pick_the_same_state_in_any_order() {
+    let mut first = PresenceEngine::new(by_user_id());
+    first.set_state("a", Some(at(100, "x")), 1);
+    first.set_state("b", Some(at(100, "y")), 2);
+    let mut second = PresenceEngine::new(by_user_id());
+    second.set_state("b", Some(at(100, "y")), 1);
+    second.set_state("a", Some(at(100, "x")), 2);
+    assert_eq!(
+        first.user("u1").unwrap().state,
+        second.user("u1").unwrap().state
+    );
+}
+
+#[test]
+fn states_without_times_are_ordered_by_the_server_and_lose_in_snapshots() {
+    let mut e = PresenceEngine::new(by_user_id());
+    let states = json!({"a": {"userId": "u1", "status": "no time"}, "b": at(50, "timed")});
+    e.reset(["a", "b"], states.as_object().unwrap().clone());
+    assert_eq!(status_of(&e, "u1"), Some(json!("timed")));
+    // Live, a state without a time counts as changed when the server had it.
+    e.set_state("a", Some(json!({"userId": "u1", "status": "live"})), 60);
+    assert_eq!(status_of(&e, "u1"), Some(json!("live")));
+    assert_eq!(e.user("u1").unwrap().timestamp, 60);
+}
+
+/// Alice (two tabs) and Bob are here; everyone reconnects.
+fn before_a_reconnect() -> PresenceEngine {
+    let mut e = PresenceEngine::new(by_user_id());
+    e.set_state("a1", Some(json!({"userId": "alice", "changedAt": 10})), 1);
+    e.set_state("a2", Some(json!({"userId": "alice", "changedAt": 10})), 1);
+    e.set_state("b1", Some(json!({"userId": "bob", "status": "away"})), 1);
+    e.take_events();
+    e.take_dirty();
+    e
+}
+
+#[test]
+fn users_missing_from_a_resync_snapshot_are_kept_until_they_come_back() {
+    let mut e = before_a_reconnect();
+    // The server restarted: only Alice's first tab is back, without a state.
+    e.resync(["a1-new"], Map::new(), 5_000);
+    let users = e.users();
+    let rows: Vec<_> = users
+        .iter()
+        .map(|u| (u.id.to_string(), u.tab_count, u.state.is_some()))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![("alice".into(), 0, true), ("bob".into(), 0, true)],
+        "kept, reconnecting, with their states"
+    );
+    assert!(!e
+        .take_events()
+        .iter()
+        .any(|ev| matches!(ev, UserEvent::Left { .. })));
+    assert_eq!(e.next_deadline(), Some(5_000));
+
+    // Bob is back: he joins his kept row, and his state replaces the kept
+    // one whatever its time.
+    e.set_state(
+        "b1-new",
+        Some(json!({"userId": "bob", "status": "back"})),
+        0,
+    );
+    assert_eq!(e.user("bob").unwrap().tab_count, 1);
+    assert_eq!(status_of(&e, "bob"), Some(json!("back")));
+    let events = e.take_events();
+    assert!(!events.contains(&joined("bob")), "{events:?}");
+    assert!(events.contains(&updated("bob", Change::Tabs)));
+
+    // Time is up: Alice never sent a state on a connection of hers.
+    e.expire(4_999);
+    assert!(e.user("alice").is_some());
+    e.expire(5_000);
+    assert!(e.user("alice").is_none());
+    assert_eq!(e.take_events(), vec![left("alice")]);
+    assert_eq!(e.next_deadline(), None);
+    assert_eq!(ids(&e), vec![("bob".to_string(), 1)]);
+}
+
+#[test]
+fn a_user_back_without_a_state_keeps_theirs_until_the_grace_ends() {
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    e.join("c1", 1);
+    e.resolve("c1", Some("u1".into()));
+    e.set_state("c1", Some(json!({"status": "busy", "changedAt": 7})), 8);
+    e.take_events();
+    // Back on a new connection, looked up, no state yet.
+    e.resync(["c2"], Map::new(), 100);
+    e.resolve("c2", Some("u1".into()));
+    assert_eq!(e.user("u1").unwrap().tab_count, 1);
+    assert_eq!(status_of(&e, "u1"), Some(json!("busy")));
+    assert_eq!(
+        e.latest("u1").unwrap().sender,
+        None,
+        "a kept state has no sender"
+    );
+    e.take_events();
+    // Nothing came: the placeholder goes, the user stays.
+    e.expire(100);
+    assert_eq!(e.user("u1").unwrap().state, None);
+    assert_eq!(e.take_events(), vec![updated("u1", Change::State)]);
+
+    // Had the same state come back, it would simply be confirmed.
+    let mut e = PresenceEngine::new(KeySource::Resolved);
+    e.join("c1", 1);
+    e.resolve("c1", Some("u1".into()));
+    let state = json!({"status": "busy", "changedAt": 7});
+    e.set_state("c1", Some(state.clone()), 8);
+    e.resync(["c2"], Map::new(), 100);
+    e.resolve("c2", Some("u1".into()));
+    e.take_events();
+    e.set_state("c2", Some(state), 50);
+    assert!(e.take_events().is_empty(), "nothing visible changed");
+    assert_eq!(e.latest("u1").unwrap().sender.map(|c| &**c), Some("c2"));
+    e.expire(100);
+    assert_eq!(status_of(&e, "u1"), Some(json!("busy")), "confirmed");
+}
+
+#[test]
+fn our_own_old_connection_leaves_without_taking_our_row() {
+    let mut e = before_a_reconnect();
+    e.leave_keeping("b1", 900);
+    assert_eq!(e.user("bob").unwrap().tab_count, 0);
+    assert_eq!(e.next_deadline(), Some(900));
+    // With another tab still here it is a plain leave.
+    e.leave_keeping("a1", 900);
+    assert_eq!(e.user("alice").unwrap().tab_count, 1);
+    e.expire(900);
+    assert!(e.user("bob").is_none());
+}
+
+#[test]
+fn a_plain_reset_keeps_nobody() {
+    let mut e = before_a_reconnect();
+    e.reset(["x"], Map::new());
+    assert!(e.users().is_empty());
+    assert_eq!(e.next_deadline(), None);
 }

@@ -14,6 +14,8 @@
 //!   cached), by your own async resolver, or by a field of the state.
 //! * [`store`]: the [`StateStore`] trait, with [`MemoryStore`] and
 //!   [`FileStore`].
+//! * [`CHANGED_AT`]: every state says when its owner changed it, so that
+//!   "latest" means the latest change, not the latest packet.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -44,12 +46,16 @@
 //! # }
 //! ```
 
+mod changed_at;
 pub mod engine;
 mod group_key;
 pub mod store;
 mod unified;
 
-pub use engine::{Change, KeySource, PresenceEngine, StateKey, StateKeyFn, User, UserEvent};
+pub use changed_at::{changed_at, CHANGED_AT};
+pub use engine::{
+    Change, KeySource, Latest, PresenceEngine, StateKey, StateKeyFn, User, UserEvent,
+};
 pub use group_key::{GroupKey, MetadataKeyFn, ResolveFn, ResolveFuture};
 pub use store::{FileStore, MemoryStore, StateStore, StoreError};
 pub use unified::{Presence, PresenceError, PresenceOptions};

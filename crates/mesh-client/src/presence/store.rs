@@ -97,11 +97,16 @@ impl StateStore for MemoryStore {
 /// renamed over the old one), so a crash mid-write leaves either the old or
 /// the new file, never a torn one. Reading the file afresh on each write
 /// keeps the keys that other processes (other app windows) wrote meanwhile.
+///
+/// [`FileStore::owner_only`] makes a store for files that hold secrets (the
+/// app keeps a token in its store): only the file's owner may read it.
 #[derive(Debug)]
 pub struct FileStore {
     path: PathBuf,
     /// Serializes this process's read-modify-write cycles.
     write: Mutex<()>,
+    /// Create every new file readable and writable by its owner only.
+    owner_only: bool,
 }
 
 /// Distinguishes temporary files of concurrent writers in one process.
@@ -114,7 +119,61 @@ impl FileStore {
         FileStore {
             path: path.into(),
             write: Mutex::new(()),
+            owner_only: false,
         }
+    }
+
+    /// A store backed by the file at `path` that only the file's owner may
+    /// read or write (mode 0600 on Unix; elsewhere the same as
+    /// [`FileStore::new`]).
+    ///
+    /// Every write creates its temporary file with that mode before renaming
+    /// it into place, so the contents are never readable by others, not even
+    /// for a moment. An existing file with a wider mode (an older version
+    /// wrote it, or a hand edit) is narrowed here, before anything is read.
+    pub fn owner_only(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let store = FileStore {
+            owner_only: true,
+            ..FileStore::new(path)
+        };
+        store.narrow_mode().map_err(|e| store.io_error(e))?;
+        Ok(store)
+    }
+
+    /// Takes group and other permissions off the existing file, if any.
+    #[cfg(unix)]
+    fn narrow_mode(&self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = match fs::metadata(&self.path) {
+            Ok(meta) => meta.permissions().mode(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(mode & 0o700))?;
+        }
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn narrow_mode(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Creates (or empties) the temporary file `temp`, owner-only if asked:
+    /// created with that mode, and set to it in case a stale file of that
+    /// name was already there.
+    fn create_temp(&self, temp: &Path) -> io::Result<fs::File> {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if self.owner_only {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let file = options.mode(0o600).open(temp)?;
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            return Ok(file);
+        }
+        options.open(temp)
     }
 
     /// The file this store writes.
@@ -170,7 +229,7 @@ impl FileStore {
         ));
         let text = serde_json::to_vec_pretty(map)
             .map_err(|e| StoreError::Other(format!("cannot encode states: {e}")))?;
-        let written = fs::File::create(&temp).and_then(|mut file| {
+        let written = self.create_temp(&temp).and_then(|mut file| {
             file.write_all(&text)?;
             file.sync_all()
         });
@@ -291,6 +350,43 @@ mod tests {
         b.set("room:b", &json!({"s": "b"})).unwrap();
         assert_eq!(a.get("room:b").unwrap(), Some(json!({"s": "b"})));
         assert_eq!(b.get("room:a").unwrap(), Some(json!({"s": "a"})));
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn owner_only_files_are_never_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("owner-only");
+        // A new file: the renamed temporary file had the mode from the start.
+        let fresh = dir.0.join("fresh.json");
+        let store = FileStore::owner_only(&fresh).unwrap();
+        store.set("token", &json!("secret")).unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+
+        // An existing file readable by all is narrowed before any write,
+        // keeping what the owner had; later writes keep it narrow.
+        let wide = dir.0.join("wide.json");
+        fs::write(&wide, r#"{"token": "secret"}"#).unwrap();
+        fs::set_permissions(&wide, fs::Permissions::from_mode(0o664)).unwrap();
+        let store = FileStore::owner_only(&wide).unwrap();
+        assert_eq!(mode(&wide), 0o600);
+        assert_eq!(store.get("token").unwrap(), Some(json!("secret")));
+        store.set("other", &json!(1)).unwrap();
+        assert_eq!(mode(&wide), 0o600);
+
+        // A stale temporary file of the same name does not lend its mode.
+        let stale = dir.0.join(".wide.json.stale.tmp");
+        fs::write(&stale, "stale").unwrap();
+        fs::set_permissions(&stale, fs::Permissions::from_mode(0o666)).unwrap();
+        drop(store.create_temp(&stale).unwrap());
+        assert_eq!(mode(&stale), 0o600);
+        assert_eq!(fs::read(&stale).unwrap(), b"", "emptied");
     }
 
     #[test]

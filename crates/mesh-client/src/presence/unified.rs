@@ -8,6 +8,7 @@
 //! The [`Presence`] handle talks to the client directly for publishing and
 //! to the driver only to stop it.
 
+use super::changed_at::{changed_at, stamp};
 use super::engine::{PresenceEngine, User, UserEvent};
 use super::group_key::GroupKey;
 use super::store::{StateStore, StoreError};
@@ -44,6 +45,9 @@ pub struct PresenceOptions {
     pub resolve_timeout: Duration,
     /// Failed lookups are tried once more after this delay (1 s).
     pub resolve_retry_after: Duration,
+    /// After a reconnect, how long a person who was here keeps their row
+    /// (with 0 tabs and their last state) while they reconnect too (15 s).
+    pub reconnect_grace: Duration,
 }
 
 impl Default for PresenceOptions {
@@ -54,6 +58,7 @@ impl Default for PresenceOptions {
             expire_after: None,
             resolve_timeout: Duration::from_secs(5),
             resolve_retry_after: Duration::from_secs(1),
+            reconnect_grace: Duration::from_secs(15),
         }
     }
 }
@@ -94,10 +99,11 @@ pub struct Presence {
     storage_key: String,
     store: Arc<dyn StateStore>,
     options: PresenceOptions,
-    /// Timestamp (ms) of the newest state of ours: set when we publish and
-    /// when our own update comes back. Another tab's state is adopted only
-    /// when newer than this, so two tabs never ping-pong.
-    own_state_ts: Arc<AtomicU64>,
+    /// When the state this connection holds was changed (its `changedAt`,
+    /// ms). Another tab's state is adopted only when changed later, so two
+    /// tabs never ping-pong, and a new change is stamped after it, so it
+    /// wins even when this clock is behind another device's.
+    own_changed_at: Arc<AtomicU64>,
     users: watch::Receiver<Vec<User>>,
     events: broadcast::Sender<UserEvent>,
     stop: Option<oneshot::Sender<()>>,
@@ -167,7 +173,7 @@ impl Presence {
 
         let mut engine = PresenceEngine::new(group_key.key_source());
         let present = snapshot.present.iter().map(|m| m.id.as_str());
-        engine.reset(present, std::mem::take(&mut snapshot.states), now_millis());
+        engine.reset(present, std::mem::take(&mut snapshot.states));
         if let GroupKey::Metadata(key_of) = &group_key {
             // The subscribe reply carries metadata: no lookups for these.
             // (A bare id from another server has `null`; it is looked up.)
@@ -179,10 +185,12 @@ impl Presence {
         engine.take_dirty();
         let (users_tx, users) = watch::channel(engine.users());
         let (events, _) = broadcast::channel(256);
-        let own_state_ts = Arc::new(AtomicU64::new(0));
+        let own_changed_at = Arc::new(AtomicU64::new(0));
 
+        // Republished as it was saved, `changedAt` included: it is no newer
+        // a change for having been away.
         if let Some(state) = saved {
-            own_state_ts.fetch_max(now_millis(), Ordering::SeqCst);
+            own_changed_at.fetch_max(changed_at(&state).unwrap_or(0), Ordering::SeqCst);
             match client
                 .publish_presence_state(room, state, options.expire_after, false)
                 .await
@@ -205,7 +213,7 @@ impl Presence {
             engine,
             my_id: client.connection_id(),
             former_ids: VecDeque::new(),
-            own_state_ts: own_state_ts.clone(),
+            own_changed_at: own_changed_at.clone(),
             users_tx,
             events_tx: events.clone(),
             resolutions_tx,
@@ -213,6 +221,7 @@ impl Presence {
             flush_at: None,
             last_flush: Instant::now(),
             republish_at: None,
+            keep_until: None,
         };
         let client_events = client.events();
         let driver = tokio::spawn(driver.run(stream, client_events, stop_rx));
@@ -222,7 +231,7 @@ impl Presence {
             storage_key: storage_key.to_string(),
             store,
             options,
-            own_state_ts,
+            own_changed_at,
             users,
             events,
             stop: Some(stop),
@@ -262,14 +271,34 @@ impl Presence {
     }
 
     /// Saves `state` (a JSON object), then publishes it as this
-    /// connection's presence state.
-    pub async fn publish(&self, state: Value) -> Result<(), PresenceError> {
+    /// connection's presence state. It is a change made now: it gets a
+    /// `changedAt` of now (and later than any state of yours this presence
+    /// has seen), so it wins over every earlier one. Returns the state as
+    /// published, `changedAt` included.
+    pub async fn publish(&self, state: Value) -> Result<Value, PresenceError> {
+        let at = next_change(&self.own_changed_at);
+        self.publish_changed(state, at).await
+    }
+
+    /// [`publish`](Self::publish) for a state its owner changed at
+    /// `changed_at` (ms since the epoch), such as one brought back from a
+    /// saved copy: it does not win over a change made since.
+    pub async fn publish_as_of(
+        &self,
+        state: Value,
+        changed_at: u64,
+    ) -> Result<Value, PresenceError> {
+        self.publish_changed(state, changed_at).await
+    }
+
+    async fn publish_changed(&self, mut state: Value, at: u64) -> Result<Value, PresenceError> {
+        stamp(&mut state, at);
         check_state(&state)?;
         self.store.set(&self.storage_key, &state)?;
-        self.own_state_ts.fetch_max(now_millis(), Ordering::SeqCst);
+        self.own_changed_at.fetch_max(at, Ordering::SeqCst);
         let published = self
             .client
-            .publish_presence_state(&self.room, state, self.options.expire_after, false)
+            .publish_presence_state(&self.room, state.clone(), self.options.expire_after, false)
             .await?;
         if !published {
             return Err(PresenceError::Refused {
@@ -277,7 +306,7 @@ impl Presence {
                 room: self.room.clone(),
             });
         }
-        Ok(())
+        Ok(state)
     }
 
     /// The state saved under this presence's storage key.
@@ -285,10 +314,14 @@ impl Presence {
         Ok(self.store.get(&self.storage_key)?)
     }
 
-    /// Forgets the saved state and clears it on the server.
+    /// Forgets the saved state and clears it on the server; your other
+    /// tabs follow. A clear carries no `changedAt` (there is no state to
+    /// hold it): it counts as made when the server handles it, so after a
+    /// clear made offline, an older state of another device of yours can
+    /// come back. Publish an empty status instead when it must win.
     pub async fn clear(&self) -> Result<(), PresenceError> {
         self.store.remove(&self.storage_key)?;
-        self.own_state_ts.fetch_max(now_millis(), Ordering::SeqCst);
+        next_change(&self.own_changed_at);
         self.client.clear_presence_state(&self.room).await?;
         Ok(())
     }
@@ -306,6 +339,17 @@ impl Presence {
         self.client.leave_room(&self.room).await?;
         Ok(())
     }
+}
+
+/// The `changedAt` of a change made now: the clock, but after `held` (the
+/// state we hold), which it then becomes.
+fn next_change(held: &AtomicU64) -> u64 {
+    let now = now_millis();
+    let after = |held: u64| now.max(held.saturating_add(1));
+    let before = held
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |h| Some(after(h)))
+        .unwrap_or_else(|h| h);
+    after(before)
 }
 
 /// A presence state must be a JSON object within the protocol's size limit.
@@ -345,7 +389,7 @@ struct Driver {
     /// and whichever of `Resync` and `Reconnected` we see first, they must
     /// never come back as a second row for us.
     former_ids: VecDeque<String>,
-    own_state_ts: Arc<AtomicU64>,
+    own_changed_at: Arc<AtomicU64>,
     users_tx: watch::Sender<Vec<User>>,
     events_tx: broadcast::Sender<UserEvent>,
     resolutions_tx: mpsc::UnboundedSender<Resolution>,
@@ -353,6 +397,8 @@ struct Driver {
     flush_at: Option<Instant>,
     last_flush: Instant,
     republish_at: Option<Instant>,
+    /// When the grace of a person kept over a reconnect ends.
+    keep_until: Option<Instant>,
 }
 
 /// Sleeps until `at`, or forever when there is nothing scheduled.
@@ -384,7 +430,8 @@ impl Driver {
                         // The subscription is over (client closed or gave
                         // up): what we knew is no longer true.
                         debug!(room = self.room, "presence stream ended");
-                        self.engine.reset(std::iter::empty::<&str>(), Map::new(), now_millis());
+                        self.engine.reset(std::iter::empty::<&str>(), Map::new());
+                        self.keep_until = None;
                         self.flush();
                         // Wait for the handle to go; nothing else will come.
                         break (&mut stop).await.is_err();
@@ -398,6 +445,10 @@ impl Driver {
                 Some(resolution) = self.resolutions.recv() => self.on_resolution(resolution),
                 () = sleep_until_some(self.flush_at) => self.flush(),
                 () = sleep_until_some(self.republish_at) => self.republish(),
+                () = sleep_until_some(self.keep_until) => {
+                    self.engine.expire(now_millis());
+                    self.schedule_expiry();
+                }
             }
         };
         if dropped {
@@ -407,9 +458,10 @@ impl Driver {
         }
     }
 
-    /// Schedules an emission if something visible changed, and starts
-    /// lookups for connections whose key is unknown.
+    /// Keeps the tabs in step, schedules an emission if something visible
+    /// changed, and starts lookups for connections whose key is unknown.
     fn after_input(&mut self) {
+        self.sync_tabs();
         if self.engine.take_dirty() && self.flush_at.is_none() {
             let earliest = self.last_flush + self.options.emit_interval;
             self.flush_at = Some(earliest.max(Instant::now()));
@@ -430,59 +482,55 @@ impl Driver {
     }
 
     fn on_update(&mut self, update: PresenceUpdate) {
-        let state_from = match &update {
-            PresenceUpdate::State {
-                connection_id,
-                timestamp,
-                ..
-            } => Some((connection_id.clone(), *timestamp)),
-            _ => None,
-        };
         self.engine.apply(update);
-        if let Some((from, timestamp)) = state_from {
-            self.sync_tabs(&from, timestamp);
-        }
     }
 
-    /// Tab sync: when another connection of the same user published a state
-    /// newer than ours, adopt it silently (no update goes out, so the other
-    /// tab hears nothing back and nothing loops) and save it.
-    fn sync_tabs(&mut self, from: &str, timestamp: u64) {
+    /// Tab sync: when our user's state was sent by another connection of
+    /// ours and changed later than the one we hold, adopt it: save it
+    /// (unless the store has it already, as windows sharing a store do) and
+    /// hold it on our connection too, silently, so no update goes out, the
+    /// other tab hears nothing back and nothing loops. Holding it matters:
+    /// a newcomer's snapshot lists every connection's state.
+    fn sync_tabs(&mut self) {
         let Some(me) = self.my_id.as_deref() else {
             return;
         };
-        if from == me {
-            self.own_state_ts.fetch_max(timestamp, Ordering::SeqCst);
-            return;
-        }
-        let (Some(mine), Some(theirs)) = (self.engine.user_of(me), self.engine.user_of(from))
-        else {
+        let Some(mine) = self.engine.user_of(me) else {
             return;
         };
-        if mine != theirs || timestamp <= self.own_state_ts.load(Ordering::SeqCst) {
-            return;
-        }
-        let Some(user) = self.engine.user(mine) else {
+        // No sender: it left, or the state is kept over a reconnect.
+        let Some(latest) = self.engine.latest(mine) else {
             return;
         };
-        if user.representative.as_deref() != Some(from) || user.timestamp != timestamp {
-            return; // this update did not become the user's state
+        let at = latest.changed_at;
+        let Some(from) = latest.sender else {
+            return;
+        };
+        if **from == *me || at <= self.own_changed_at.load(Ordering::SeqCst) {
+            return;
         }
-        let state = user.state.map(|s| (*s).clone());
+        let state = latest.state.map(|s| (**s).clone());
+        self.own_changed_at.fetch_max(at, Ordering::SeqCst);
         let saved = match self.store.get(&self.storage_key) {
             Ok(saved) => saved,
             Err(e) => {
                 warn!(error = %e, "tab sync: cannot read the saved state");
-                return;
+                None
             }
         };
-        if saved == state {
-            return;
-        }
-        self.own_state_ts.fetch_max(timestamp, Ordering::SeqCst);
+        // Never over a later change another window saved meanwhile.
+        let save = match &saved {
+            Some(saved) => state.as_ref() != Some(saved) && changed_at(saved).unwrap_or(0) <= at,
+            None => state.is_some(),
+        };
         let (client, room) = (self.client.clone(), self.room.clone());
         let written = match state {
-            Some(state) => self.store.set(&self.storage_key, &state).map(|()| {
+            Some(state) => {
+                let saved = if save {
+                    self.store.set(&self.storage_key, &state)
+                } else {
+                    Ok(())
+                };
                 let expire_after = self.options.expire_after;
                 tokio::spawn(async move {
                     if let Err(e) = client
@@ -492,26 +540,57 @@ impl Driver {
                         warn!(room, error = %e, "tab sync: silent publish failed");
                     }
                 });
-            }),
-            None => self.store.remove(&self.storage_key).map(|()| {
+                saved
+            }
+            None => {
                 tokio::spawn(async move {
                     if let Err(e) = client.clear_presence_state(&room).await {
                         warn!(room, error = %e, "tab sync: clearing failed");
                     }
                 });
-            }),
+                if save {
+                    self.store.remove(&self.storage_key)
+                } else {
+                    Ok(())
+                }
+            }
         };
         if let Err(e) = written {
             warn!(error = %e, "tab sync: cannot save the adopted state");
         }
     }
 
+    /// After a reconnect: rebuild from the snapshot, keeping those who were
+    /// here for the grace period (they may be reconnecting too).
     fn on_resync(&mut self, present: &[String], states: Map<String, Value>) {
-        self.engine.reset(present, states, now_millis());
-        for old in &self.former_ids {
-            self.engine.leave(old);
-        }
-        self.on_new_id(self.client.connection_id());
+        let until = self.grace_end();
+        let new_id = self.client.connection_id();
+        let old_id = self
+            .my_id
+            .as_ref()
+            .filter(|&old| Some(old) != new_id.as_ref());
+        // The snapshot may still list our former connections (the server
+        // has not noticed they are gone): never a second row for us.
+        let present = present
+            .iter()
+            .filter(|id| !self.former_ids.contains(id) && Some(*id) != old_id);
+        self.engine.resync(present, states, until);
+        self.on_new_id(new_id);
+        self.schedule_expiry();
+    }
+
+    /// When the grace of someone kept over a reconnect now would end.
+    fn grace_end(&self) -> u64 {
+        now_millis().saturating_add(self.options.reconnect_grace.as_millis() as u64)
+    }
+
+    /// Wakes the driver when the earliest grace ends.
+    fn schedule_expiry(&mut self) {
+        self.keep_until = self.engine.next_deadline().map(|at| {
+            // One ms late rather than early: the engine compares ms.
+            let wait = at.saturating_sub(now_millis()).saturating_add(1);
+            Instant::now() + Duration::from_millis(wait)
+        });
     }
 
     /// After a reconnect: forget our old connection at once (the server may
@@ -522,7 +601,10 @@ impl Driver {
             return;
         }
         if let Some(old) = self.my_id.take() {
-            self.engine.leave(&old);
+            // Our row stays while we come back.
+            let until = self.grace_end();
+            self.engine.leave_keeping(&old, until);
+            self.schedule_expiry();
             // A handful is plenty: older ids are long gone from the server.
             if self.former_ids.len() == FORMER_IDS_KEPT {
                 self.former_ids.pop_front();
@@ -544,7 +626,9 @@ impl Driver {
                 return;
             }
         };
-        self.own_state_ts.fetch_max(now_millis(), Ordering::SeqCst);
+        // As saved, `changedAt` included: not a new change.
+        let at = changed_at(&saved).unwrap_or(0);
+        self.own_changed_at.fetch_max(at, Ordering::SeqCst);
         let (client, room) = (self.client.clone(), self.room.clone());
         let expire_after = self.options.expire_after;
         tokio::spawn(async move {

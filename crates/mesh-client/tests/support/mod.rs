@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod room;
+
 use futures_util::{SinkExt, StreamExt};
 use mesh_client::{ClientEvent, ClientOptions};
 use mesh_protocol::Frame;

@@ -241,6 +241,28 @@ impl Peer {
         }
     }
 
+    /// Waits for the server to close the socket; the presence updates that
+    /// arrived first, and the close frame, if any.
+    pub async fn updates_until_closed(&mut self) -> (Vec<PresenceUpdate>, Option<CloseFrame>) {
+        let mut updates = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
+            match msg {
+                Some(Ok(Message::Close(frame))) => return (updates, frame),
+                None | Some(Err(_)) => return (updates, None),
+                Some(Ok(Message::Text(text))) => {
+                    let frame = Frame::decode(text.as_str(), 1 << 20).expect("a Mesh frame");
+                    if frame.command == command::PRESENCE_UPDATE {
+                        updates.push(serde_json::from_value(frame.payload).expect("an update"));
+                    }
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// Joins a room; the reply payload.
     pub async fn join(&mut self, room: &str) -> Value {
         self.request(command::JOIN_ROOM, json!({ "roomName": room }))
