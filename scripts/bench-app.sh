@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Measures the desktop app under Xvfb: process start to first rendered list,
-# RSS, and frames: the idle window, then a 5k-user room (5000 real
-# connections) that keeps changing. The app is built as shipped (profile
+# RSS (the app, WebKit's web and network processes), and frames: the idle
+# window, then a 5k-user room (5000 real connections) that keeps changing,
+# is scrolled top to bottom and empties. The app is built as shipped (profile
 # `desktop`), the standalone server and the measuring side
 # (tests/src/bin/app_bench.rs, which also plays the 5000 users) as release.
 # USERS=N changes the room size; UPDATE_SECS=N how long it keeps changing;
-# ROOM_SERVER=embedded puts the room on the app's embedded server instead.
+# ROOM_SERVER=embedded puts the room on the app's embedded server instead;
+# SCROLL=0 skips the scroll.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

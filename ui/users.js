@@ -12,7 +12,11 @@
 
 const ROW_HEIGHT = 48; // px; keep in sync with `.user-row` in style.css
 const OVERSCAN = 4; // rows drawn above and below the viewport
-const MARGIN = 1; // screens of rows fetched above and below the viewport
+// Screens of rows fetched beyond the viewport: more in the direction the
+// list scrolls, and fetched again once the view is within a screen of the
+// window's end, so that a fast scroll finds its rows already here.
+const AHEAD = 5;
+const BEHIND = 1;
 const MAX_WINDOW = 500; // rows the backend sends at most at once (list_view.rs)
 
 class UserList {
@@ -34,6 +38,8 @@ class UserList {
     this.fetching = false; // a window request is on its way
     this.fetchFailed = false; // no retry until the backend sends news
     this.countChanged = true;
+    this.lastTop = 0;
+    this.direction = 1; // 1: scrolling down, -1: up
     this.rendered = new Map(); // id -> element currently showing that user
     this.pool = []; // elements showing no one, ready for reuse
     this.missing = 0; // rows in view the last frame had no data for yet
@@ -85,13 +91,24 @@ class UserList {
     });
   }
 
-  /** Fetches a window around rows `first..last` unless we have them all. */
+  /**
+   * Fetches a window around rows `first..last` unless we have them all and
+   * a screen more in the direction of scrolling.
+   */
   ensure(first, last) {
-    const have = first >= this.start && last <= this.start + this.rows.length;
-    if (have || this.fetching || this.fetchFailed || last <= first) return;
+    if (this.fetching || this.fetchFailed || last <= first) return;
     const screen = last - first;
-    const start = Math.max(0, first - MARGIN * screen);
-    const end = Math.min(this.count, last + MARGIN * screen, start + MAX_WINDOW);
+    const end = this.start + this.rows.length;
+    const covered = first >= this.start && last <= end;
+    const nearEnd =
+      this.direction > 0 ? end < this.count && end - last < screen : this.start > 0 && first - this.start < screen;
+    if (covered && !nearEnd) return;
+    const [above, below] = this.direction > 0 ? [BEHIND, AHEAD] : [AHEAD, BEHIND];
+    const start = Math.max(0, first - above * screen);
+    this.fetch(start, Math.min(this.count, last + below * screen, start + MAX_WINDOW));
+  }
+
+  fetch(start, end) {
     this.fetching = true;
     this.fetchWindow(start, end)
       .then((reply) => this.take(reply, true))
@@ -112,6 +129,8 @@ class UserList {
       this.onCount(count);
     }
     const top = this.container.scrollTop;
+    if (top !== this.lastTop) this.direction = top > this.lastTop ? 1 : -1;
+    this.lastTop = top;
     const height = this.container.clientHeight || 600;
     const first = Math.min(count, Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN));
     const last = Math.min(count, Math.ceil((top + height) / ROW_HEIGHT) + OVERSCAN);

@@ -30,7 +30,10 @@ pub struct UserRow {
     pub tab_count: usize,
     /// Whether this is the user running this app.
     pub you: bool,
-    /// When their state last changed (ms since the epoch).
+    /// When their state last changed (ms since the epoch). Not sent: the
+    /// page does not show it, and every byte of a row is sent again each
+    /// time the page scrolls to it.
+    #[serde(skip)]
     pub timestamp: u64,
     /// On a server that attests identity: the row's identity is not one the
     /// server vouches for, or its state claims to be someone else.

@@ -367,6 +367,18 @@ impl App {
         })
     }
 
+    /// Waits until the list's count shows `n` people.
+    pub fn wait_count(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        wait_for(&format!("{n} people in the list"), timeout, || {
+            let shown = self.text("#count")?;
+            if shown == n.to_string() {
+                Ok(Some(()))
+            } else {
+                Err(format!("count {shown}"))
+            }
+        })
+    }
+
     /// How many windows the app has open.
     pub fn window_count(&self) -> Result<usize, String> {
         self.session
@@ -375,11 +387,11 @@ impl App {
             .map_err(|e| e.to_string())
     }
 
-    /// Waits for a window other than the current one and sends the next
-    /// commands to it.
-    pub fn switch_to_new_window(&self) -> Result<(), String> {
+    /// Waits for a window other than the current one (a new one, or the
+    /// first again when there are two) and sends the next commands to it.
+    pub fn switch_to_other_window(&self) -> Result<(), String> {
         let current = self.session.window_handle().map_err(|e| e.to_string())?;
-        let other = wait_for("a second window", UI_TIMEOUT, || {
+        let other = wait_for("another window", UI_TIMEOUT, || {
             let handles = self.session.window_handles().map_err(|e| e.to_string())?;
             Ok(handles.into_iter().find(|h| *h != current))
         })?;

@@ -365,7 +365,7 @@ fn status_changed_in_the_second_window_is_what_a_newcomer_sees() {
         rows.len() == 1 && rows[0].tabs == "2 tabs"
     })
     .unwrap();
-    app.switch_to_new_window().unwrap();
+    app.switch_to_other_window().unwrap();
     app.wait_connection("online").unwrap();
     app.fill("#status", "said in the second window").unwrap();
     app.click("#update").unwrap();
@@ -427,6 +427,12 @@ fn status_changed_in_the_second_window_is_what_a_newcomer_sees() {
             .filter(|s| s["userId"] == me.as_str() && s["status"] == "said in the second window")
             .count();
         Ok((held == 2).then_some(()))
+    })
+    .unwrap();
+    // And shows it: back in the first window, one row, the new status.
+    app.switch_to_other_window().unwrap();
+    app.wait_rows("the first window shows it too", |rows| {
+        rows.len() == 1 && rows[0].you && rows[0].status == "said in the second window"
     })
     .unwrap();
     app.quit().unwrap();
@@ -967,15 +973,7 @@ fn a_large_room_shows_the_right_people_after_scrolling() {
     });
     let mut expected: Vec<(String, String)> = vec![("Ada".into(), "idle".into())];
     expected.extend((0..LARGE_ROOM).map(|i| (person(i), format!("status {i}"))));
-    wait_for("the whole room counted", UI_TIMEOUT, || {
-        let n = app.text("#count")?;
-        if n == expected.len().to_string() {
-            Ok(Some(()))
-        } else {
-            Err(format!("count {n}"))
-        }
-    })
-    .unwrap();
+    app.wait_count(expected.len(), UI_TIMEOUT).unwrap();
 
     let top = wait_right_people(&app, "the top of the list", &expected);
     assert_eq!(top[0].position, 1);
@@ -1000,7 +998,7 @@ fn a_large_room_shows_the_right_people_after_scrolling() {
         .unwrap();
     let (rows, elements) = (held[0].as_u64().unwrap(), held[1].as_u64().unwrap());
     assert!(
-        rows <= 100,
+        rows <= 200,
         "the page holds {rows} rows of {}",
         expected.len()
     );

@@ -7,7 +7,7 @@
 //! and runs this under Xvfb. `MESH_PRESENCE_APP` names the app binary and
 //! `MESH_SERVER_BIN` the standalone server; `USERS` sets the room size
 //! (default 5000); `ROOM_SERVER=embedded` puts the room on the app's own
-//! server instead of a standalone one.
+//! server instead of a standalone one; `SCROLL=0` skips the scroll.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -318,6 +318,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let embedded = std::env::var("ROOM_SERVER").as_deref() == Ok("embedded");
+    let scroll = std::env::var("SCROLL").as_deref() != Ok("0");
     let out = output_dir("bench");
     let data = tempfile::tempdir().expect("temp dir");
     let driver = Driver::start(data.path(), &out).expect("tauri-driver");
@@ -399,22 +400,8 @@ async fn main() {
         }
     }
     println!("{users} users connected in {} ms", t.elapsed().as_millis());
-    let want = (users + 1).to_string();
-    tokio::task::block_in_place(|| {
-        wait_for(
-            "the full room in the list",
-            Duration::from_secs(120),
-            || {
-                let n = app.text("#count")?;
-                if n == want {
-                    Ok(Some(()))
-                } else {
-                    Err(format!("count {n}"))
-                }
-            },
-        )
-    })
-    .expect("full list");
+    tokio::task::block_in_place(|| app.wait_count(users + 1, Duration::from_secs(120)))
+        .expect("full list");
     let full = Rss::read(&binary);
     full.print(&format!("with {users} users"));
 
@@ -456,60 +443,70 @@ async fn main() {
     changed.print("after the changes");
     let _ = app.screenshot("5k-users-updating");
 
-    // Scroll the whole list, top to bottom, as fast as a flick would.
-    frames(
-        &app,
-        &format!("{users}-user room, scrolled top to bottom, {SCROLL_STEP_PX} px a frame"),
-        async {
-            app.js(&SCROLL_JS.replace("STEP", &SCROLL_STEP_PX.to_string()))
-                .expect("scroll");
-            tokio::task::block_in_place(|| {
-                wait_for(
-                    "the scroll to reach the bottom",
-                    Duration::from_secs(120),
-                    || {
-                        let done = app.js("return window.__scroll.done")?;
-                        Ok(done.as_bool().unwrap_or(false).then_some(()))
-                    },
-                )
-            })
-            .expect("scrolled");
-        },
-    )
-    .await;
-    let scroll = app.js("return window.__scroll").expect("scroll stats");
-    let short = scroll["short"]
-        .as_u64()
-        .map_or("n/a".to_string(), |n| n.to_string());
-    println!(
-        "  frames drawn before their rows arrived: {short} of {}",
-        scroll["frames"]
-    );
-    let scrolled = Rss::read(&binary);
-    scrolled.print("after scrolling");
+    // Scroll the whole list, top to bottom, as fast as a flick would
+    // (unless SCROLL=0: then the emptied room's memory is that of the room
+    // alone).
+    let scrolled = if scroll {
+        frames(
+            &app,
+            &format!("{users}-user room, scrolled top to bottom, {SCROLL_STEP_PX} px a frame"),
+            async {
+                app.js(&SCROLL_JS.replace("STEP", &SCROLL_STEP_PX.to_string()))
+                    .expect("scroll");
+                tokio::task::block_in_place(|| {
+                    wait_for(
+                        "the scroll to reach the bottom",
+                        Duration::from_secs(120),
+                        || {
+                            let done = app.js("return window.__scroll.done")?;
+                            Ok(done.as_bool().unwrap_or(false).then_some(()))
+                        },
+                    )
+                })
+                .expect("scrolled");
+            },
+        )
+        .await;
+        let scroll = app.js("return window.__scroll").expect("scroll stats");
+        let short = scroll["short"]
+            .as_u64()
+            .map_or("n/a".to_string(), |n| n.to_string());
+        println!(
+            "  frames drawn before their rows arrived: {short} of {}",
+            scroll["frames"]
+        );
+        let scrolled = Rss::read(&binary);
+        scrolled.print("after scrolling");
+        scrolled
+    } else {
+        changed
+    };
 
     // Everyone leaves; the page should give back what the room cost it.
     let t = Instant::now();
     for c in clients {
         c.close().await;
     }
-    tokio::task::block_in_place(|| {
-        wait_for("the room to empty", Duration::from_secs(120), || {
-            let n = app.text("#count")?;
-            Ok((n == "1").then_some(()))
-        })
-    })
-    .expect("empty room");
+    tokio::task::block_in_place(|| app.wait_count(1, Duration::from_secs(120)))
+        .expect("empty room");
     println!("room emptied in {} ms", t.elapsed().as_millis());
     tokio::time::sleep(Duration::from_secs(EMPTIED_SECS)).await;
     let emptied = Rss::read(&binary);
     emptied.print(&format!("{EMPTIED_SECS} s after the room emptied"));
+    // And later, to tell memory the page keeps from memory not yet returned.
+    tokio::time::sleep(Duration::from_secs(2 * EMPTIED_SECS)).await;
+    Rss::read(&binary).print(&format!("{} s after the room emptied", 3 * EMPTIED_SECS));
+    let against_idle = |rss: &Rss| mib(rss.helpers()) - mib(idle.helpers());
+    let scrolled = if scroll {
+        format!(", after scrolling {:+.1} MiB", against_idle(&scrolled))
+    } else {
+        String::new()
+    };
     println!(
-        "WebKit helpers against idle: with {users} users {:+.1} MiB, after the changes {:+.1} MiB, after scrolling {:+.1} MiB, emptied {:+.1} MiB",
-        mib(full.helpers()) - mib(idle.helpers()),
-        mib(changed.helpers()) - mib(idle.helpers()),
-        mib(scrolled.helpers()) - mib(idle.helpers()),
-        mib(emptied.helpers()) - mib(idle.helpers()),
+        "WebKit helpers against idle: with {users} users {:+.1} MiB, after the changes {:+.1} MiB{scrolled}, {EMPTIED_SECS} s after the room emptied {:+.1} MiB",
+        against_idle(&full),
+        against_idle(&changed),
+        against_idle(&emptied),
     );
     drop(app);
     if let Some(mut child) = server {
