@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build, run and test
-# Mesh Presence: system packages (as root), tauri-driver, and npm packages.
+# Mesh Presence: system packages (as root), tauri-driver, the packaging
+# tool cargo-deb, and npm packages; with --build (`npm run build`) also
+# cargo-generate-rpm, which only the .rpm needs and takes minutes to build.
 # Every step is skipped when already done, so it is cheap to run again.
 set -euo pipefail
+PACKAGING_TOOLS=(cargo-deb)
+[ "${1:-}" != --build ] || PACKAGING_TOOLS+=(cargo-generate-rpm)
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
@@ -14,6 +18,8 @@ APT_PACKAGES=(
   xvfb webkit2gtk-driver imagemagick
   # the Redis backend and its tests
   redis-server
+  # the server package's test: systemd-analyze checks its unit
+  systemd
 )
 
 missing=()
@@ -34,6 +40,14 @@ if ! command -v tauri-driver >/dev/null 2>&1; then
   echo "== cargo install tauri-driver"
   cargo install tauri-driver --locked --version '^2'
 fi
+
+# The server package (scripts/package-server.sh).
+for tool in "${PACKAGING_TOOLS[@]}"; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "== cargo install $tool"
+    cargo install "$tool" --locked
+  fi
+done
 
 if [ ! -x node_modules/.bin/tauri ]; then
   echo "== npm ci"

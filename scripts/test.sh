@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command (`npm test`): formatting, lints, every test
-# in the workspace (with a private redis-server for the Redis backend), then
-# the end-to-end tests of the app in its real window. CI runs exactly this.
+# in the workspace (with a private redis-server for the Redis backend), the
+# server package, then the end-to-end tests of the app in its real window.
+# CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -78,6 +79,9 @@ echo "redis cluster on ports ${CLUSTER_PORTS[*]}"
 
 echo "== cargo test"
 cargo test --workspace 2>&1 | tee -a "$RESULTS"
+
+echo "== the server package: build, unpack, check the unit, run it"
+bash scripts/test-package.sh 2>&1 | tee -a "$RESULTS"
 
 echo "== end-to-end: the app in its real window (Xvfb + tauri-driver)"
 bash scripts/e2e.sh 2>&1 | tee -a "$RESULTS"

@@ -2,10 +2,12 @@
 
 use clap::{Parser, Subcommand};
 use mesh_server::auth::{read_secret, sign_hs256};
-use mesh_server::{Auth, RedisConfig, Server, TrackOptions};
+use mesh_server::{Auth, RedisConfig, Server, ServerBuilder, TrackOptions};
 use serde_json::{json, Map, Value};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing_subscriber::EnvFilter;
 
@@ -24,13 +26,23 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
+/// Exit status for options that can never work: systemd's
+/// `RestartPreventExitStatus=` keeps the service from restarting in a loop
+/// on them (clap's own usage errors exit with it too).
+const EXIT_BAD_CONFIG: u8 = 2;
+
 /// A Mesh presence server (WebSocket). `GET /healthz` on the same port
-/// answers 200.
+/// answers 200. Every option can also be set with the environment
+/// variable shown.
 #[derive(Debug, Parser)]
 #[command(name = "mesh-server", version)]
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
+    /// Check the options and exit, without listening or connecting:
+    /// status 0 if the server would start, 2 and the reason if not.
+    #[arg(long)]
+    check_config: bool,
     /// Address to listen on.
     #[arg(long, env = "MESH_ADDR", default_value = "127.0.0.1:3000")]
     addr: SocketAddr,
@@ -47,13 +59,13 @@ struct Args {
     #[arg(long, env = "MESH_PRESENCE_TTL", default_value = "0", value_parser = parse_duration)]
     presence_ttl: Duration,
     /// Heartbeat ping interval.
-    #[arg(long, env = "MESH_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_PING_INTERVAL", default_value = "30s", value_parser = parse_interval)]
     ping_interval: Duration,
     /// Consecutive missed pongs tolerated before a connection is closed.
     #[arg(long, env = "MESH_MAX_MISSED_PONGS", default_value_t = 1)]
     max_missed_pongs: u32,
     /// Latency measurement interval.
-    #[arg(long, env = "MESH_LATENCY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_LATENCY_INTERVAL", default_value = "5s", value_parser = parse_interval)]
     latency_interval: Duration,
     /// Attach the URL query (userId, username, ...) to connections as metadata. For demos.
     #[arg(long, env = "MESH_METADATA_FROM_QUERY")]
@@ -71,16 +83,16 @@ struct Args {
     )]
     allow_origin: Vec<String>,
     /// Largest frame in bytes.
-    #[arg(long, env = "MESH_MAX_FRAME_BYTES", default_value_t = mesh_protocol::DEFAULT_MAX_FRAME_BYTES)]
+    #[arg(long, env = "MESH_MAX_FRAME_BYTES", default_value_t = mesh_protocol::DEFAULT_MAX_FRAME_BYTES, value_parser = parse_positive)]
     max_frame_bytes: usize,
     /// Largest presence state or metadata in bytes.
-    #[arg(long, env = "MESH_MAX_STATE_BYTES", default_value_t = mesh_protocol::DEFAULT_MAX_STATE_BYTES)]
+    #[arg(long, env = "MESH_MAX_STATE_BYTES", default_value_t = mesh_protocol::DEFAULT_MAX_STATE_BYTES, value_parser = parse_positive)]
     max_state_bytes: usize,
     /// Most rooms per connection.
-    #[arg(long, env = "MESH_MAX_ROOMS", default_value_t = mesh_protocol::DEFAULT_MAX_ROOMS_PER_CONNECTION)]
+    #[arg(long, env = "MESH_MAX_ROOMS", default_value_t = mesh_protocol::DEFAULT_MAX_ROOMS_PER_CONNECTION, value_parser = parse_positive)]
     max_rooms: usize,
     /// Most bytes queued to one connection before it is dropped as a slow consumer.
-    #[arg(long, env = "MESH_MAX_QUEUED_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "MESH_MAX_QUEUED_BYTES", default_value_t = 1024 * 1024, value_parser = parse_positive)]
     max_queued_bytes: usize,
     /// Most members in one room; a join past it is refused (ETOOLARGE).
     #[arg(long, env = "MESH_MAX_ROOM_MEMBERS", default_value_t = mesh_server::DEFAULT_MAX_ROOM_MEMBERS)]
@@ -213,6 +225,23 @@ impl TokenArgs {
     }
 }
 
+/// A duration that must not be zero (a zero interval would spin).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be longer than 0".into()),
+        d => Ok(d),
+    }
+}
+
+/// A size or count that must be at least 1 (0 would refuse everything).
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
+}
+
 /// Reads `500ms`, `30s`, `2m`, `1h`; a bare number is milliseconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -232,23 +261,67 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    if let Some(Cmd::Token(token)) = &args.command {
+        return match print_token(token) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mesh-server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let builder = match configure(&args) {
+        Ok(builder) => builder,
+        Err(e) => {
+            eprintln!("mesh-server: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if args.check_config {
+        println!("mesh-server: configuration ok (listen on {})", args.addr);
+        return ExitCode::SUCCESS;
+    }
+    match serve(builder, &args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mesh-server token`: prints a token signed with the secret file.
+fn print_token(token: &TokenArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let secret = read_secret(&token.secret_file)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    println!("{}", sign_hs256(&secret, &token.claims(now))?);
+    Ok(())
+}
+
+/// Logs go to stdout, in colour only on a terminal. Under systemd (whose
+/// journal stamps every line itself, and says so with `JOURNAL_STREAM`)
+/// lines carry no timestamp of their own.
+fn init_logging() {
+    let logs = tracing_subscriber::fmt()
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
-    if let Some(Cmd::Token(token)) = &args.command {
-        let secret = read_secret(&token.secret_file)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
-        println!("{}", sign_hs256(&secret, &token.claims(now))?);
-        return Ok(());
+        );
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
     }
-    let auth = auth_of(&args)?;
-    // A server for many clients wants every descriptor it is allowed.
-    mesh_server::raise_fd_limit();
+}
+
+/// Turns the options into a server builder and checks everything that can
+/// be checked without listening, so that `--check-config` and a real start
+/// refuse the same mistakes.
+fn configure(args: &Args) -> Result<ServerBuilder, Box<dyn std::error::Error>> {
+    let auth = auth_of(args)?;
     let ttl = (!args.presence_ttl.is_zero()).then_some(args.presence_ttl);
     let mut builder = Server::builder()
         .addr(args.addr)
@@ -257,7 +330,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .latency_interval(args.latency_interval)
         .metadata_from_query(args.metadata_from_query)
         .open_metadata(args.open_metadata)
-        .allow_origins(args.allow_origin)
+        .allow_origins(args.allow_origin.clone())
         .max_frame_bytes(args.max_frame_bytes)
         .max_state_bytes(args.max_state_bytes)
         .max_rooms_per_connection(args.max_rooms)
@@ -284,7 +357,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for pattern in &args.track {
         builder = builder.track_presence(pattern, TrackOptions { ttl, guard: None });
     }
+    builder.check()?;
+    Ok(builder)
+}
+
+/// Serves until Ctrl-C or SIGTERM, then closes every client politely.
+async fn serve(builder: ServerBuilder, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let stop = shutdown_signal()?;
+    // A server for many clients wants every descriptor it is allowed.
+    mesh_server::raise_fd_limit();
     let server = builder.bind().await?;
     tracing::info!(url = %server.url(), tracked = ?args.track, "ready; Ctrl-C to stop");
     stop.await;
@@ -346,6 +427,59 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    /// The options file the package installs.
+    const ENV_FILE: &str = include_str!("../packaging/mesh-server.env");
+
+    /// The environment variable of every option (all but the actions
+    /// `--check-config`, `--help` and `--version`).
+    fn option_env_vars() -> Vec<(String, Option<String>)> {
+        Args::command()
+            .get_arguments()
+            .filter(|arg| !["check_config", "help", "version"].contains(&arg.get_id().as_str()))
+            .map(|arg| {
+                let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                (arg.get_id().to_string(), env)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_option_has_an_environment_variable() {
+        for (option, env) in option_env_vars() {
+            assert!(env.is_some(), "--{option} has no environment variable");
+        }
+    }
+
+    /// The packaged options file shows every option, and only real ones, so
+    /// an operator finds each setting there and none that would be ignored.
+    #[test]
+    fn the_packaged_env_file_names_every_option() {
+        let known: Vec<String> = option_env_vars()
+            .into_iter()
+            .filter_map(|(_, e)| e)
+            .collect();
+        for env in &known {
+            assert!(
+                ENV_FILE.lines().any(|line| {
+                    line.trim_start_matches('#').split('=').next() == Some(env.as_str())
+                }),
+                "{env} is missing from packaging/mesh-server.env: add it there (commented, with its default)"
+            );
+        }
+        for line in ENV_FILE.lines() {
+            let Some((name, _)) = line.trim_start_matches('#').split_once('=') else {
+                continue;
+            };
+            if name.starts_with("MESH_") {
+                assert!(
+                    known.iter().any(|k| k == name),
+                    "{name} in the env file is no option"
+                );
+            }
+        }
+    }
 
     #[test]
     fn durations() {

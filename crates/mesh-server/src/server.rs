@@ -293,14 +293,38 @@ impl ServerBuilder {
         self
     }
 
-    /// Binds the address and starts serving in background tasks.
-    pub async fn bind(mut self) -> Result<RunningServer, ServerError> {
-        if let Some(e) = self.errors.pop() {
-            return Err(e);
+    /// Checks the configuration without binding or connecting to anything:
+    /// the first mistake [`ServerBuilder::bind`] would report, found before
+    /// a service starts (`mesh-server --check-config`).
+    pub fn check(&self) -> Result<(), ServerError> {
+        match self.errors.first() {
+            Some(ServerError::Config(message)) => return Err(ServerError::Config(message.clone())),
+            Some(other) => return Err(ServerError::Config(other.to_string())),
+            None => {}
         }
         if self.config.ping_interval.is_zero() || self.config.latency_interval.is_zero() {
             return Err(ServerError::Config("intervals must be positive".into()));
         }
+        let limits = &self.config.limits;
+        for (name, value) in [
+            ("max_frame_bytes", limits.max_frame_bytes),
+            ("max_state_bytes", limits.max_state_bytes),
+            ("max_rooms_per_connection", limits.max_rooms_per_connection),
+            ("max_queued_bytes", limits.max_queued_bytes),
+        ] {
+            if value == 0 {
+                return Err(ServerError::Config(format!("{name} must be positive")));
+            }
+        }
+        if let (None, Some(redis)) = (&self.backend, &self.redis) {
+            redis.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Binds the address and starts serving in background tasks.
+    pub async fn bind(mut self) -> Result<RunningServer, ServerError> {
+        self.check()?;
         let backend: Arc<dyn Backend> = match (self.backend, self.redis) {
             (Some(b), _) => b,
             (None, Some(config)) => Arc::new(RedisBackend::with_config(config).await?),

@@ -105,6 +105,32 @@ impl RedisConfig {
         self.prefix = prefix.into();
         self
     }
+
+    /// Checks the settings and the URL without connecting, so that a
+    /// mistake is reported before a service starts rather than as a
+    /// connection failure.
+    pub fn validate(&self) -> BackendResult<()> {
+        if self.heartbeat_interval.is_zero()
+            || self.expiry_poll.is_zero()
+            || self.dead_after <= self.heartbeat_interval
+        {
+            return Err(BackendError::Other(
+                "redis: intervals must be positive and dead_after longer than the heartbeat".into(),
+            ));
+        }
+        if self.prefix.contains(['{', '}']) {
+            return Err(BackendError::Other(
+                "redis: the key prefix may not contain { or } (they delimit hash tags)".into(),
+            ));
+        }
+        if self.cluster_nodes.is_empty() {
+            self.url
+                .as_str()
+                .into_connection_info()
+                .map_err(|e| BackendError::Other(format!("redis url {:?}: {e}", self.url)))?;
+        }
+        Ok(())
+    }
 }
 
 impl From<&str> for RedisConfig {
@@ -181,19 +207,7 @@ impl RedisBackend {
     /// (pub/sub listener; heartbeat, sweep and expiry). Fails when Redis
     /// cannot be reached now; later outages are survived.
     pub async fn with_config(config: RedisConfig) -> BackendResult<Self> {
-        if config.heartbeat_interval.is_zero()
-            || config.expiry_poll.is_zero()
-            || config.dead_after <= config.heartbeat_interval
-        {
-            return Err(BackendError::Other(
-                "redis: intervals must be positive and dead_after longer than the heartbeat".into(),
-            ));
-        }
-        if config.prefix.contains(['{', '}']) {
-            return Err(BackendError::Other(
-                "redis: the key prefix may not contain { or } (they delimit hash tags)".into(),
-            ));
-        }
+        config.validate()?;
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let conn = if config.cluster_nodes.is_empty() {
             connect_single(&config, push_tx).await?
