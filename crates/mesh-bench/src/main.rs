@@ -32,7 +32,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -256,6 +256,8 @@ struct Client {
     tx: SplitSink<Ws, Message>,
     rx: SplitStream<Ws>,
     next_id: u64,
+    /// Frames read while waiting at a barrier, for `next_event`.
+    early: VecDeque<Utf8Bytes>,
 }
 
 /// What the benchmark reads out of each frame; everything else is skipped.
@@ -352,7 +354,12 @@ impl Client {
             .write_buffer_size(0);
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
         let (tx, rx) = ws.split();
-        let mut client = Client { tx, rx, next_id: 1 };
+        let mut client = Client {
+            tx,
+            rx,
+            next_id: 1,
+            early: VecDeque::new(),
+        };
         // Connected means: the id was assigned.
         loop {
             let text = client.recv_text().await?;
@@ -375,9 +382,42 @@ impl Client {
         }
     }
 
+    /// Waits at `barrier` while still reading: pings are answered and other
+    /// frames kept for `next_event`. A client that stopped reading while it
+    /// waits would answer no ping, and a server with a short ping interval
+    /// would rightly close it.
+    async fn wait_reading(&mut self, barrier: &Barrier) -> Result<(), BoxError> {
+        let wait = barrier.wait();
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut wait => return Ok(()),
+                // `next` is cancel-safe: a frame is either read or left.
+                msg = self.rx.next() => match msg {
+                    None => return Err("server closed the connection".into()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Message::Text(text))) => {
+                        let frame: Incoming<'_> = serde_json::from_str(&text)?;
+                        if frame.command == "ping" && frame.id.is_none() {
+                            self.send(json!({"command": "pong", "payload": {}}).to_string())
+                                .await?;
+                        } else {
+                            self.early.push_back(text);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    }
+
     /// Reads one frame and classifies it; answers pings.
     async fn next_event(&mut self) -> Result<Event, BoxError> {
-        let text = self.recv_text().await?;
+        let text = match self.early.pop_front() {
+            Some(text) => text,
+            None => self.recv_text().await?,
+        };
         let frame: Incoming<'_> = serde_json::from_str(&text)?;
         Ok(match frame.command {
             _ if frame.id.is_some() => Event::Reply,
@@ -498,8 +538,8 @@ async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
             client
                 .request("mesh/subscribe-presence", json!({ "roomName": room }))
                 .await?;
-            barrier.wait().await; // everyone subscribed
-            barrier.wait().await; // join phase starts
+            client.wait_reading(&barrier).await?; // everyone subscribed
+            client.wait_reading(&barrier).await?; // join phase starts
             client
                 .send_request("mesh/join-room", json!({ "roomName": room }))
                 .await?;
@@ -512,8 +552,8 @@ async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
                 }
             }
             tally.joins_done = Some(Instant::now());
-            barrier.wait().await; // joins done
-            barrier.wait().await; // burst starts
+            client.wait_reading(&barrier).await?; // joins done
+            client.wait_reading(&barrier).await?; // burst starts
             for s in 0..k {
                 let state = json!({ "c": index, "s": s, "t": micros_since(epoch) });
                 client
