@@ -8,7 +8,7 @@ use mesh_protocol::PresenceUpdate;
 use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 /// This instance's presence subscribers, by room. The backend delivers
 /// every update here; the update is encoded once into the room's feed and
@@ -26,6 +26,10 @@ pub(crate) struct Subscribers {
 struct Room {
     feed: Arc<Feed>,
     subs: HashMap<String, Outbox>,
+    /// Held while an update is appended and handed out: the feed keeps one
+    /// update in hand at a time, and every subscriber gets the room's
+    /// updates in the same order.
+    delivering: Mutex<()>,
 }
 
 impl Subscribers {
@@ -87,12 +91,15 @@ impl UpdateSink for Subscribers {
         };
         // Encoded and framed once, and kept once, in the room's feed.
         let frame = framed_text(&update.to_frame_text());
-        let len = frame.len();
-        let seq = room.feed.append(frame);
+        let _one_at_a_time = room
+            .delivering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let seq = room.feed.append(frame.clone());
         for outbox in room.subs.values() {
-            outbox.push_feed(&room.feed, seq, len);
+            outbox.push_feed(&room.feed, seq, &frame);
         }
-        room.feed.trim();
+        room.feed.handed_out();
         self.deliveries.inc_by(room.subs.len() as u64);
     }
 }
@@ -100,6 +107,7 @@ impl UpdateSink for Subscribers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Outgoing;
 
     #[tokio::test]
     async fn one_encoding_shared_by_all_subscribers() {
@@ -126,5 +134,66 @@ mod tests {
         assert_eq!(fa[1].as_ptr(), fb[1].as_ptr());
         assert!(subs.remove("r", "a"));
         assert!(!subs.remove("r", "a"));
+    }
+
+    /// Updates delivered to one room from several threads at once, while
+    /// a subscriber keeps taking and letting go of what it was given (as
+    /// its writer does): every subscriber gets every update once, all in
+    /// the same order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_updates_reach_everyone_once_in_one_order() {
+        const PER_THREAD: u64 = 2_000;
+        let subs = Arc::new(Subscribers::new(crate::metrics::deliveries_counter()));
+        let outboxes: Vec<Outbox> = (0..3).map(|_| Outbox::new(1 << 30)).collect();
+        for (i, outbox) in outboxes.iter().enumerate() {
+            subs.add("r", &format!("c{i}"), outbox.clone());
+        }
+        // The first subscriber drains as it goes; the others fall behind.
+        let eager = outboxes[0].clone();
+        let total = 2 * PER_THREAD as usize;
+        let drain = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < total {
+                for item in eager.take_all().await {
+                    got.extend(item.buffers());
+                }
+            }
+            got
+        });
+        let senders: Vec<_> = (0..2u64)
+            .map(|t| {
+                let subs = subs.clone();
+                std::thread::spawn(move || {
+                    for n in 0..PER_THREAD {
+                        subs.deliver(&PresenceUpdate::Join {
+                            connection_id: format!("t{t}"),
+                            room_name: "r".into(),
+                            timestamp: n,
+                        });
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.join().unwrap();
+        }
+        let mut lists = vec![drain.await.unwrap()];
+        for outbox in &outboxes[1..] {
+            lists.push(
+                outbox
+                    .take_all()
+                    .await
+                    .iter()
+                    .flat_map(Outgoing::buffers)
+                    .collect(),
+            );
+        }
+        for list in &lists {
+            assert_eq!(list.len(), total);
+            let distinct: std::collections::HashSet<&[u8]> =
+                list.iter().map(|b| b.as_ref()).collect();
+            assert_eq!(distinct.len(), total, "an update twice, or another's bytes");
+            assert!(list == &lists[0], "one order for everyone");
+        }
     }
 }

@@ -239,10 +239,11 @@ impl Outbox {
         true
     }
 
-    /// Queues frame `seq` of `feed` (`len` bytes) as a push: it joins the
+    /// Queues frame `seq` of `feed` (its bytes: `frame`) as a push: it joins the
     /// last queued range when it follows it, so a run of one room's updates
     /// is one entry however long it gets. `false` as for [`Outbox::push`].
-    pub(crate) fn push_feed(&self, feed: &Arc<Feed>, seq: u64, len: usize) -> bool {
+    pub(crate) fn push_feed(&self, feed: &Arc<Feed>, seq: u64, frame: &Bytes) -> bool {
+        let len = frame.len();
         let mut q = self.queue();
         if q.closing || q.overflowed {
             return false;
@@ -265,7 +266,7 @@ impl Outbox {
         }
         let was_empty = q.items.is_empty();
         q.items.push_back(Outgoing {
-            parts: Parts::Feed(Range::one(feed, seq)),
+            parts: Parts::Feed(Range::one(feed, seq, frame.clone())),
             kind: Kind::Push,
         });
         drop(q);
@@ -435,10 +436,25 @@ impl<'a> Frames<'a> {
             let kind = item.kind;
             match &item.parts {
                 Parts::Feed(range) => {
-                    let (feed, from, to) = range.bounds();
-                    let mut next = self.seq.unwrap_or(from);
-                    let got = feed.get(next, to, max - out.len());
-                    let ended = got.is_empty();
+                    let (feed, from, to) = range.rest();
+                    let mut next = match self.seq {
+                        Some(next) => next,
+                        None => {
+                            // The first frame, held by the range.
+                            let first = range.first();
+                            out.push_back(Slice {
+                                bytes: first.clone(),
+                                kind,
+                                frame_end: Some(first.len()),
+                            });
+                            from
+                        }
+                    };
+                    let got = if next < to && out.len() < max {
+                        feed.get(next, to, max - out.len())
+                    } else {
+                        Vec::new()
+                    };
                     for bytes in got {
                         let len = bytes.len();
                         out.push_back(Slice {
@@ -448,9 +464,9 @@ impl<'a> Frames<'a> {
                         });
                         next += 1;
                     }
-                    // (A range's frames stay in its feed, so `ended` means
-                    // the range is done, never that frames went missing.)
-                    if ended || next >= to {
+                    // A range's frames stay in its feed: unless `out` is
+                    // full, everything left of the range is in it now.
+                    if next >= to || out.len() < max {
                         self.item += 1;
                         self.seq = None;
                     } else {
@@ -539,6 +555,11 @@ async fn write_all(
 
 #[cfg(test)]
 impl Outbox {
+    /// Everything queued, once there is something.
+    pub(crate) async fn take_all(&self) -> VecDeque<Outgoing> {
+        self.take().await
+    }
+
     /// The first queued frame.
     pub(crate) async fn take_one(&self) -> Outgoing {
         self.take().await.pop_front().expect("take returns a frame")
@@ -554,8 +575,10 @@ impl Outgoing {
                 Parts::One(b) => Parts::One(b.clone()),
                 Parts::Many(p) => Parts::Many(p.clone()),
                 Parts::Feed(r) => {
-                    let (feed, from, to) = r.bounds();
-                    Parts::Many(feed.get(from, to, usize::MAX).into())
+                    let (feed, from, to) = r.rest();
+                    let mut all = vec![r.first().clone()];
+                    all.extend(feed.get(from, to, usize::MAX));
+                    Parts::Many(all.into())
                 }
             },
             kind: Kind::Push,
