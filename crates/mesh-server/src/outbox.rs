@@ -212,16 +212,25 @@ impl Outbox {
     /// closing, or this push overflowed its budget (the connection is then
     /// flagged as a slow consumer).
     pub(crate) fn push(&self, frame: Outgoing) -> bool {
-        let len = frame.len();
         let mut q = self.queue();
+        if !self.admit(&mut q, frame.kind, frame.len()) {
+            return false;
+        }
+        self.enqueue(q, frame);
+        true
+    }
+
+    /// Counts `len` bytes of a `kind` frame against the budgets; `false`
+    /// if it is refused: the connection is closing, or this push overflowed
+    /// its budget (the connection is then flagged as a slow consumer).
+    fn admit(&self, q: &mut Queue, kind: Kind, len: usize) -> bool {
         if q.closing || q.overflowed {
             return false;
         }
-        match frame.kind {
+        match kind {
             Kind::Push | Kind::Heartbeat => {
                 if q.push_bytes + len > self.0.limit {
                     q.overflowed = true;
-                    drop(q);
                     self.0.overflow.notify_one();
                     return false;
                 }
@@ -230,31 +239,27 @@ impl Outbox {
             Kind::Reply => q.reply_bytes += len,
             Kind::Close => q.closing = true,
         }
+        true
+    }
+
+    /// Appends an admitted frame, waking the writer if it was idle.
+    fn enqueue(&self, mut q: MutexGuard<'_, Queue>, frame: Outgoing) {
         let was_empty = q.items.is_empty();
         q.items.push_back(frame);
         drop(q);
         if was_empty {
             self.0.wake_writer.notify_one();
         }
-        true
     }
 
     /// Queues frame `seq` of `feed` (its bytes: `frame`) as a push: it joins the
     /// last queued range when it follows it, so a run of one room's updates
     /// is one entry however long it gets. `false` as for [`Outbox::push`].
     pub(crate) fn push_feed(&self, feed: &Arc<Feed>, seq: u64, frame: &Bytes) -> bool {
-        let len = frame.len();
         let mut q = self.queue();
-        if q.closing || q.overflowed {
+        if !self.admit(&mut q, Kind::Push, frame.len()) {
             return false;
         }
-        if q.push_bytes + len > self.0.limit {
-            q.overflowed = true;
-            drop(q);
-            self.0.overflow.notify_one();
-            return false;
-        }
-        q.push_bytes += len;
         if let Some(Outgoing {
             parts: Parts::Feed(range),
             ..
@@ -264,15 +269,11 @@ impl Outbox {
                 return true;
             }
         }
-        let was_empty = q.items.is_empty();
-        q.items.push_back(Outgoing {
+        let item = Outgoing {
             parts: Parts::Feed(Range::one(feed, seq, frame.clone())),
             kind: Kind::Push,
-        });
-        drop(q);
-        if was_empty {
-            self.0.wake_writer.notify_one();
-        }
+        };
+        self.enqueue(q, item);
         true
     }
 
