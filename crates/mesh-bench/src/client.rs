@@ -5,6 +5,7 @@ use crate::args::Args;
 use crate::{BoxError, PHASE_TIMEOUT};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use mesh_protocol::command;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::VecDeque;
@@ -139,7 +140,7 @@ impl Client {
         loop {
             let text = client.recv_text().await?;
             let frame: Incoming<'_> = serde_json::from_str(&text)?;
-            if frame.command == "mesh/assign-id" {
+            if frame.command == command::ASSIGN_ID {
                 return Ok(client);
             }
         }
@@ -174,8 +175,8 @@ impl Client {
                     Some(Err(e)) => return Err(e.into()),
                     Some(Ok(Message::Text(text))) => {
                         let frame: Incoming<'_> = serde_json::from_str(&text)?;
-                        if frame.command == "ping" && frame.id.is_none() {
-                            self.send(json!({"command": "pong", "payload": {}}).to_string())
+                        if frame.command == command::PING && frame.id.is_none() {
+                            self.send(json!({"command": command::PONG, "payload": {}}).to_string())
                                 .await?;
                         } else {
                             self.early.push_back(text);
@@ -196,12 +197,12 @@ impl Client {
         let frame: Incoming<'_> = serde_json::from_str(&text)?;
         Ok(match frame.command {
             _ if frame.id.is_some() => Event::Reply,
-            "ping" => {
-                self.send(json!({"command": "pong", "payload": {}}).to_string())
+            command::PING => {
+                self.send(json!({"command": command::PONG, "payload": {}}).to_string())
                     .await?;
                 Event::Other
             }
-            "mesh/presence-update" => match frame.payload.kind.as_deref() {
+            command::PRESENCE_UPDATE => match frame.payload.kind.as_deref() {
                 Some("join") => Event::Join,
                 Some("state") => match frame.payload.state {
                     Some(state) => Event::State(state),

@@ -6,6 +6,7 @@ use crate::args::Args;
 use crate::client::{connect_all, Event};
 use crate::process::{cpu_time, report_rss, rss_kib, SpawnedServer};
 use crate::BoxError;
+use mesh_protocol::command;
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -57,12 +58,12 @@ pub async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             client
-                .request("mesh/subscribe-presence", json!({ "roomName": room }))
+                .request(command::SUBSCRIBE_PRESENCE, json!({ "roomName": room }))
                 .await?;
             client.wait_reading(&barrier).await?; // everyone subscribed
             client.wait_reading(&barrier).await?; // join phase starts
             client
-                .send_request("mesh/join-room", json!({ "roomName": room }))
+                .send_request(command::JOIN_ROOM, json!({ "roomName": room }))
                 .await?;
             let (mut joins, mut replied) = (0, false);
             while joins < n || !replied {
@@ -79,7 +80,7 @@ pub async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
                 let state = json!({ "c": index, "s": s, "t": micros_since(epoch) });
                 client
                     .send_request(
-                        "mesh/publish-presence-state",
+                        command::PUBLISH_PRESENCE_STATE,
                         json!({ "roomName": room, "state": state }),
                     )
                     .await?;

@@ -6,6 +6,7 @@ use crate::args::Args;
 use crate::client::{connect_all, Event};
 use crate::process::report_rss;
 use crate::BoxError;
+use mesh_protocol::command;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,10 +33,10 @@ pub async fn steady(args: &Args, rate: u64) -> Result<(), BoxError> {
         let room = args.room.clone();
         tasks.push(tokio::spawn(async move {
             client
-                .request("mesh/subscribe-presence", json!({ "roomName": room }))
+                .request(command::SUBSCRIBE_PRESENCE, json!({ "roomName": room }))
                 .await?;
             client
-                .request("mesh/join-room", json!({ "roomName": room }))
+                .request(command::JOIN_ROOM, json!({ "roomName": room }))
                 .await?;
             barrier.wait().await;
             let start = Instant::now();
@@ -56,7 +57,7 @@ pub async fn steady(args: &Args, rate: u64) -> Result<(), BoxError> {
                         let state = json!({ "c": index, "s": s, "t": micros_since(epoch) });
                         s += 1;
                         client.send_request(
-                            "mesh/publish-presence-state",
+                            command::PUBLISH_PRESENCE_STATE,
                             json!({ "roomName": room, "state": state }),
                         ).await?;
                     }
