@@ -1,7 +1,7 @@
 //! Several server instances on one Redis: what only a real cluster shows.
 //! (The whole integration suite also runs on the Redis backend, in
-//! `suite.rs`; its `instances_share_presence` covers join, state, leave and
-//! metadata across two instances.)
+//! `suite/`; `suite/instances.rs`'s `instances_share_presence` covers join,
+//! state, leave and metadata across two instances.)
 
 mod common;
 
