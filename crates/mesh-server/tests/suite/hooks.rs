@@ -3,7 +3,7 @@
 
 use crate::common::{assert_update, error_code, BackendKind, Peer, WAIT};
 use mesh_protocol::{command, Strategy};
-use mesh_server::{DisconnectInfo, Refusal, TrackOptions};
+use mesh_server::{DisconnectInfo, Refusal};
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -11,33 +11,30 @@ use tokio::sync::mpsc;
 async fn connection_hooks(kind: BackendKind) {
     let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<DisconnectInfo>();
     let server = kind
-        .builder()
-        .await
-        .metadata_from_query(true)
-        .track_presence(".*", TrackOptions::default())
-        .on_connection(|conn| async move {
-            if conn.query("token") == Some("bad") {
-                return Err(Refusal::unauthorized("bad token"));
-            }
-            assert_eq!(conn.path, "/mesh");
-            // The query metadata is already attached; add to it.
-            if let Some(agent) = conn.header("x-client") {
-                conn.server
-                    .set_metadata(&conn.id, json!({ "client": agent }), Strategy::Merge)
-                    .await
-                    .unwrap();
-            }
-            Ok(())
+        .serve_every_room_with(|b| {
+            b.metadata_from_query(true)
+                .on_connection(|conn| async move {
+                    if conn.query("token") == Some("bad") {
+                        return Err(Refusal::unauthorized("bad token"));
+                    }
+                    assert_eq!(conn.path, "/mesh");
+                    // The query metadata is already attached; add to it.
+                    if let Some(agent) = conn.header("x-client") {
+                        conn.server
+                            .set_metadata(&conn.id, json!({ "client": agent }), Strategy::Merge)
+                            .await
+                            .unwrap();
+                    }
+                    Ok(())
+                })
+                .on_disconnection(move |info| {
+                    let tx = gone_tx.clone();
+                    async move {
+                        let _ = tx.send(info);
+                    }
+                })
         })
-        .on_disconnection(move |info| {
-            let tx = gone_tx.clone();
-            async move {
-                let _ = tx.send(info);
-            }
-        })
-        .bind()
-        .await
-        .unwrap();
+        .await;
     let base = format!("{}/mesh", server.url());
 
     let refused = tokio_tungstenite::connect_async(format!("{base}?token=bad")).await;
@@ -58,11 +55,9 @@ async fn connection_hooks(kind: BackendKind) {
         .insert("x-client", "desktop".parse().unwrap());
     let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut alice = Peer::from_stream(ws).await;
-    let mine = alice
-        .request(command::GET_MY_CONNECTION_METADATA, json!({}))
-        .await;
+    let mine = alice.my_metadata().await;
     assert_eq!(
-        mine["metadata"],
+        mine,
         json!({"userId": "u1", "username": "Alice L", "client": "desktop"})
     );
     let reply = alice.join("lobby").await;
@@ -84,20 +79,18 @@ async fn connection_hooks(kind: BackendKind) {
 
 async fn custom_commands_and_room_metadata(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .expose_command("app/echo", |req| async move {
-            if req.payload.get("fail").is_some() {
-                return Err(mesh_protocol::ErrorPayload::new(
-                    mesh_protocol::ErrorCode::Forbidden,
-                    "not today",
-                ));
-            }
-            Ok(json!({ "from": req.connection_id, "echo": req.payload }))
+        .serve_with(|b| {
+            b.expose_command("app/echo", |req| async move {
+                if req.payload.get("fail").is_some() {
+                    return Err(mesh_protocol::ErrorPayload::new(
+                        mesh_protocol::ErrorCode::Forbidden,
+                        "not today",
+                    ));
+                }
+                Ok(json!({ "from": req.connection_id, "echo": req.payload }))
+            })
         })
-        .bind()
-        .await
-        .unwrap();
+        .await;
     let mut a = Peer::connect(&server.url()).await;
     let reply = a.request("app/echo", json!({"hi": 1})).await;
     assert_eq!(reply, json!({"from": a.id, "echo": {"hi": 1}}));
@@ -134,27 +127,24 @@ async fn peer_vanishing_mid_request_is_cleaned_up(kind: BackendKind) {
     let (gone_tx, mut gone_rx) = mpsc::unbounded_channel::<String>();
     let handler_release = release.clone();
     let server = kind
-        .builder()
-        .await
-        .track_presence(".*", TrackOptions::default())
-        .expose_command("app/slow", move |_req| {
-            let release = handler_release.clone();
-            let started = started_tx.clone();
-            async move {
-                let _ = started.send(());
-                release.notified().await;
-                Ok(json!("late"))
-            }
+        .serve_every_room_with(|b| {
+            b.expose_command("app/slow", move |_req| {
+                let release = handler_release.clone();
+                let started = started_tx.clone();
+                async move {
+                    let _ = started.send(());
+                    release.notified().await;
+                    Ok(json!("late"))
+                }
+            })
+            .on_disconnection(move |info| {
+                let tx = gone_tx.clone();
+                async move {
+                    let _ = tx.send(info.id);
+                }
+            })
         })
-        .on_disconnection(move |info| {
-            let tx = gone_tx.clone();
-            async move {
-                let _ = tx.send(info.id);
-            }
-        })
-        .bind()
-        .await
-        .unwrap();
+        .await;
     let mut watcher = Peer::connect(&server.url()).await;
     watcher.subscribe("r").await;
     let mut vanishing = Peer::connect(&server.url()).await;

@@ -1,18 +1,13 @@
 //! HTTP beside the WebSocket: the origin allow-list, `GET /healthz`
 //! and `GET /metrics`.
 
-use crate::common::{metric, scrape, BackendKind, Peer, WAIT};
+use crate::common::{http_get, metric, scrape, BackendKind, Peer};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn origin_allow_list_and_healthz(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .allow_origins(["http://app.example"])
-        .bind()
-        .await
-        .unwrap();
+        .serve_with(|b| b.allow_origins(["http://app.example"]))
+        .await;
     let with_origin = |origin: &str| {
         let mut req =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
@@ -35,17 +30,7 @@ async fn origin_allow_list_and_healthz(kind: BackendKind) {
     // Non-browser clients send no Origin and are let in.
     Peer::connect(&server.url()).await.sync().await;
 
-    let mut tcp = tokio::net::TcpStream::connect(server.local_addr())
-        .await
-        .unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, tcp.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = http_get(server.local_addr(), "/healthz").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     server.shutdown().await;
 }

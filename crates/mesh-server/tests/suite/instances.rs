@@ -104,13 +104,8 @@ async fn instances_share_presence(kind: BackendKind) {
         json!({"metadata": {"name": "Bo"}}),
     )
     .await;
-    let reply = a
-        .request(
-            command::GET_CONNECTION_METADATA,
-            json!({"connectionId": b.id}),
-        )
-        .await;
-    assert_eq!(reply["metadata"], json!({"name": "Bo"}));
+    let metadata = a.metadata_of(&b.id).await;
+    assert_eq!(metadata, json!({"name": "Bo"}));
     let b_id = b.id.clone();
     two.shutdown().await;
     assert_update(&a.next_update().await, "leave", &b_id, "r");

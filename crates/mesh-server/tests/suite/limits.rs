@@ -3,19 +3,13 @@
 
 use crate::common::{assert_update, error_code, metric, scrape, BackendKind, Peer};
 use mesh_protocol::{command, PresenceUpdate};
-use mesh_server::TrackOptions;
 use serde_json::json;
 use std::time::Duration;
 
 async fn rooms_per_connection_limit(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .max_rooms_per_connection(2)
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+        .serve_every_room_with(|b| b.max_rooms_per_connection(2))
+        .await;
     let mut a = Peer::connect(&server.url()).await;
     assert_eq!(a.join("one").await["success"], true);
     assert_eq!(a.join("two").await["success"], true);
@@ -39,13 +33,8 @@ async fn rooms_per_connection_limit(kind: BackendKind) {
 
 async fn oversized_frame_beyond_hard_limit_closes(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .max_frame_bytes(1024)
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+        .serve_every_room_with(|b| b.max_frame_bytes(1024))
+        .await;
     let mut a = Peer::connect(&server.url()).await;
     a.subscribe("r").await;
     let mut big = Peer::connect(&server.url()).await;
@@ -61,13 +50,7 @@ async fn oversized_frame_beyond_hard_limit_closes(kind: BackendKind) {
 }
 
 async fn request_rate_is_limited(kind: BackendKind) {
-    let server = kind
-        .builder()
-        .await
-        .max_requests_per_second(5)
-        .bind()
-        .await
-        .unwrap();
+    let server = kind.serve_with(|b| b.max_requests_per_second(5)).await;
     let mut a = Peer::connect(&server.url()).await;
     // Sent back to back, far faster than 5 per second.
     for id in 1..=20 {
@@ -92,13 +75,8 @@ async fn request_rate_is_limited(kind: BackendKind) {
 
 async fn slow_consumer_is_dropped(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .max_queued_bytes(64 * 1024)
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+        .serve_every_room_with(|b| b.max_queued_bytes(64 * 1024))
+        .await;
     let mut watcher = Peer::connect(&server.url()).await;
     let mut publisher = Peer::connect(&server.url()).await;
     let mut slow = Peer::connect(&server.url()).await;
@@ -146,13 +124,8 @@ async fn big_snapshots_reach_a_newcomer(kind: BackendKind) {
     // Default limits: 1 MiB of queued pushes, 16 KiB per state or metadata.
     // The members never read after setting up: pings far apart keep them.
     let server = kind
-        .builder()
-        .await
-        .ping_interval(Duration::from_secs(30))
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+        .serve_every_room_with(|b| b.ping_interval(Duration::from_secs(30)))
+        .await;
     let url = server.url();
     let blob = "m".repeat(16_000);
     // Everyone joins first, so that the join replies stay small.
@@ -209,14 +182,7 @@ async fn big_snapshots_reach_a_newcomer(kind: BackendKind) {
 }
 
 async fn room_member_limit(kind: BackendKind) {
-    let server = kind
-        .builder()
-        .await
-        .max_room_members(3)
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+    let server = kind.serve_every_room_with(|b| b.max_room_members(3)).await;
     let mut peers = Vec::new();
     for _ in 0..3 {
         let mut p = Peer::connect(&server.url()).await;
@@ -248,16 +214,14 @@ async fn room_member_limit(kind: BackendKind) {
 
 async fn reply_too_large_to_send_is_refused(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .max_room_members(2)
-        .max_state_bytes(100)
-        .expose_command("app/huge", |_req| async move {
-            Ok(json!({ "data": "x".repeat(1 << 20) }))
+        .serve_with(|b| {
+            b.max_room_members(2)
+                .max_state_bytes(100)
+                .expose_command("app/huge", |_req| async move {
+                    Ok(json!({ "data": "x".repeat(1 << 20) }))
+                })
         })
-        .bind()
-        .await
-        .unwrap();
+        .await;
     let mut a = Peer::connect(&server.url()).await;
     let reply = a.request("app/huge", json!({})).await;
     assert_eq!(error_code(&reply).as_deref(), Some("ETOOLARGE"), "{reply}");

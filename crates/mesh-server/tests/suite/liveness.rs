@@ -9,19 +9,16 @@ use std::time::{Duration, Instant};
 
 async fn presence_ttl_lapses_without_pongs(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .ping_interval(Duration::from_millis(100))
-        .track_presence(
-            "r",
-            TrackOptions {
-                ttl: Some(Duration::from_millis(400)),
-                guard: None,
-            },
-        )
-        .bind()
-        .await
-        .unwrap();
+        .serve_with(|b| {
+            b.ping_interval(Duration::from_millis(100)).track_presence(
+                "r",
+                TrackOptions {
+                    ttl: Some(Duration::from_millis(400)),
+                    guard: None,
+                },
+            )
+        })
+        .await;
     let mut a = Peer::connect(&server.url()).await;
     a.subscribe("r").await;
     a.join("r").await;
@@ -52,14 +49,8 @@ async fn presence_ttl_lapses_without_pongs(kind: BackendKind) {
 async fn silent_peer_is_closed_by_heartbeat(kind: BackendKind) {
     let interval = Duration::from_millis(150);
     let server = kind
-        .builder()
-        .await
-        .ping_interval(interval)
-        .max_missed_pongs(1)
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+        .serve_every_room_with(|b| b.ping_interval(interval).max_missed_pongs(1))
+        .await;
     let mut a = Peer::connect(&server.url()).await;
     a.subscribe("r").await;
     let mut dead = Peer::connect(&server.url()).await;
@@ -107,12 +98,8 @@ async fn dropped_socket_leaves(kind: BackendKind) {
 
 async fn latency_is_measured(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .latency_interval(Duration::from_millis(100))
-        .bind()
-        .await
-        .unwrap();
+        .serve_with(|b| b.latency_interval(Duration::from_millis(100)))
+        .await;
     let mut a = Peer::connect(&server.url()).await;
     a.next_push(command::LATENCY_REQUEST).await;
     a.send(mesh_protocol::Frame::push(
@@ -132,14 +119,8 @@ async fn latency_is_measured(kind: BackendKind) {
 async fn reading_client_is_not_unresponsive(kind: BackendKind) {
     let interval = Duration::from_millis(100);
     let server = kind
-        .builder()
-        .await
-        .ping_interval(interval)
-        .max_missed_pongs(1)
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+        .serve_every_room_with(|b| b.ping_interval(interval).max_missed_pongs(1))
+        .await;
     let mut publisher = Peer::connect(&server.url()).await;
     publisher.join("r").await;
     let mut reader = Peer::connect(&server.url()).await;

@@ -1,21 +1,14 @@
 //! Bad input: malformed frames get clear errors, and a flood of them
 //! closes only the socket that sent it.
 
-use crate::common::{assert_update, error_code, BackendKind, Peer, WAIT};
+use crate::common::{error_code, watcher_and_member, BackendKind, Peer, WAIT};
 use mesh_protocol::{command, PresenceUpdate};
-use mesh_server::TrackOptions;
 use serde_json::json;
 
 async fn malformed_frames_get_clear_errors(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .max_frame_bytes(4096)
-        .max_state_bytes(1024)
-        .track_presence(".*", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+        .serve_every_room_with(|b| b.max_frame_bytes(4096).max_state_bytes(1024))
+        .await;
     let mut a = Peer::connect(&server.url()).await;
     a.join("r").await;
 
@@ -64,11 +57,7 @@ async fn malformed_frames_get_clear_errors(kind: BackendKind) {
 
 async fn garbage_flood_closes_only_that_socket(kind: BackendKind) {
     let server = kind.serve_every_room().await;
-    let mut a = Peer::connect(&server.url()).await;
-    let mut b = Peer::connect(&server.url()).await;
-    a.subscribe("r").await;
-    b.join("r").await;
-    assert_update(&a.next_update().await, "join", &b.id, "r");
+    let (mut a, mut b) = watcher_and_member(&server.url(), "r").await;
 
     let flooder = Peer::connect(&server.url()).await;
     let flood = tokio::spawn(async move {

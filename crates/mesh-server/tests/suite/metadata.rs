@@ -27,11 +27,9 @@ async fn metadata_strategies_and_privacy(kind: BackendKind) {
         ),
     )
     .await;
-    let mine = a
-        .request(command::GET_MY_CONNECTION_METADATA, json!({}))
-        .await;
+    let mine = a.my_metadata().await;
     assert_eq!(
-        mine["metadata"],
+        mine,
         json!({"name": "Ada", "prefs": {"theme": "light", "lang": "en"}, "tags": [3]})
     );
     a.request(
@@ -39,11 +37,9 @@ async fn metadata_strategies_and_privacy(kind: BackendKind) {
         set(json!({"prefs": {"size": 2}}), "merge"),
     )
     .await;
-    let mine = a
-        .request(command::GET_MY_CONNECTION_METADATA, json!({}))
-        .await;
+    let mine = a.my_metadata().await;
     assert_eq!(
-        mine["metadata"],
+        mine,
         json!({"name": "Ada", "prefs": {"size": 2}, "tags": [3]})
     );
     a.request(
@@ -84,13 +80,7 @@ async fn metadata_strategies_and_privacy(kind: BackendKind) {
     server.shutdown().await;
 
     // Open metadata: anyone may ask.
-    let server = kind
-        .builder()
-        .await
-        .open_metadata(true)
-        .bind()
-        .await
-        .unwrap();
+    let server = kind.serve_with(|b| b.open_metadata(true)).await;
     let mut a = Peer::connect(&server.url()).await;
     let mut b = Peer::connect(&server.url()).await;
     a.request(
@@ -98,13 +88,8 @@ async fn metadata_strategies_and_privacy(kind: BackendKind) {
         json!({"metadata": {"open": 1}}),
     )
     .await;
-    let reply = b
-        .request(
-            command::GET_CONNECTION_METADATA,
-            json!({"connectionId": a.id}),
-        )
-        .await;
-    assert_eq!(reply["metadata"], json!({"open": 1}));
+    let metadata = b.metadata_of(&a.id).await;
+    assert_eq!(metadata, json!({"open": 1}));
     server.shutdown().await;
 }
 

@@ -1,7 +1,7 @@
 //! Rooms and presence: joining, publishing, clearing and leaving, what
 //! subscribers see of it, and what the server refuses.
 
-use crate::common::{assert_update, error_code, BackendKind, Peer};
+use crate::common::{assert_update, error_code, watcher_and_member, BackendKind, Peer};
 use mesh_protocol::{command, PresenceUpdate};
 use mesh_server::{Guard, TrackOptions};
 use serde_json::json;
@@ -24,12 +24,8 @@ async fn basic_commands(kind: BackendKind) {
 
 async fn join_state_leave_are_seen(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .track_presence("lobby", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+        .serve_with(|b| b.track_presence("lobby", TrackOptions::default()))
+        .await;
     let mut a = Peer::connect(&server.url()).await;
     let mut b = Peer::connect(&server.url()).await;
 
@@ -106,19 +102,17 @@ async fn join_state_leave_are_seen(kind: BackendKind) {
 async fn refusals(kind: BackendKind) {
     let guard = Guard::sync(|req| req.metadata["role"] == "admin");
     let server = kind
-        .builder()
-        .await
-        .track_presence("open", TrackOptions::default())
-        .track_presence(
-            "staff",
-            TrackOptions {
-                ttl: None,
-                guard: Some(guard),
-            },
-        )
-        .bind()
-        .await
-        .unwrap();
+        .serve_with(|b| {
+            b.track_presence("open", TrackOptions::default())
+                .track_presence(
+                    "staff",
+                    TrackOptions {
+                        ttl: None,
+                        guard: Some(guard),
+                    },
+                )
+        })
+        .await;
     let mut a = Peer::connect(&server.url()).await;
 
     // Untracked room: join works, presence does not.
@@ -168,12 +162,8 @@ async fn refusals(kind: BackendKind) {
 
 async fn unsubscribed_peer_gets_nothing(kind: BackendKind) {
     let server = kind
-        .builder()
-        .await
-        .track_presence("r", TrackOptions::default())
-        .bind()
-        .await
-        .unwrap();
+        .serve_with(|b| b.track_presence("r", TrackOptions::default()))
+        .await;
     let url = server.url();
     let (mut a, mut b, mut c) = (
         Peer::connect(&url).await,
@@ -195,11 +185,7 @@ async fn unsubscribed_peer_gets_nothing(kind: BackendKind) {
 
 async fn state_expiry_sends_one_null(kind: BackendKind) {
     let server = kind.serve_every_room().await;
-    let mut a = Peer::connect(&server.url()).await;
-    let mut b = Peer::connect(&server.url()).await;
-    a.subscribe("doc").await;
-    b.join("doc").await;
-    assert_update(&a.next_update().await, "join", &b.id, "doc");
+    let (mut a, mut b) = watcher_and_member(&server.url(), "doc").await;
 
     for round in 0..2 {
         let reply = b
@@ -233,11 +219,7 @@ async fn state_expiry_sends_one_null(kind: BackendKind) {
 
 async fn silent_state_is_stored_not_pushed(kind: BackendKind) {
     let server = kind.serve_every_room().await;
-    let mut a = Peer::connect(&server.url()).await;
-    let mut b = Peer::connect(&server.url()).await;
-    a.subscribe("r").await;
-    b.join("r").await;
-    assert_update(&a.next_update().await, "join", &b.id, "r");
+    let (mut a, mut b) = watcher_and_member(&server.url(), "r").await;
     let reply = b
         .request(
             command::PUBLISH_PRESENCE_STATE,
