@@ -41,7 +41,7 @@ use tauri::menu::{Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::{AppHandle, Emitter, Manager, Runtime, WebviewUrl, WebviewWindowBuilder, WindowEvent};
 use tauri_plugin_deep_link::DeepLinkExt;
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::invite::{Invite, Launch};
 use crate::state::AppState;
 use crate::store::{AppStore, STORE_FILE};
@@ -148,9 +148,8 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
             commands::set_settings,
             commands::connect,
             commands::publish,
-            commands::clear,
+            commands::clear_status,
             commands::read,
-            commands::status,
             commands::take_notices,
             commands::new_window,
             commands::users_window,
@@ -244,7 +243,7 @@ pub fn show_window<R: Runtime>(app: &AppHandle<R>) {
             .unminimize()
             .and_then(|()| window.show())
             .and_then(|()| window.set_focus())
-            .map_err(|e| AppError::new("EWINDOW", e.to_string())),
+            .map_err(|e| AppError::new(ErrorCode::Window, e.to_string())),
         None => open_window_labelled(app, "main"),
     };
     if let Err(e) = result {
@@ -288,6 +287,6 @@ fn open_window_labelled<R: Runtime>(app: &AppHandle<R>, label: &str) -> Result<(
         .inner_size(900.0, 640.0)
         .min_inner_size(420.0, 360.0)
         .build()
-        .map_err(|e| AppError::new("EWINDOW", format!("Could not open a window: {e}")))?;
+        .map_err(|e| AppError::new(ErrorCode::Window, format!("Could not open a window: {e}")))?;
     Ok(())
 }

@@ -1,12 +1,14 @@
 //! Building the presence state this app publishes for you.
 //!
-//! The state is what the seed demo publishes, `{userId, username, status}`,
-//! plus `expiresAt` (ms since the epoch) for a short-lived status, so that
+//! The state is `{userId, username, status}`, the fields other presence
+//! clients in the room (such as `createPresence` in JavaScript) read, plus
+//! `expiresAt` (ms since the epoch) for a short-lived status, so that
 //! other windows can show how long it has left; `availability` when you are
 //! not simply available (`away`, `busy`, `dnd`: chosen by hand); and
 //! `idleSince` (ms since the epoch) while automatic away holds, the marker
 //! that says you have not touched the machine since then. Automatic away
-//! only ever adds or removes that marker: what you chose stays. The `userId` always comes from
+//! only ever adds or removes that marker: what you chose stays. The
+//! `userId` always comes from
 //! the store, never from the webview: it is what groups your windows.
 
 use mesh_client::presence::CHANGED_AT;
