@@ -28,7 +28,10 @@ pub enum UsersDiff {
     /// and after a resync (a reconnect) or falling behind. It replaces
     /// whatever the subscriber had.
     Full(Vec<User>),
-    /// What changed since the previous diff.
+    /// What changed since the previous diff: every change a row can show
+    /// (state, its time, tabs, members). Which connection sent a state
+    /// ([`User::representative`], bookkeeping for tab sync) is not a change
+    /// of its own, so a copy's may lag behind the engine's.
     Changed {
         /// Users who appeared or changed, sorted by id, as they are now.
         upserted: Vec<User>,
