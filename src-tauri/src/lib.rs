@@ -9,7 +9,7 @@
 //! * [`store`]: the user id, [`settings`] and last state per room, kept in
 //!   one JSON file that is replaced atomically and never lost to damage;
 //!   [`my_state`] builds the state we publish.
-//! * [`user_list`]: the list's rows and what changed each frame;
+//! * [`user_list`]: the list's rows, built from the presence helper's diffs;
 //!   [`list_view`] keeps it sorted and gives the page only the rows it shows.
 //! * [`invite`]: a room opened from the command line or an invite link;
 //!   [`tray`]: the tray icon and its menu; [`idle`]: automatic away.
