@@ -194,8 +194,12 @@ fn the_tray_menu_changes_what_a_peer_sees_and_quits_cleanly() {
             .map(|(id, _)| id.clone())
             .expect("my connection")
     });
-    app.js("window.__TAURI__.core.invoke('tray_menu', {id: 'tray-quit'}); return true")
-        .unwrap();
+    // Asked for after the script has answered: the app is gone right after.
+    app.js(
+        "setTimeout(() => window.__TAURI__.core.invoke('tray_menu', {id: 'tray-quit'}), 100); \
+         return true",
+    )
+    .unwrap();
     rt.block_on(wait_leave(&mut bob, &me));
 }
 
