@@ -9,7 +9,7 @@
 //! * [`store`]: the user id, [`settings`] and last state per room, kept in
 //!   one JSON file that is replaced atomically and never lost to damage;
 //!   [`my_state`] builds the state we publish.
-//! * [`user_list`]: the list's rows and what changed each frame;
+//! * [`user_list`]: the list's rows, built from the presence helper's diffs;
 //!   [`list_view`] keeps it sorted and gives the page only the rows it shows.
 //! * [`rendering`]: how WebKit draws on a machine without a GPU.
 //!

@@ -263,7 +263,6 @@ mod tests {
     fn diff(full: bool, upsert: Vec<UserRow>, remove: &[&str]) -> ListDiff {
         ListDiff {
             full,
-            count: 0,
             upsert,
             remove: remove.iter().map(|s| s.to_string()).collect(),
         }

@@ -19,7 +19,7 @@ use crate::events::{self, StatusPayload};
 use crate::list_view::{ListView, UsersWindow};
 use crate::my_state;
 use crate::store::{state_key, AppStore};
-use crate::user_list::{ListDiffer, VerifiedNames};
+use crate::user_list::{RowMapper, VerifiedNames};
 
 /// The shortest gap between two `presence://users` events: one frame at 60 Hz.
 /// Changes that arrive in between are merged into the next event.
@@ -334,16 +334,18 @@ async fn forward_users<R: Runtime>(
     verified: Option<VerifiedNames>,
     resync: Arc<Notify>,
 ) {
-    let mut users = presence.users();
-    let mut differ = ListDiffer::with_verified(verified);
+    // The first diff is the full list.
+    let mut diffs = presence.diffs();
+    let rows = RowMapper::new(&me, verified);
+    let mut next = diffs.recv().await;
     loop {
-        // Diffed in place: the list is only read, and copying 5k users
-        // every frame would cost more than the diff.
-        let diff = differ.diff(&users.borrow_and_update(), &me);
         let event = {
             let mut list = lock(&list);
-            if let Some(diff) = diff {
-                list.apply(diff);
+            // Every diff that is ready goes into this frame.
+            while let Some(diff) = next.take().or_else(|| diffs.try_recv()) {
+                if let Some(diff) = rows.rows(diff) {
+                    list.apply(diff);
+                }
             }
             list.event()
         };
@@ -352,11 +354,10 @@ async fn forward_users<R: Runtime>(
         }
         tokio::time::sleep(FRAME).await;
         tokio::select! {
-            changed = users.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-            }
+            diff = diffs.recv() => match diff {
+                Some(diff) => next = Some(diff),
+                None => break,
+            },
             () = resync.notified() => lock(&list).reset(),
         }
     }
