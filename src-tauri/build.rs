@@ -13,6 +13,7 @@ const COMMANDS: &[&str] = &[
     "users_window",
     "invite_link",
     "tray_menu",
+    "clear_last_seen",
 ];
 
 fn main() {

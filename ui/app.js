@@ -54,6 +54,42 @@ function showNotice(message) {
   $("notices").append(box);
 }
 
+let lastSeen = [];
+
+/** "left 12 min ago": minutes, then hours. */
+function leftAgo(leftAt, now) {
+  const minutes = Math.max(0, Math.floor((now - leftAt) / 60000));
+  if (minutes < 1) return "left just now";
+  if (minutes < 60) return `left ${minutes} min ago`;
+  return `left ${Math.floor(minutes / 60)} h ago`;
+}
+
+/** People who left in the last 24 hours, below the present ones, dimmed. */
+function showLastSeen(departures) {
+  lastSeen = departures;
+  const now = Date.now();
+  const items = departures.map((d) => {
+    const li = document.createElement("li");
+    li.dataset.userId = d.id;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = d.username || d.id;
+    const when = document.createElement("span");
+    when.className = "left-ago";
+    when.textContent = leftAgo(d.leftAt, now);
+    when.title = new Date(d.leftAt).toLocaleString();
+    const status = document.createElement("span");
+    status.className = "last-status";
+    status.textContent = d.status;
+    status.title = d.status;
+    li.append(name, when, status);
+    return li;
+  });
+  $("last-seen-list").replaceChildren(...items);
+  $("last-seen").hidden = departures.length === 0;
+}
+setInterval(() => lastSeen.length && showLastSeen(lastSeen), 30000);
+
 function showError(message) {
   $("error-text").textContent = message;
   $("error").hidden = false;
@@ -140,6 +176,7 @@ $("open-settings").addEventListener("click", async () => {
   $("settings").showModal();
 });
 $("settings-cancel").addEventListener("click", () => $("settings").close());
+$("clear-last-seen").addEventListener("click", () => call("clear_last_seen").catch(() => {}));
 $("settings-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   const settings = {
@@ -166,6 +203,7 @@ async function start() {
   await listen("mesh://status", (e) => showStatus(e.payload));
   await listen("mesh://error", (e) => showError(e.payload.message));
   await listen("app://notice", (e) => showNotice(e.payload));
+  await listen("presence://last-seen", (e) => showLastSeen(e.payload));
   await listen("app://availability", (e) => ($("availability").value = e.payload));
   await listen("app://edit-status", () => $("status").focus());
 

@@ -216,3 +216,15 @@ pub fn invite_link<R: Runtime>(
 pub async fn tray_menu<R: Runtime>(app: AppHandle<R>, id: String) -> Result<(), AppError> {
     crate::tray::handle_menu(&app, &id).await
 }
+
+/// Forgets who left lately, in every window's room and in the store.
+#[tauri::command]
+pub fn clear_last_seen(app_state: State<'_, AppState>) -> Result<(), AppError> {
+    let room = app_state.store().settings().room;
+    app_state
+        .store()
+        .key_value()
+        .remove(&crate::last_seen::key(&room))?;
+    app_state.for_each_session(|session| session.clear_last_seen());
+    Ok(())
+}

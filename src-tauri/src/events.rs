@@ -14,6 +14,10 @@ pub const STATUS: &str = "mesh://status";
 /// Something the user should know that is not an error (a token that was
 /// not carried to another server): a message string.
 pub const NOTICE: &str = "app://notice";
+/// Who left the room in the last 24 hours, newest first
+/// ([`crate::last_seen::Departure`]s); sent with the first list and when it
+/// changes.
+pub const LAST_SEEN: &str = "presence://last-seen";
 /// Your availability was changed outside the window (the tray's menu): the
 /// new one, for the window's picker.
 pub const AVAILABILITY: &str = "app://availability";

@@ -9,6 +9,7 @@
 //! * [`store`]: the user id, [`settings`] and last state per room, kept in
 //!   one JSON file that is replaced atomically and never lost to damage;
 //!   [`my_state`] builds the state we publish.
+//! * [`last_seen`]: who left the room lately, kept across restarts.
 //! * [`user_list`]: the list's rows, built from the presence helper's diffs;
 //!   [`list_view`] keeps it sorted and gives the page only the rows it shows.
 //! * [`invite`]: a room opened from the command line or an invite link;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod events;
 pub mod idle;
 pub mod invite;
+pub mod last_seen;
 pub mod list_view;
 pub mod my_state;
 pub mod rendering;
@@ -155,6 +157,7 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
             commands::users_window,
             commands::invite_link,
             commands::tray_menu,
+            commands::clear_last_seen,
         ])
         .on_menu_event(|app, event| {
             if event.id() == NEW_WINDOW_MENU_ID {

@@ -98,6 +98,13 @@ impl SortedList {
             .collect()
     }
 
+    /// The row of user `id`, if they are in the list.
+    pub fn get(&self, id: &str) -> Option<&UserRow> {
+        let key = self.keys.get(id)?;
+        let i = self.rows.binary_search_by(|e| e.key.cmp(key)).ok()?;
+        Some(&self.rows[i].row)
+    }
+
     /// Applies a diff. A changed row that keeps its place is replaced where
     /// it is; rows that come, go or move are merged in with one pass over
     /// the list and a sort that finds it already nearly in order.

@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, watch, Notify};
 
 use crate::error::{lock, AppError, ErrorCode};
 use crate::events::{self, StatusPayload};
+use crate::last_seen::LastSeen;
 use crate::list_view::{ListView, UsersWindow};
 use crate::my_state;
 use crate::store::{state_key, AppStore};
@@ -59,6 +60,8 @@ pub struct Session {
     expiry: Mutex<Option<JoinHandle<()>>>,
     /// How many people are in the room (for the tray).
     people: watch::Receiver<usize>,
+    /// Who left the room lately (shared with the task that sees them go).
+    last_seen: Arc<Mutex<LastSeen>>,
     /// Tells this session from any other the app ever had.
     serial: u64,
 }
@@ -139,6 +142,11 @@ impl Session {
         let resync = Arc::new(Notify::new());
         let list = Arc::new(Mutex::new(ListView::new()));
         let (count, people) = watch::channel(0);
+        let last_seen = Arc::new(Mutex::new(LastSeen::load(
+            store.clone(),
+            &target.room,
+            mesh_protocol::now_millis(),
+        )));
         let tasks = vec![
             tauri::async_runtime::spawn(count_people(presence.clone(), count)),
             tauri::async_runtime::spawn(forward_status(
@@ -151,10 +159,10 @@ impl Session {
                 app,
                 label,
                 presence.clone(),
-                user_id.clone(),
+                RowMapper::new(&user_id, verified),
                 list.clone(),
-                verified,
                 resync.clone(),
+                last_seen.clone(),
             )),
         ];
         let session = Session {
@@ -167,6 +175,7 @@ impl Session {
             tasks,
             expiry: Mutex::new(None),
             people,
+            last_seen,
             serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         // `Presence::new` published the restored state; a short-lived one
@@ -236,6 +245,12 @@ impl Session {
     /// until it is closed.
     pub async fn close(&self) {
         self.client.close().await;
+    }
+
+    /// Forgets who left the room lately, and tells the page.
+    pub fn clear_last_seen(&self) {
+        lock(&self.last_seen).clear();
+        self.resync.notify_one();
     }
 
     /// A number no other session of this app has.
@@ -396,28 +411,36 @@ async fn forward_users<R: Runtime>(
     app: AppHandle<R>,
     label: String,
     presence: Arc<Presence>,
-    me: String,
+    rows: RowMapper,
     list: Arc<Mutex<ListView>>,
-    verified: Option<VerifiedNames>,
     resync: Arc<Notify>,
+    last_seen: Arc<Mutex<LastSeen>>,
 ) {
     // The first diff is the full list.
     let mut diffs = presence.diffs();
-    let rows = RowMapper::new(&me, verified);
     let mut next = diffs.recv().await;
+    // Last seen goes to the page with the first list, and when it changes.
+    let mut departed = true;
     loop {
-        let event = {
+        let (event, departures) = {
             let mut list = lock(&list);
+            let mut last_seen = lock(&last_seen);
             // Every diff that is ready goes into this frame.
             while let Some(diff) = next.take().or_else(|| diffs.try_recv()) {
                 if let Some(diff) = rows.rows(diff) {
+                    let now = mesh_protocol::now_millis();
+                    departed |= last_seen.observe(&list, &diff, now);
                     list.apply(diff);
                 }
             }
-            list.event()
+            let departures = std::mem::take(&mut departed).then(|| last_seen.entries().to_vec());
+            (list.event(), departures)
         };
         if let Some(event) = event {
             events::emit(&app, &label, events::USERS, event);
+        }
+        if let Some(departures) = departures {
+            events::emit(&app, &label, events::LAST_SEEN, departures);
         }
         tokio::time::sleep(FRAME).await;
         tokio::select! {
@@ -425,7 +448,10 @@ async fn forward_users<R: Runtime>(
                 Some(diff) => next = Some(diff),
                 None => break,
             },
-            () = resync.notified() => lock(&list).reset(),
+            () = resync.notified() => {
+                lock(&list).reset();
+                departed = true;
+            }
         }
     }
 }

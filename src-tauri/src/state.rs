@@ -96,6 +96,16 @@ impl AppState {
         self.sessions.lock().ok()?.values().next().cloned()
     }
 
+    /// Runs `f` on every window's session.
+    pub fn for_each_session(&self, f: impl Fn(&Session)) {
+        let sessions: Vec<_> = self
+            .sessions
+            .lock()
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
+        sessions.iter().for_each(|s| f(s));
+    }
+
     /// Leaves the room on every connection and waits until each is closed:
     /// peers see you leave now, not when your connection times out.
     pub async fn leave_all(&self) {

@@ -1,6 +1,6 @@
 //! What the app does from outside its window: a room opened from the
 //! command line or an invite link (in the running copy: single instance),
-//! the tray's menu, automatic away.
+//! the tray's menu, automatic away, last seen.
 
 use super::*;
 
@@ -260,5 +260,72 @@ fn automatic_away_marks_me_for_peers_and_back_keeping_what_i_chose() {
     })
     .unwrap();
     app.screenshot("02-back").unwrap();
+    app.quit().unwrap();
+}
+
+/// The names, times and statuses under "Left recently".
+fn last_seen(app: &mesh_presence_e2e::app::App) -> Result<Vec<Value>, String> {
+    let v = app.js("if (document.getElementById('last-seen').hidden) return [];
+         return Array.from(document.querySelectorAll('#last-seen-list li')).map(li => ({
+           name: li.querySelector('.name').textContent,
+           ago: li.querySelector('.left-ago').textContent,
+           status: li.querySelector('.last-status').textContent }))")?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn who_left_stays_under_last_seen_across_a_restart_until_cleared() {
+    let out = output_dir("who_left_stays_under_last_seen_across_a_restart_until_cleared");
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let server = StandaloneServer::start(&["--addr", "127.0.0.1:0"]);
+    let url = server.url();
+    let rt = runtime();
+    let app = driver.launch_with(&["--server", &url]).unwrap();
+    app.wait_connection("online").unwrap();
+    let bob = json!({"userId": "bob", "username": "Bob", "status": "off to the dentist"});
+    let bob = rt.block_on(Peer::join(&url, bob));
+    let carol = json!({"userId": "carol", "username": "Carol", "status": "here"});
+    let _carol = rt.block_on(Peer::join(&url, carol));
+    app.wait_rows("Bob and Carol", |rows| rows.len() == 3)
+        .unwrap();
+
+    rt.block_on(bob.client.close());
+    let seen = wait_for("Bob under last seen", UI_TIMEOUT, || {
+        let seen = last_seen(&app)?;
+        Ok((seen.len() == 1).then_some(seen))
+    })
+    .unwrap();
+    assert_eq!(seen[0]["name"], "Bob");
+    assert_eq!(seen[0]["ago"], "left just now");
+    assert_eq!(seen[0]["status"], "off to the dentist", "his last status");
+    let rows = app.rows().unwrap();
+    assert_eq!(rows.len(), 2, "present: Carol and me: {rows:?}");
+    let dimmed = app
+        .js("return Number(getComputedStyle(document.getElementById('last-seen')).opacity)")
+        .unwrap();
+    assert!(dimmed.as_f64().unwrap() < 1.0, "dimmed: {dimmed}");
+    app.screenshot("01-bob-left").unwrap();
+    app.quit().unwrap();
+
+    // A restart remembers him.
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    let seen = wait_for("Bob under last seen after a restart", UI_TIMEOUT, || {
+        let seen = last_seen(&app)?;
+        Ok((seen.len() == 1).then_some(seen))
+    })
+    .unwrap();
+    assert_eq!(seen[0]["name"], "Bob");
+    app.screenshot("02-after-a-restart").unwrap();
+
+    // Settings → Clear last seen forgets him.
+    app.click("#open-settings").unwrap();
+    app.click("#clear-last-seen").unwrap();
+    app.click("#settings-cancel").unwrap();
+    wait_for("last seen cleared", UI_TIMEOUT, || {
+        Ok(last_seen(&app)?.is_empty().then_some(()))
+    })
+    .unwrap();
     app.quit().unwrap();
 }
