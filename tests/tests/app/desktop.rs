@@ -321,6 +321,7 @@ fn who_left_stays_under_last_seen_across_a_restart_until_cleared() {
 
     // Settings → Clear last seen forgets him.
     app.click("#open-settings").unwrap();
+    app.screenshot("03-settings").unwrap();
     app.click("#clear-last-seen").unwrap();
     app.click("#settings-cancel").unwrap();
     wait_for("last seen cleared", UI_TIMEOUT, || {
