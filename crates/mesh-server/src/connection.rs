@@ -355,8 +355,12 @@ pub(crate) struct Connection {
     /// When the connection is considered dead without a pong.
     alive_until: Instant,
     latency_sent: Option<Instant>,
-    /// Pings sent that no pong has answered yet.
+    /// Pings sent that no pong has answered yet (at most one: another
+    /// ping behind an unanswered one would only wait behind it).
     pings_unanswered: u32,
+    /// How far into the stream the client has shown it read: the end of
+    /// the last ping it answered.
+    read_proven: u64,
     /// When this connection's presence TTLs were last pushed back.
     ttl_refreshed: Instant,
     bad_frames: Allowance,
@@ -414,6 +418,7 @@ impl Connection {
         let bad_frames = Allowance::new(limits.max_bad_frames, now);
         let control_frames = Allowance::new(limits.max_control_frames, now);
         Connection {
+            read_proven: 0,
             alive_until: now + server.shared.config.liveness_window(),
             id,
             server,
@@ -514,23 +519,24 @@ impl Connection {
                 _ = crate::server::stopped(shutdown) => return Ending::Shutdown,
                 _ = outbox.overflowed() => return Ending::SlowConsumer,
                 _ = &mut deadline => {
-                    // Still taking in what we send it? Then its pong is
-                    // late behind our own backlog to it, not missing.
-                    let progress = outbox.last_progress() + config.liveness_window();
-                    if progress <= Instant::now() {
+                    let until = self.pong_excused_until();
+                    if until <= Instant::now() {
                         return Ending::Unresponsive;
                     }
-                    self.alive_until = progress;
+                    self.alive_until = until;
                 }
                 _ = outbox.drained(), if backlogged => {}
                 _ = &mut expiry, if self.token_expires.is_some() => return Ending::TokenExpired,
-                _ = ping.tick() => {
-                    self.pings_unanswered = self.pings_unanswered.saturating_add(1);
-                    self.heartbeat(Frame::push(command::PING, json!({})));
+                _ = ping.tick(), if self.pings_unanswered == 0 => {
+                    self.pings_unanswered = 1;
+                    self.heartbeat(Kind::Ping, Frame::push(command::PING, json!({})));
                 }
                 _ = latency.tick() => {
                     self.latency_sent = Some(Instant::now());
-                    self.heartbeat(Frame::push(command::LATENCY_REQUEST, json!({})));
+                    self.heartbeat(
+                        Kind::Heartbeat,
+                        Frame::push(command::LATENCY_REQUEST, json!({})),
+                    );
                 }
                 msg = stream.next(), if !backlogged => match msg {
                     Some(Ok(Message::Text(text))) => {
@@ -600,6 +606,11 @@ impl Connection {
             command::PONG => {
                 let asked = self.pings_unanswered > 0;
                 self.pings_unanswered = self.pings_unanswered.saturating_sub(1);
+                if asked {
+                    if let Some(ping) = self.outbox.last_ping() {
+                        self.read_proven = ping.end;
+                    }
+                }
                 if !asked && self.control_frames.spend(Instant::now()) {
                     return Some(Ending::ControlFlood);
                 }
@@ -640,6 +651,30 @@ impl Connection {
         None
     }
 
+    /// Until when a pong missing at its deadline is excused.
+    ///
+    /// A pong comes only after the client has read everything sent before
+    /// its ping. While our writer still gets frames into the socket, the
+    /// client is reading (or its buffers have room), so the pong is late
+    /// behind that backlog, not missing. Once the backlog is all in the
+    /// socket's buffers, the client's reading of it cannot be watched; the
+    /// pong is then excused for as long as the slowest counted reader
+    /// needs to read what came before the ping.
+    fn pong_excused_until(&self) -> Instant {
+        let config = &self.server.shared.config;
+        let window = config.liveness_window();
+        let writing = self.outbox.last_progress() + window;
+        let reading = self
+            .outbox
+            .last_ping()
+            .filter(|_| self.pings_unanswered > 0)
+            .and_then(|ping| {
+                let unread = ping.end.saturating_sub(self.read_proven);
+                Some(ping.at + window + config.time_to_read(unread)?)
+            });
+        reading.map_or(writing, |reading| reading.max(writing))
+    }
+
     /// A pong proves the connection alive and pushes back its presence
     /// TTLs. The TTLs are pushed back at most once per half of the shortest
     /// one, however often pongs come: each refresh is a backend write per
@@ -676,9 +711,8 @@ impl Connection {
     }
 
     /// Queues a ping or latency probe.
-    fn heartbeat(&self, frame: Frame) {
-        self.outbox
-            .push(Outgoing::text(Kind::Heartbeat, &frame.encode()));
+    fn heartbeat(&self, kind: Kind, frame: Frame) {
+        self.outbox.push(Outgoing::text(kind, &frame.encode()));
     }
 
     /// Queues a reply to one of this connection's requests.

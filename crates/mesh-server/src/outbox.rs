@@ -47,6 +47,9 @@ pub(crate) enum Kind {
     /// A ping, a latency probe, or the WebSocket layer's own pong: bounded
     /// like pushes, but writing one does not show that the client reads.
     Heartbeat,
+    /// A ping: a heartbeat whose place in the stream is recorded once it
+    /// is written (see [`Outbox::last_ping`]).
+    Ping,
     /// The answer to one of the connection's requests.
     Reply,
     /// The close frame: the last thing written.
@@ -177,12 +180,25 @@ struct Queue {
     push_bytes: usize,
     /// Bytes of replies queued or being written.
     reply_bytes: usize,
+    /// Bytes of whole frames written into the socket so far.
+    written: u64,
+    /// The last ping written.
+    last_ping: Option<PingMark>,
     /// When the writer last got bytes of anything but heartbeats into the
     /// socket: the client was reading, or its buffers had room.
     progress: Instant,
     overflowed: bool,
     /// A close frame is queued: nothing more is accepted.
     closing: bool,
+}
+
+/// Where in the stream a ping ended, and when it was written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PingMark {
+    /// Bytes written up to and including the ping: its pong shows the
+    /// client has read this far.
+    pub(crate) end: u64,
+    pub(crate) at: Instant,
 }
 
 impl Outbox {
@@ -193,6 +209,8 @@ impl Outbox {
                 items: VecDeque::new(),
                 push_bytes: 0,
                 reply_bytes: 0,
+                written: 0,
+                last_ping: None,
                 progress: Instant::now(),
                 overflowed: false,
                 closing: false,
@@ -228,7 +246,7 @@ impl Outbox {
             return false;
         }
         match kind {
-            Kind::Push | Kind::Heartbeat => {
+            Kind::Push | Kind::Heartbeat | Kind::Ping => {
                 if q.push_bytes + len > self.0.limit {
                     q.overflowed = true;
                     self.0.overflow.notify_one();
@@ -307,6 +325,11 @@ impl Outbox {
         self.queue().progress
     }
 
+    /// The last ping written into the socket, if any.
+    pub(crate) fn last_ping(&self) -> Option<PingMark> {
+        self.queue().last_ping
+    }
+
     /// Everything queued, once there is something; the queue left behind
     /// is empty and owns no memory.
     async fn take(&self) -> VecDeque<Outgoing> {
@@ -321,14 +344,21 @@ impl Outbox {
         }
     }
 
-    /// The writer got `pushes` and `replies` bytes of whole frames into the
-    /// socket, and bytes of frames other than heartbeats if `real`.
-    fn wrote(&self, pushes: usize, replies: usize, real: bool) {
+    /// The writer got `w` into the socket.
+    fn wrote(&self, w: Written) {
         let mut q = self.queue();
-        q.push_bytes -= pushes;
-        q.reply_bytes -= replies;
-        if real {
-            q.progress = Instant::now();
+        q.push_bytes -= w.pushes;
+        q.reply_bytes -= w.replies;
+        q.written += (w.pushes + w.replies) as u64;
+        let now = Instant::now();
+        if w.real {
+            q.progress = now;
+        }
+        if w.pinged {
+            q.last_ping = Some(PingMark {
+                end: q.written - w.after_ping as u64,
+                at: now,
+            });
         }
         drop(q);
         self.0.drained.notify_one();
@@ -502,6 +532,20 @@ impl<'a> Frames<'a> {
     }
 }
 
+/// What one write got into the socket.
+#[derive(Default)]
+struct Written {
+    /// Bytes of whole push and heartbeat frames.
+    pushes: usize,
+    /// Bytes of whole replies.
+    replies: usize,
+    /// Bytes of a frame other than a heartbeat, whole or not.
+    real: bool,
+    /// A ping was completed, followed by `after_ping` bytes of whole frames.
+    pinged: bool,
+    after_ping: usize,
+}
+
 /// Writes every frame of `batch` (up to and including a close frame),
 /// reporting progress to `outbox` after each write.
 async fn write_all(
@@ -530,10 +574,11 @@ async fn write_all(
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        let (mut left, mut pushes, mut replies, mut real) = (written, 0, 0, false);
+        let mut left = written;
+        let mut w = Written::default();
         while left > 0 {
             let Some(front) = pending.front() else { break };
-            real |= front.kind != Kind::Heartbeat;
+            w.real |= !matches!(front.kind, Kind::Heartbeat | Kind::Ping);
             let rest = front.bytes.len() - offset;
             if left < rest {
                 offset += left;
@@ -544,13 +589,24 @@ async fn write_all(
             let done = pending.pop_front().expect("front exists");
             if let Some(len) = done.frame_end {
                 match done.kind {
-                    Kind::Push | Kind::Heartbeat => pushes += len,
-                    Kind::Reply => replies += len,
+                    Kind::Push | Kind::Heartbeat => {
+                        w.pushes += len;
+                        w.after_ping += len;
+                    }
+                    Kind::Ping => {
+                        w.pushes += len;
+                        w.pinged = true;
+                        w.after_ping = 0;
+                    }
+                    Kind::Reply => {
+                        w.replies += len;
+                        w.after_ping += len;
+                    }
                     Kind::Close => return Ok(()),
                 }
             }
         }
-        outbox.wrote(pushes, replies, real);
+        outbox.wrote(w);
     }
 }
 
