@@ -95,7 +95,7 @@ $("presence-form").addEventListener("submit", (e) => {
 $("clear").addEventListener("click", () => {
   $("status").value = "";
   $("expire").value = "";
-  call("clear").catch(() => {});
+  call("clear_status").catch(() => {});
 });
 
 $("new-window").addEventListener("click", () => call("new_window").catch(() => {}));

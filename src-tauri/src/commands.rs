@@ -121,9 +121,11 @@ pub async fn publish<R: Runtime>(
     Ok(published)
 }
 
-/// Clears your status (your name stays, so you keep your row).
+/// Publishes your state with an empty status: your name stays, so you keep
+/// your row. (Not [`Presence::clear`](mesh_client::presence::Presence::clear),
+/// which takes your state away altogether.)
 #[tauri::command]
-pub async fn clear<R: Runtime>(
+pub async fn clear_status<R: Runtime>(
     window: WebviewWindow<R>,
     app_state: State<'_, AppState>,
 ) -> Result<Value, AppError> {
@@ -147,15 +149,6 @@ pub fn read(app_state: State<'_, AppState>) -> Option<Value> {
 #[tauri::command]
 pub fn take_notices(app_state: State<'_, AppState>) -> Vec<String> {
     app_state.take_notices()
-}
-
-/// This window's connection status.
-#[tauri::command]
-pub fn status<R: Runtime>(
-    window: WebviewWindow<R>,
-    app_state: State<'_, AppState>,
-) -> StatusPayload {
-    app_state.status(window.label())
 }
 
 /// Rows `start..end` of this window's user list, sorted as shown, with the

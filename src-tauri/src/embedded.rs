@@ -45,7 +45,7 @@ pub async fn start(first_port: u16) -> Result<RunningServer, AppError> {
         }
     }
     Err(AppError::new(
-        "ESERVER",
+        mesh_protocol::ErrorCode::Server,
         format!("Could not start the embedded server: {last_error}"),
     ))
 }

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use tauri::menu::{Menu, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::{AppHandle, Manager, Runtime, WebviewUrl, WebviewWindowBuilder, WindowEvent};
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use crate::store::{AppStore, STORE_FILE};
 
@@ -88,9 +88,8 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
             commands::set_settings,
             commands::connect,
             commands::publish,
-            commands::clear,
+            commands::clear_status,
             commands::read,
-            commands::status,
             commands::take_notices,
             commands::new_window,
             commands::users_window,
@@ -147,6 +146,6 @@ fn open_window_labelled<R: Runtime>(app: &AppHandle<R>, label: &str) -> Result<(
         .inner_size(900.0, 640.0)
         .min_inner_size(420.0, 360.0)
         .build()
-        .map_err(|e| AppError::new("EWINDOW", format!("Could not open a window: {e}")))?;
+        .map_err(|e| AppError::new(ErrorCode::Window, format!("Could not open a window: {e}")))?;
     Ok(())
 }

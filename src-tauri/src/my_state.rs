@@ -1,7 +1,8 @@
 //! Building the presence state this app publishes for you.
 //!
-//! The state is what the seed demo publishes, `{userId, username, status}`,
-//! plus `expiresAt` (ms since the epoch) for a short-lived status, so that
+//! The state is `{userId, username, status}`, the fields other presence
+//! clients in the room (such as `createPresence` in JavaScript) read, plus
+//! `expiresAt` (ms since the epoch) for a short-lived status, so that
 //! other windows can show how long it has left. The `userId` always comes from
 //! the store, never from the webview: it is what groups your windows.
 

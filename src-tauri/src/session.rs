@@ -4,7 +4,7 @@
 //! Each window is its own connection, like a browser tab: two windows are
 //! two members of the room, grouped into one row by the shared user id.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh_client::presence::{GroupKey, Presence};
@@ -14,7 +14,7 @@ use tauri::async_runtime::JoinHandle;
 use tauri::{AppHandle, Runtime};
 use tokio::sync::{broadcast, Notify};
 
-use crate::error::AppError;
+use crate::error::{lock, AppError, ErrorCode};
 use crate::events::{self, StatusPayload};
 use crate::list_view::{ListView, UsersWindow};
 use crate::my_state;
@@ -126,7 +126,7 @@ impl Session {
             store.presence_store(),
         )
         .await
-        .map_err(|e| AppError::new("ESERVER", format!("Could not join {}: {e}", target.room)))?;
+        .map_err(|e| AppError::from(e).context(&format!("Could not join {}", target.room)))?;
         let presence = Arc::new(presence);
 
         let resync = Arc::new(Notify::new());
@@ -171,10 +171,7 @@ impl Session {
 
     /// Rows `start..end` of the list, which become the page's window.
     pub fn users_window(&self, start: usize, end: usize) -> Result<UsersWindow, AppError> {
-        self.list
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .request(start, end)
+        lock(&self.list).request(start, end)
     }
 
     /// The connection's status right now.
@@ -208,10 +205,11 @@ impl Session {
         state: Value,
         expire_after_ms: Option<u64>,
     ) -> Result<Value, AppError> {
-        let published =
-            self.presence.publish(state).await.map_err(|e| {
-                AppError::new("ESERVER", format!("Could not publish your state: {e}"))
-            })?;
+        let published = self
+            .presence
+            .publish(state)
+            .await
+            .map_err(|e| AppError::from(e).context("Could not publish your state"))?;
         // The timer compares against the state as published, `changedAt`
         // included: that is what the store holds until something newer.
         self.clear_on_expiry(published.clone(), expire_after_ms);
@@ -233,12 +231,7 @@ impl Session {
                 }
             })
         });
-        if let Some(old) = self
-            .expiry
-            .lock()
-            .ok()
-            .and_then(|mut t| std::mem::replace(&mut *t, timer))
-        {
+        if let Some(old) = std::mem::replace(&mut *lock(&self.expiry), timer) {
             old.abort();
         }
     }
@@ -249,7 +242,7 @@ impl Drop for Session {
         for task in &self.tasks {
             task.abort();
         }
-        if let Some(timer) = self.expiry.lock().ok().and_then(|mut t| t.take()) {
+        if let Some(timer) = lock(&self.expiry).take() {
             timer.abort();
         }
         // Closing the connection takes us out of the room on the server; the
@@ -260,12 +253,15 @@ impl Drop for Session {
 }
 
 fn unreachable_server(url: &str, reason: String) -> AppError {
-    AppError::new("EOFFLINE", format!("Could not connect to {url}: {reason}"))
+    AppError::new(
+        ErrorCode::Offline,
+        format!("Could not connect to {url}: {reason}"),
+    )
 }
 
 fn token_refused(url: &str) -> AppError {
     AppError::new(
-        "EUNAUTHORIZED",
+        ErrorCode::Unauthorized,
         format!(
             "{url} refused your token (missing, invalid or expired). \
              Set the one you were given in Settings → Token."
@@ -345,7 +341,7 @@ async fn forward_users<R: Runtime>(
         // every frame would cost more than the diff.
         let diff = differ.diff(&users.borrow_and_update(), &me);
         let event = {
-            let mut list = list.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut list = lock(&list);
             if let Some(diff) = diff {
                 list.apply(diff);
             }
@@ -361,7 +357,7 @@ async fn forward_users<R: Runtime>(
                     break;
                 }
             }
-            () = resync.notified() => list.lock().unwrap_or_else(PoisonError::into_inner).reset(),
+            () = resync.notified() => lock(&list).reset(),
         }
     }
 }

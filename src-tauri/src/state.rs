@@ -9,7 +9,7 @@ use tauri::{AppHandle, Manager, Runtime};
 use tokio::sync::OnceCell;
 
 use crate::embedded;
-use crate::error::AppError;
+use crate::error::{lock, AppError};
 use crate::events::{self, StatusPayload};
 use crate::session::{Session, Target};
 use crate::settings::Settings;
@@ -52,17 +52,12 @@ impl AppState {
 
     /// Adds something the next window to ask must tell the user.
     pub fn notify(&self, notice: String) {
-        if let Ok(mut notices) = self.notices.lock() {
-            notices.push(notice);
-        }
+        lock(&self.notices).push(notice);
     }
 
     /// What the user has not been told yet; each notice is handed out once.
     pub fn take_notices(&self) -> Vec<String> {
-        self.notices
-            .lock()
-            .map(|mut n| std::mem::take(&mut *n))
-            .unwrap_or_default()
+        std::mem::take(&mut *lock(&self.notices))
     }
 
     /// The persistent store.
@@ -77,26 +72,14 @@ impl AppState {
 
     /// The session of window `label`, if it is connected.
     pub fn session(&self, label: &str) -> Option<Arc<Session>> {
-        self.sessions.lock().ok()?.get(label).cloned()
+        lock(&self.sessions).get(label).cloned()
     }
 
     /// Forgets window `label`'s session, closing its connection.
     pub fn remove_session(&self, label: &str) {
-        let removed = self.sessions.lock().ok().and_then(|mut s| s.remove(label));
+        let removed = lock(&self.sessions).remove(label);
         // Dropped here, outside the lock: dropping starts the close.
         drop(removed);
-    }
-
-    /// Window `label`'s status; `offline` when it has no session.
-    pub fn status(&self, label: &str) -> StatusPayload {
-        match self.session(label) {
-            Some(session) => session.status(),
-            None => {
-                let settings = self.store.settings();
-                let url = settings.server_url.clone().unwrap_or_default();
-                StatusPayload::offline(&url, settings.server_url.is_none(), &settings.room)
-            }
-        }
     }
 
     /// Where the settings say to connect, starting the embedded server if
@@ -171,9 +154,7 @@ impl AppState {
             // The window closed while we connected: do not keep a connection for it.
             return Ok(status);
         }
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.insert(label.to_string(), Arc::new(session));
-        }
+        lock(&self.sessions).insert(label.to_string(), Arc::new(session));
         Ok(status)
     }
 }

@@ -27,7 +27,7 @@ use mesh_client::presence::{FileStore, StateStore, StoreError};
 use rand::Rng;
 use serde_json::{Map, Value};
 
-use crate::error::AppError;
+use crate::error::{lock, AppError};
 use crate::settings::{default_display_name, Settings};
 
 /// The store file, under the app's data directory.
@@ -36,8 +36,8 @@ pub const STORE_FILE: &str = "mesh-presence.json";
 const USER_ID_KEY: &str = "userId";
 const SETTINGS_KEY: &str = "settings";
 
-/// The key under which your last state in `room` is kept (as the seed demo's
-/// `user-state:general`).
+/// The key under which your last state in `room` is kept
+/// (`user-state:general` for the room `general`).
 pub fn state_key(room: &str) -> String {
     format!("user-state:{room}")
 }
@@ -78,18 +78,16 @@ pub struct MemoryKeyValue(Mutex<HashMap<String, Value>>);
 
 impl KeyValue for MemoryKeyValue {
     fn get(&self, key: &str) -> Option<Value> {
-        self.0.lock().ok()?.get(key).cloned()
+        lock(&self.0).get(key).cloned()
     }
 
     fn set(&self, key: &str, value: Value) -> Result<(), AppError> {
-        let mut map = self.0.lock().map_err(AppError::store)?;
-        map.insert(key.to_string(), value);
+        lock(&self.0).insert(key.to_string(), value);
         Ok(())
     }
 
     fn remove(&self, key: &str) -> Result<(), AppError> {
-        let mut map = self.0.lock().map_err(AppError::store)?;
-        map.remove(key);
+        lock(&self.0).remove(key);
         Ok(())
     }
 }

@@ -7,11 +7,13 @@
 //! from those.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use mesh_client::presence::User;
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::error::lock;
 
 /// One person in the list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,20 +60,13 @@ impl VerifiedNames {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.clone(), name);
+        lock(&self.0).insert(id.clone(), name);
         Some(id)
     }
 
     /// The verified name of `id`; `None` when `id` is not a verified user.
     pub fn name(&self, id: &str) -> Option<String> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
+        lock(&self.0).get(id).cloned()
     }
 }
 

@@ -4,6 +4,7 @@
 //! reaches on a machine is the most fan-out one can hope for there.
 
 use futures_util::{SinkExt, StreamExt};
+use mesh_protocol::command;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ pub async fn serve(addr: &str) -> Result<(), crate::BoxError> {
 
 fn fan_out(subscribers: &Subscribers, payload: Value) {
     let text = Utf8Bytes::from(
-        json!({ "command": "mesh/presence-update", "payload": payload }).to_string(),
+        json!({ "command": command::PRESENCE_UPDATE, "payload": payload }).to_string(),
     );
     let subscribers = subscribers.lock().unwrap_or_else(|p| p.into_inner());
     for tx in subscribers.iter() {
@@ -60,7 +61,7 @@ async fn connection(stream: TcpStream, id: String, subscribers: Subscribers) {
     let push = |value: Value| {
         let _ = tx.send(Message::Text(value.to_string().into()));
     };
-    push(json!({ "command": "mesh/assign-id", "payload": id }));
+    push(json!({ "command": command::ASSIGN_ID, "payload": id }));
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(text) = msg else {
             continue;
@@ -71,21 +72,21 @@ async fn connection(stream: TcpStream, id: String, subscribers: Subscribers) {
         let command = frame["command"].as_str().unwrap_or_default();
         let room = frame["payload"]["roomName"].clone();
         let reply = match command {
-            "mesh/subscribe-presence" => {
+            command::SUBSCRIBE_PRESENCE => {
                 subscribers
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(tx.clone());
                 json!({ "success": true, "present": [], "states": {} })
             }
-            "mesh/join-room" => {
+            command::JOIN_ROOM => {
                 fan_out(
                     &subscribers,
                     json!({ "type": "join", "connectionId": id, "roomName": room, "timestamp": 0 }),
                 );
                 json!({ "success": true, "present": [] })
             }
-            "mesh/publish-presence-state" => {
+            command::PUBLISH_PRESENCE_STATE => {
                 fan_out(
                     &subscribers,
                     json!({ "type": "state", "connectionId": id, "roomName": room,

@@ -29,7 +29,8 @@
 //!
 //! Layout, in the order a connection meets it:
 //!
-//! * [`server`]: the builder, the running server and its [`ServerHandle`].
+//! * [`server`]: the running server and its [`ServerHandle`]; its
+//!   `builder` module holds the [`ServerBuilder`] that configures one.
 //! * `admission`: connection limits (total, per address) and the accept
 //!   loop's back-off.
 //! * [`auth`]: signed tokens, the identity they attest, the rooms they open.

@@ -88,12 +88,6 @@ async fn refusal(url: String) -> (u16, String) {
     }
 }
 
-async fn my_metadata(peer: &mut Peer) -> Value {
-    peer.request(command::GET_MY_CONNECTION_METADATA, json!({}))
-        .await["metadata"]
-        .take()
-}
-
 async fn bad_tokens_get_401_before_the_upgrade(kind: BackendKind) {
     let server = with_auth(kind).await.bind().await.unwrap();
     let url = server.url();
@@ -150,21 +144,17 @@ async fn bad_tokens_get_401_before_the_upgrade(kind: BackendKind) {
     let good = token("u1", json!({"name": "Ada"}));
     let mut a = Peer::connect(&format!("{url}/?token={good}")).await;
     assert_eq!(
-        my_metadata(&mut a).await,
+        a.my_metadata().await,
         json!({"userId": "u1", "username": "Ada"})
     );
     let mut b = connect_bearer(&server, &good).await;
-    assert_eq!(my_metadata(&mut b).await["userId"], "u1");
+    assert_eq!(b.my_metadata().await["userId"], "u1");
     server.shutdown().await;
 
     // Audience and issuer, when configured.
     let server = kind
-        .builder()
-        .await
-        .auth(Auth::hs256(SECRET).unwrap().audience("mesh").issuer("us"))
-        .bind()
-        .await
-        .unwrap();
+        .serve_with(|b| b.auth(Auth::hs256(SECRET).unwrap().audience("mesh").issuer("us")))
+        .await;
     let url = server.url();
     for (case, extra, status) in [
         ("wrong audience", json!({"aud": "other", "iss": "us"}), 401),
@@ -208,7 +198,7 @@ async fn public_key_algorithms(kind: BackendKind) {
         let url = server.url();
         let good = sign(alg, &private, &claims(name, json!({})));
         let mut peer = Peer::connect(&format!("{url}/?token={good}")).await;
-        assert_eq!(my_metadata(&mut peer).await["userId"], name);
+        assert_eq!(peer.my_metadata().await["userId"], name);
         // The classic confusion: HS256 "signed" with the public key.
         let confused = sign(
             Algorithm::HS256,
@@ -236,7 +226,7 @@ async fn identity_fields_are_the_servers(kind: BackendKind) {
     );
     let mut a = Peer::connect(&format!("{}/?token={t}", server.url())).await;
     let attested = json!({"userId": "u1", "username": "Ada", "role": "admin", "team": "core"});
-    assert_eq!(my_metadata(&mut a).await, attested);
+    assert_eq!(a.my_metadata().await, attested);
     let set = |metadata: Value, strategy: &str| json!({"metadata": metadata, "options": {"strategy": strategy}});
     for (metadata, strategy) in [
         (json!({"userId": "u2"}), "merge"),
@@ -256,7 +246,7 @@ async fn identity_fields_are_the_servers(kind: BackendKind) {
             Some("EFORBIDDEN"),
             "{metadata} ({strategy})"
         );
-        assert_eq!(my_metadata(&mut a).await, attested, "nothing changed");
+        assert_eq!(a.my_metadata().await, attested, "nothing changed");
     }
     // Other fields are the client's; identity survives even a replace.
     let reply = a
@@ -267,7 +257,7 @@ async fn identity_fields_are_the_servers(kind: BackendKind) {
         .await;
     assert_eq!(reply, json!({"success": true}));
     assert_eq!(
-        my_metadata(&mut a).await,
+        a.my_metadata().await,
         json!({"userId": "u1", "username": "Ada", "role": "admin", "status": "busy"})
     );
     a.request(
@@ -275,7 +265,7 @@ async fn identity_fields_are_the_servers(kind: BackendKind) {
         set(json!({"mood": "calm"}), "merge"),
     )
     .await;
-    assert_eq!(my_metadata(&mut a).await["mood"], "calm");
+    assert_eq!(a.my_metadata().await["mood"], "calm");
 
     // The query cannot smuggle identity in either.
     server.shutdown().await;
@@ -292,7 +282,7 @@ async fn identity_fields_are_the_servers(kind: BackendKind) {
     ))
     .await;
     assert_eq!(
-        my_metadata(&mut b).await,
+        b.my_metadata().await,
         json!({"userId": "u1", "theme": "dark"})
     );
     server.shutdown().await;
@@ -472,7 +462,7 @@ async fn expiry_closes_unless_refreshed(kind: BackendKind) {
         )
         .await;
     assert_eq!(reply, json!({"success": true, "expiresAt": later * 1000}));
-    assert_eq!(my_metadata(&mut refreshed).await["username"], "Ada L.");
+    assert_eq!(refreshed.my_metadata().await["username"], "Ada L.");
 
     let frame = lapsing.closed().await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 1008);
@@ -529,7 +519,7 @@ async fn claims_reach_the_connection_hook(kind: BackendKind) {
     let t = token("u1", json!({"name": "Ada", "rooms": ["team"]}));
     let mut a = Peer::connect(&format!("{}/?token={t}", server.url())).await;
     assert_eq!(
-        my_metadata(&mut a).await,
+        a.my_metadata().await,
         json!({"userId": "u1", "username": "Ada", "plan": "pro"})
     );
     let claims = seen.lock().unwrap().clone().unwrap();

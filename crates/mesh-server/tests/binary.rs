@@ -4,11 +4,9 @@
 mod common;
 
 use common::{Peer, WAIT};
-use mesh_protocol::command;
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn binary_serves_and_stops_on_ctrl_c() {
@@ -18,28 +16,15 @@ async fn binary_serves_and_stops_on_ctrl_c() {
         &["--ping-interval", "200ms", "--metadata-from-query"],
     ]
     .concat();
-    let started = tokio::task::spawn_blocking(move || {
-        common::spawn_binary(env!("CARGO_BIN_EXE_mesh-server"), &args)
-    });
-    let (mut child, url) = tokio::time::timeout(WAIT, started).await.unwrap().unwrap();
+    let (mut child, url) = common::spawn_binary(env!("CARGO_BIN_EXE_mesh-server"), &args).await;
 
     let addr = url.trim_start_matches("ws://").to_string();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, tcp.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
+    let response = common::http_get(&addr, "/healthz").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
     let mut a = Peer::connect(&format!("{url}/?userId=u7")).await;
-    let mine = a
-        .request(command::GET_MY_CONNECTION_METADATA, json!({}))
-        .await;
-    assert_eq!(mine["metadata"], json!({"userId": "u7"}));
+    let mine = a.my_metadata().await;
+    assert_eq!(mine, json!({"userId": "u7"}));
     assert_eq!(a.subscribe("doc:1").await["success"], true);
     assert_eq!(a.subscribe("other").await["success"], false, "not tracked");
 
@@ -118,13 +103,8 @@ async fn token_subcommand_mints_what_the_server_accepts() {
     let start = line.find("ws://").unwrap();
     let url = line[start..].split_whitespace().next().unwrap().to_string();
     let mut a = Peer::connect(&format!("{url}/?token={token}")).await;
-    let mine = a
-        .request(command::GET_MY_CONNECTION_METADATA, json!({}))
-        .await;
-    assert_eq!(
-        mine["metadata"],
-        json!({"userId": "ada", "username": "Ada L."})
-    );
+    let mine = a.my_metadata().await;
+    assert_eq!(mine, json!({"userId": "ada", "username": "Ada L."}));
     assert_eq!(a.join("doc:7").await["success"], true);
     let refused = a.join("lobby").await;
     assert_eq!(refused["code"], "EFORBIDDEN");

@@ -1,26 +1,24 @@
 //! Several server instances on one Redis: what only a real cluster shows.
 //! (The whole integration suite also runs on the Redis backend, in
-//! `suite.rs`; its `instances_share_presence` covers join, state, leave and
-//! metadata across two instances.)
+//! `suite/`; `suite/instances.rs`'s `instances_share_presence` covers join,
+//! state, leave and metadata across two instances.)
 
 mod common;
 
 use common::redis::{self as test_redis, RedisCluster, RedisServer};
-use common::{assert_update, error_code, metric, scrape, Peer, WAIT};
+use common::{
+    assert_update, builder_on, error_code, metric, scrape, spawn_binary, Peer, ServerProcess, WAIT,
+};
 use mesh_protocol::{command, PresenceUpdate};
 use mesh_server::{RedisBackend, RedisConfig, RunningServer, Server, TrackOptions};
 use serde_json::json;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A server on `backend`: room `lapse` has a 400 ms presence TTL, every
 /// other room is tracked without one.
 async fn server_on(backend: RedisBackend) -> RunningServer {
-    Server::builder()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .backend(Arc::new(backend))
+    builder_on(Arc::new(backend))
         .ping_interval(Duration::from_millis(100))
         .max_missed_pongs(50)
         .track_presence(
@@ -52,6 +50,15 @@ async fn present_exactly<const N: usize>(
     expected.sort();
     assert_eq!(present, expected);
     snap
+}
+
+/// After an outage: `b` publishes, `a` (in the same room "r") sees that
+/// and nothing else.
+async fn flows_again(a: &mut Peer, b: &mut Peer) {
+    b.publish("r", json!({"status": "back"})).await;
+    assert_update(&a.next_update().await, "state", &b.id, "r");
+    a.sync().await;
+    assert_eq!(a.pending_updates(), 0);
 }
 
 /// Waits for the backend's next resynchronisation after `seen`.
@@ -217,43 +224,17 @@ async fn unreachable_redis_is_a_clear_error() {
 
 /// Starts the `mesh-server` binary on the Redis at `url`; returns it and
 /// its WebSocket URL.
-async fn spawn_binary(url: &str, prefix: &str) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh-server"))
-        .args(["--addr", "127.0.0.1:0", "--redis"])
-        .arg(url)
-        .args(["--redis-prefix", prefix, "--track", ".*"])
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start mesh-server");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("ws://") {
-                let url: String = line[at..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                return url;
-            }
-        }
-        panic!("mesh-server exited before listening");
-    })
-    .await
-    .expect("mesh-server did not report its address");
-    // Keep draining its output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, url)
+async fn spawn_on_redis(url: &str, prefix: &str) -> (ServerProcess, String) {
+    let args = ["--addr", "127.0.0.1:0", "--redis", url];
+    let args = [&args[..], &["--redis-prefix", prefix, "--track", ".*"]].concat();
+    spawn_binary(env!("CARGO_BIN_EXE_mesh-server"), &args).await
 }
 
 #[tokio::test]
 async fn killed_instance_users_leave_within_ten_seconds() {
     let prefix = test_redis::unique_prefix();
     let survivor = server_on(test_redis::backend(&prefix).await).await;
-    let (mut doomed, doomed_url) = spawn_binary(&test_redis::url(), &prefix).await;
+    let (mut doomed, doomed_url) = spawn_on_redis(&test_redis::url(), &prefix).await;
 
     let mut a = Peer::connect(&survivor.url()).await;
     a.subscribe("r").await;
@@ -270,7 +251,7 @@ async fn killed_instance_users_leave_within_ten_seconds() {
     assert_eq!(reply, json!(true));
     assert_update(&a.next_update().await, "state", &b.id, "r");
 
-    doomed.kill().await.expect("kill -9 the instance");
+    doomed.kill().expect("kill -9 the instance");
     let killed = Instant::now();
     // The survivor claims the orphaned expiry...
     let update = a.next_update().await;
@@ -305,9 +286,7 @@ async fn presence_recovers_after_redis_restarts() {
     let backend_two = test_redis::backend_at(&url, &prefix).await;
     let one = server_on(backend_one.clone()).await;
     let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
-    let two = Server::builder()
-        .addr("127.0.0.1:0".parse().unwrap())
-        .backend(Arc::new(backend_two.clone()))
+    let two = builder_on(Arc::new(backend_two.clone()))
         .track_presence(".*", TrackOptions::default())
         .on_disconnection(move |info| {
             let _ = closed_tx.send(info.id);
@@ -359,21 +338,13 @@ async fn presence_recovers_after_redis_restarts() {
     let ids = [a.id.clone(), b.id.clone()];
     let snap = present_exactly(&mut a, "r", ids).await;
     assert_eq!(snap["states"], json!({ b.id.clone(): {"status": "here"} }));
-    let reply = a
-        .request(
-            command::GET_CONNECTION_METADATA,
-            json!({"connectionId": b.id}),
-        )
-        .await;
-    assert_eq!(reply["metadata"], json!({"name": "Bo"}));
+    let metadata = a.metadata_of(&b.id).await;
+    assert_eq!(metadata, json!({"name": "Bo"}));
 
     // The leave made during the outage reaches the other instance, and
     // live updates flow again; nothing else (no ghost leave or join).
     assert_update(&a.next_update().await, "leave", &c_id, "r");
-    b.publish("r", json!({"status": "back"})).await;
-    assert_update(&a.next_update().await, "state", &b.id, "r");
-    a.sync().await;
-    assert_eq!(a.pending_updates(), 0);
+    flows_again(&mut a, &mut b).await;
     one.shutdown().await;
     two.shutdown().await;
 }
@@ -418,9 +389,7 @@ async fn redis_pause_sweeps_only_the_dead() {
     };
     // The peers do not answer pings while the test waits out the pause.
     let patient = |backend: RedisBackend| {
-        Server::builder()
-            .addr("127.0.0.1:0".parse().unwrap())
-            .backend(Arc::new(backend))
+        builder_on(Arc::new(backend))
             .max_missed_pongs(100)
             .track_presence(".*", TrackOptions::default())
             .bind()
@@ -431,7 +400,7 @@ async fn redis_pause_sweeps_only_the_dead() {
     let two = patient(RedisBackend::with_config(config).await.unwrap())
         .await
         .unwrap();
-    let (mut doomed, doomed_url) = spawn_binary(&url, &prefix).await;
+    let (mut doomed, doomed_url) = spawn_on_redis(&url, &prefix).await;
 
     let mut watcher = Peer::connect(&one.url()).await;
     watcher.subscribe("r").await;
@@ -448,7 +417,7 @@ async fn redis_pause_sweeps_only_the_dead() {
     // one instance really dies.
     let pid = redis_pid(&url).await;
     signal(&pid, "STOP");
-    doomed.kill().await.expect("kill -9 the instance");
+    doomed.kill().expect("kill -9 the instance");
     tokio::time::sleep(Duration::from_secs(4)).await;
     signal(&pid, "CONT");
 
@@ -582,10 +551,7 @@ async fn a_killed_cluster_node_is_survived_like_an_outage() {
     let snap = present_exactly(&mut a, "r", ids).await;
     assert_eq!(snap["states"], json!({ b.id.clone(): {"status": "here"} }));
     // Live updates flow again, and nothing else arrived (no leave/join).
-    b.publish("r", json!({"status": "back"})).await;
-    assert_update(&a.next_update().await, "state", &b.id, "r");
-    a.sync().await;
-    assert_eq!(a.pending_updates(), 0);
+    flows_again(&mut a, &mut b).await;
     one.shutdown().await;
     two.shutdown().await;
 }

@@ -10,6 +10,8 @@
 //!   (what `createPresence` is in JavaScript): joins the room, keeps the user
 //!   list current, saves your state in a [`StateStore`] and republishes it
 //!   after a restart or reconnect, and keeps the tabs of one user in step.
+//!   The handle is in `unified`; the task that owns its engine, reads the
+//!   room and emits the user list is in `driver`.
 //! * [`GroupKey`]: how connections are told apart: by metadata (looked up,
 //!   cached), by your own async resolver, or by a field of the state.
 //! * [`store`]: the [`StateStore`] trait, with [`MemoryStore`] and
@@ -47,6 +49,7 @@
 //! ```
 
 mod changed_at;
+mod driver;
 pub mod engine;
 mod group_key;
 pub mod store;

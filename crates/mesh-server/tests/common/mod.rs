@@ -23,7 +23,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The backends the suite runs against. A new backend adds a variant here
-/// and one line in the suite's `backends!` list.
+/// and one line in the `suite!` macro below.
 #[derive(Debug, Clone, Copy)]
 pub enum BackendKind {
     /// The in-memory backend.
@@ -74,9 +74,7 @@ impl BackendKind {
     /// A server builder on an ephemeral port with this backend and a fast
     /// heartbeat; rooms are tracked as each test says.
     pub async fn builder(self) -> ServerBuilder {
-        mesh_server::Server::builder()
-            .addr("127.0.0.1:0".parse().unwrap())
-            .backend(self.backend().await)
+        builder_on(self.backend().await)
             .ping_interval(Duration::from_millis(200))
             // Peers answer pings only while a test reads from them; a wide
             // window keeps an idle peer from being dropped on a busy machine.
@@ -86,13 +84,34 @@ impl BackendKind {
     /// A running server from [`BackendKind::builder`] that tracks presence
     /// in every room, the setup most tests need.
     pub async fn serve_every_room(self) -> RunningServer {
-        self.builder()
-            .await
-            .track_presence(".*", TrackOptions::default())
-            .bind()
-            .await
-            .unwrap()
+        self.serve_every_room_with(|b| b).await
     }
+
+    /// [`BackendKind::serve_every_room`], with the rest of the
+    /// configuration (limits, hooks...) made by `configure`.
+    pub async fn serve_every_room_with(
+        self,
+        configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+    ) -> RunningServer {
+        self.serve_with(|b| configure(b.track_presence(".*", TrackOptions::default())))
+            .await
+    }
+
+    /// A running server from [`BackendKind::builder`], configured by
+    /// `configure` alone: no room is tracked unless it says so.
+    pub async fn serve_with(
+        self,
+        configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
+    ) -> RunningServer {
+        configure(self.builder().await).bind().await.unwrap()
+    }
+}
+
+/// A server builder on `backend`, on a free port of 127.0.0.1.
+pub fn builder_on(backend: Arc<dyn Backend>) -> ServerBuilder {
+    mesh_server::Server::builder()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .backend(backend)
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -275,6 +294,23 @@ impl Peer {
             .await
     }
 
+    /// This connection's metadata (`null` when it has none).
+    pub async fn my_metadata(&mut self) -> Value {
+        self.request(command::GET_MY_CONNECTION_METADATA, json!({}))
+            .await["metadata"]
+            .take()
+    }
+
+    /// Another connection's metadata, as the server lets this one see it.
+    pub async fn metadata_of(&mut self, id: &str) -> Value {
+        self.request(
+            command::GET_CONNECTION_METADATA,
+            json!({ "connectionId": id }),
+        )
+        .await["metadata"]
+            .take()
+    }
+
     /// Publishes a state; the reply payload.
     pub async fn publish(&mut self, room: &str, state: Value) -> Value {
         self.request(
@@ -290,28 +326,70 @@ impl Peer {
     }
 }
 
+/// Two peers on `url`: a watcher subscribed to `room`'s presence, and a
+/// member who joined it; the watcher has seen the join.
+pub async fn watcher_and_member(url: &str, room: &str) -> (Peer, Peer) {
+    let mut watcher = Peer::connect(url).await;
+    let mut member = Peer::connect(url).await;
+    watcher.subscribe(room).await;
+    member.join(room).await;
+    assert_update(&watcher.next_update().await, "join", &member.id, room);
+    (watcher, member)
+}
+
+/// A server process a test started; killed when dropped, so that a failing
+/// test leaves none behind.
+pub struct ServerProcess(pub std::process::Child);
+
+impl std::ops::Deref for ServerProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the `mesh-server` binary (of the crate under test) with `args`,
-/// logging at info, and waits for the URL it logs once it listens. The
-/// log keeps being drained so that the server never blocks on it.
-pub fn spawn_binary(binary: &str, args: &[&str]) -> (std::process::Child, String) {
+/// logging at info, and waits (up to [`WAIT`]) for the URL it logs once it
+/// listens. The log keeps being drained so that the server never blocks
+/// on it.
+pub async fn spawn_binary(binary: &str, args: &[&str]) -> (ServerProcess, String) {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(binary)
+    let mut command = std::process::Command::new(binary);
+    command
         .args(args)
         .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("server binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = lines.next().expect("log ended early").unwrap();
-        if let Some(start) = line.find("ws://") {
-            let rest = &line[start..];
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            break rest[..end].to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, url)
+        .stdout(std::process::Stdio::piped());
+    let started = tokio::task::spawn_blocking(move || {
+        let mut child = ServerProcess(command.spawn().expect("server binary starts"));
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let url = loop {
+            let line = lines.next().expect("log ended early").unwrap();
+            if let Some(start) = line.find("ws://") {
+                let rest = &line[start..];
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                break rest[..end].to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        (child, url)
+    });
+    tokio::time::timeout(WAIT, started)
+        .await
+        .expect("the server did not report its address")
+        .unwrap()
 }
 
 /// Resident memory of a process, in KiB.
@@ -339,18 +417,7 @@ pub fn assert_update(update: &PresenceUpdate, kind: &str, conn: &str, room: &str
 
 /// `GET /metrics` from the server at `addr`: the response body.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(addr)
-        .await
-        .expect("connect for /metrics");
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .expect("send the request");
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, tcp.read_to_string(&mut response))
-        .await
-        .expect("timed out reading /metrics")
-        .expect("read /metrics");
+    let response = http_get(addr, "/metrics").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(
         response.contains("content-type: text/plain; version=0.0.4"),
@@ -358,6 +425,22 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
     );
     let (_, body) = response.split_once("\r\n\r\n").expect("a body");
     body.to_string()
+}
+
+/// The whole response (status line, headers, body) to `GET path` over a
+/// plain TCP connection, which the server closes after answering.
+pub async fn http_get(addr: impl tokio::net::ToSocketAddrs, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.expect("connect for HTTP");
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut response))
+        .await
+        .expect("timed out reading the response")
+        .expect("read the response");
+    response
 }
 
 /// The value of an unlabelled metric in a `/metrics` body.
