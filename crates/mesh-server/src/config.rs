@@ -163,6 +163,14 @@ impl Config {
         self.ping_interval * (self.max_missed_pongs + 1)
     }
 
+    /// How long after a ping is written its pong is due, when nothing
+    /// sent before the ping is left to read: one interval per tolerated
+    /// missed pong (at least one), so that a silent peer is gone within
+    /// [`Config::liveness_window`] of its last pong.
+    pub(crate) fn pong_grace(&self) -> Duration {
+        self.ping_interval * self.max_missed_pongs.max(1)
+    }
+
     /// How long a reader at the slowest counted rate takes to read `bytes`
     /// (`None` when no rate counts).
     pub(crate) fn time_to_read(&self, bytes: u64) -> Option<Duration> {

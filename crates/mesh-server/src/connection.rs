@@ -20,7 +20,7 @@ use crate::outbox::{self, Kind, Outbox, Outgoing, ReadSide};
 use crate::server::ServerHandle;
 use crate::tracking::TrackOptions;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use mesh_protocol::{command, DecodeError, ErrorCode, ErrorPayload, Frame, Strategy};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -358,6 +358,8 @@ pub(crate) struct Connection {
     /// Pings sent that no pong has answered yet (at most one: another
     /// ping behind an unanswered one would only wait behind it).
     pings_unanswered: u32,
+    /// Pings sent so far.
+    pings_sent: u64,
     /// How far into the stream the client has shown it read: the end of
     /// the last ping it answered.
     read_proven: u64,
@@ -419,6 +421,7 @@ impl Connection {
         let control_frames = Allowance::new(limits.max_control_frames, now);
         Connection {
             read_proven: 0,
+            pings_sent: 0,
             alive_until: now + server.shared.config.liveness_window(),
             id,
             server,
@@ -519,6 +522,13 @@ impl Connection {
                 _ = crate::server::stopped(shutdown) => return Ending::Shutdown,
                 _ = outbox.overflowed() => return Ending::SlowConsumer,
                 _ = &mut deadline => {
+                    if self.pong_excused_until() <= Instant::now() {
+                        // Load may have kept this task from running while
+                        // the pong already waited in the socket.
+                        if let Some(ending) = self.on_ready_messages(stream).await {
+                            return ending;
+                        }
+                    }
                     let until = self.pong_excused_until();
                     if until <= Instant::now() {
                         return Ending::Unresponsive;
@@ -529,6 +539,8 @@ impl Connection {
                 _ = &mut expiry, if self.token_expires.is_some() => return Ending::TokenExpired,
                 _ = ping.tick(), if self.pings_unanswered == 0 => {
                     self.pings_unanswered = 1;
+                    self.pings_sent += 1;
+                    self.alive_until = Instant::now() + config.pong_grace();
                     self.heartbeat(Kind::Ping, Frame::push(command::PING, json!({})));
                 }
                 _ = latency.tick() => {
@@ -538,34 +550,50 @@ impl Connection {
                         Frame::push(command::LATENCY_REQUEST, json!({})),
                     );
                 }
-                msg = stream.next(), if !backlogged => match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(ending) = self.on_text(text.as_str()).await {
-                            return ending;
-                        }
+                msg = stream.next(), if !backlogged => {
+                    if let Some(ending) = self.on_message(msg).await {
+                        return ending;
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        if self.bad_frames.spend(Instant::now()) {
-                            return Ending::Garbage;
-                        }
-                    }
-                    Some(Ok(Message::Close(frame))) => {
-                        return Ending::PeerClosed(frame.map(|f| f.code))
-                    }
-                    None => return Ending::PeerGone,
-                    // We never ping at the WebSocket level, so every ping
-                    // or pong is unasked for. tungstenite answers pings; its
-                    // pongs are pushes to the outbox, within its budget.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                        if self.control_frames.spend(Instant::now()) {
-                            return Ending::ControlFlood;
-                        }
-                    }
-                    Some(Ok(Message::Frame(_))) => {}
-                    Some(Err(e)) => return Ending::of_read_error(&e),
-                },
+                }
             }
         }
+    }
+
+    /// Handles what the socket gave; `Some` ends the connection.
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<Ending> {
+        match msg {
+            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => self
+                .bad_frames
+                .spend(Instant::now())
+                .then_some(Ending::Garbage),
+            Some(Ok(Message::Close(frame))) => Some(Ending::PeerClosed(frame.map(|f| f.code))),
+            None => Some(Ending::PeerGone),
+            // We never ping at the WebSocket level, so every ping or pong
+            // is unasked for. tungstenite answers pings; its pongs are
+            // pushes to the outbox, within its budget.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => self
+                .control_frames
+                .spend(Instant::now())
+                .then_some(Ending::ControlFlood),
+            Some(Ok(Message::Frame(_))) => None,
+            Some(Err(e)) => Some(Ending::of_read_error(&e)),
+        }
+    }
+
+    /// Handles the frames already waiting in the socket, without waiting
+    /// for more; `Some` ends the connection.
+    async fn on_ready_messages(&mut self, stream: &mut Socket) -> Option<Ending> {
+        while !self.outbox.replies_backlogged() {
+            let msg = stream.next().now_or_never()?;
+            if let Some(ending) = self.on_message(msg).await {
+                return Some(ending);
+            }
+        }
+        None
     }
 
     async fn on_text(&mut self, text: &str) -> Option<Ending> {
@@ -606,10 +634,9 @@ impl Connection {
             command::PONG => {
                 let asked = self.pings_unanswered > 0;
                 self.pings_unanswered = self.pings_unanswered.saturating_sub(1);
-                if asked {
-                    if let Some(ping) = self.outbox.last_ping() {
-                        self.read_proven = ping.end;
-                    }
+                let answered = self.outbox.reading().last_ping;
+                if let Some(ping) = answered.filter(|p| asked && p.seq == self.pings_sent) {
+                    self.read_proven = ping.end;
                 }
                 if !asked && self.control_frames.spend(Instant::now()) {
                     return Some(Ending::ControlFlood);
@@ -651,28 +678,37 @@ impl Connection {
         None
     }
 
-    /// Until when a pong missing at its deadline is excused.
+    /// Until when a missing pong is excused.
     ///
-    /// A pong comes only after the client has read everything sent before
-    /// its ping. While our writer still gets frames into the socket, the
-    /// client is reading (or its buffers have room), so the pong is late
-    /// behind that backlog, not missing. Once the backlog is all in the
-    /// socket's buffers, the client's reading of it cannot be watched; the
-    /// pong is then excused for as long as the slowest counted reader
-    /// needs to read what came before the ping.
+    /// A pong can only come after the client has read everything we sent
+    /// before its ping, so a late one is not always a missing one:
+    /// * While the ping still waits in our outbox, the client is at fault
+    ///   only once a full socket has kept our writer waiting for a whole
+    ///   liveness window. A writer that is merely behind is behind on this
+    ///   server's account.
+    /// * Once the ping is in the socket, what came before it may still sit
+    ///   in socket buffers, where its reading cannot be watched: the pong
+    ///   is due a grace period after the ping was written, plus the time
+    ///   the slowest counted reader needs for what it had not yet shown
+    ///   it read.
     fn pong_excused_until(&self) -> Instant {
         let config = &self.server.shared.config;
-        let window = config.liveness_window();
-        let writing = self.outbox.last_progress() + window;
-        let reading = self
-            .outbox
-            .last_ping()
-            .filter(|_| self.pings_unanswered > 0)
-            .and_then(|ping| {
+        let now = Instant::now();
+        if self.pings_unanswered == 0 {
+            // Nothing is owed; the next ping sets the next deadline.
+            return now + config.liveness_window();
+        }
+        let reading = self.outbox.reading();
+        match reading.last_ping {
+            Some(ping) if ping.seq == self.pings_sent => {
                 let unread = ping.end.saturating_sub(self.read_proven);
-                Some(ping.at + window + config.time_to_read(unread)?)
-            });
-        reading.map_or(writing, |reading| reading.max(writing))
+                ping.at + config.pong_grace() + config.time_to_read(unread).unwrap_or_default()
+            }
+            _ => match reading.blocked_since {
+                Some(since) => since + config.liveness_window(),
+                None => now + config.pong_grace(),
+            },
+        }
     }
 
     /// A pong proves the connection alive and pushes back its presence

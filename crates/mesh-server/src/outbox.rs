@@ -44,8 +44,8 @@ const MAX_SLICES: usize = 256;
 pub(crate) enum Kind {
     /// Pushed by the server; bounded.
     Push,
-    /// A ping, a latency probe, or the WebSocket layer's own pong: bounded
-    /// like pushes, but writing one does not show that the client reads.
+    /// A latency probe or the WebSocket layer's own pong: bounded like
+    /// pushes.
     Heartbeat,
     /// A ping: a heartbeat whose place in the stream is recorded once it
     /// is written (see [`Outbox::last_ping`]).
@@ -182,11 +182,13 @@ struct Queue {
     reply_bytes: usize,
     /// Bytes of whole frames written into the socket so far.
     written: u64,
+    /// Pings written so far.
+    pings_written: u64,
     /// The last ping written.
     last_ping: Option<PingMark>,
-    /// When the writer last got bytes of anything but heartbeats into the
-    /// socket: the client was reading, or its buffers had room.
-    progress: Instant,
+    /// Since when the writer has been waiting for room in a full socket:
+    /// the client is taking none of what we send it.
+    blocked_since: Option<Instant>,
     overflowed: bool,
     /// A close frame is queued: nothing more is accepted.
     closing: bool,
@@ -195,10 +197,21 @@ struct Queue {
 /// Where in the stream a ping ended, and when it was written.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PingMark {
+    /// Which ping: 1 for the first written.
+    pub(crate) seq: u64,
     /// Bytes written up to and including the ping: its pong shows the
     /// client has read this far.
     pub(crate) end: u64,
     pub(crate) at: Instant,
+}
+
+/// What the writer knows of the client's reading.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading {
+    /// The last ping written.
+    pub(crate) last_ping: Option<PingMark>,
+    /// Since when a full socket has kept the writer waiting.
+    pub(crate) blocked_since: Option<Instant>,
 }
 
 impl Outbox {
@@ -210,8 +223,9 @@ impl Outbox {
                 push_bytes: 0,
                 reply_bytes: 0,
                 written: 0,
+                pings_written: 0,
                 last_ping: None,
-                progress: Instant::now(),
+                blocked_since: None,
                 overflowed: false,
                 closing: false,
             }),
@@ -315,19 +329,20 @@ impl Outbox {
         self.0.drained.notified().await;
     }
 
-    /// When the writer last got anything but heartbeats into the socket.
-    ///
-    /// A client that stopped reading stops this clock within the size of
-    /// the socket buffers (after that, writes stall); a client that reads
-    /// a long backlog slowly keeps it going, even while our ping to it is
-    /// stuck behind that backlog.
-    pub(crate) fn last_progress(&self) -> Instant {
-        self.queue().progress
+    /// What the writer knows of the client's reading. A writer that is
+    /// behind without being blocked is behind on its own account (this
+    /// server is busy), which says nothing about the client.
+    pub(crate) fn reading(&self) -> Reading {
+        let q = self.queue();
+        Reading {
+            last_ping: q.last_ping,
+            blocked_since: q.blocked_since,
+        }
     }
 
-    /// The last ping written into the socket, if any.
-    pub(crate) fn last_ping(&self) -> Option<PingMark> {
-        self.queue().last_ping
+    /// The writer found the socket full.
+    fn blocked(&self) {
+        self.queue().blocked_since.get_or_insert_with(Instant::now);
     }
 
     /// Everything queued, once there is something; the queue left behind
@@ -350,14 +365,13 @@ impl Outbox {
         q.push_bytes -= w.pushes;
         q.reply_bytes -= w.replies;
         q.written += (w.pushes + w.replies) as u64;
-        let now = Instant::now();
-        if w.real {
-            q.progress = now;
-        }
+        q.blocked_since = None;
         if w.pinged {
+            q.pings_written += 1;
             q.last_ping = Some(PingMark {
+                seq: q.pings_written,
                 end: q.written - w.after_ping as u64,
-                at: now,
+                at: Instant::now(),
             });
         }
         drop(q);
@@ -539,8 +553,6 @@ struct Written {
     pushes: usize,
     /// Bytes of whole replies.
     replies: usize,
-    /// Bytes of a frame other than a heartbeat, whole or not.
-    real: bool,
     /// A ping was completed, followed by `after_ping` bytes of whole frames.
     pinged: bool,
     after_ping: usize,
@@ -569,8 +581,22 @@ async fn write_all(
                 .enumerate()
                 .map(|(i, s)| IoSlice::new(if i == 0 { &s.bytes[offset..] } else { &s.bytes }))
                 .collect();
-            socket.write_vectored(&slices).await?
+            // Tried first, so that a full socket is told apart from a
+            // writer that is merely late.
+            loop {
+                match socket.try_write_vectored(&slices) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        outbox.blocked();
+                        socket.writable().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         };
+        // A write that never waits spends no budget by itself; this keeps
+        // a long batch from holding its thread.
+        tokio::task::consume_budget().await;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -578,7 +604,6 @@ async fn write_all(
         let mut w = Written::default();
         while left > 0 {
             let Some(front) = pending.front() else { break };
-            w.real |= !matches!(front.kind, Kind::Heartbeat | Kind::Ping);
             let rest = front.bytes.len() - offset;
             if left < rest {
                 offset += left;

@@ -119,6 +119,10 @@ pub async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
                         _ => {}
                     }
                 }
+                // Done, but still reading (and answering pings) until
+                // everyone is: the server would rightly close a client
+                // that stopped.
+                client.wait_reading(&barrier).await?;
                 Ok::<_, BoxError>((tally, client))
             }
             .await;
@@ -138,6 +142,7 @@ pub async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
         let cpu_before = args.server_pid.and_then(cpu_time);
         let burst_start = Instant::now();
         phase(&barrier, &mut failed).await?;
+        phase(&barrier, &mut failed).await?; // everyone has every state
         Ok::<_, String>((join_time, cpu_before, burst_start))
     };
     let (join_time, cpu_before, burst_start) = match phases.await {
