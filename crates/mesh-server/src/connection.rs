@@ -682,10 +682,15 @@ impl Connection {
     ///
     /// A pong can only come after the client has read everything we sent
     /// before its ping, so a late one is not always a missing one:
-    /// * While the ping still waits in our outbox, the client is at fault
-    ///   only once a full socket has kept our writer waiting for a whole
-    ///   liveness window. A writer that is merely behind is behind on this
-    ///   server's account.
+    /// * While our writer keeps getting frames into the socket, the client
+    ///   is reading (or its buffers have room).
+    /// * While the ping still waits in our outbox, a writer that is merely
+    ///   behind is behind on this server's account. The client is at fault
+    ///   once a full socket has kept the writer waiting for a liveness
+    ///   window, plus the time the slowest counted reader needs for what
+    ///   sits in the socket buffers (everything written since its last
+    ///   pong, at most): the kernel tells the writer of room only in large
+    ///   steps, so a slow reader can look stalled for a while.
     /// * Once the ping is in the socket, what came before it may still sit
     ///   in socket buffers, where its reading cannot be watched: the pong
     ///   is due a grace period after the ping was written, plus the time
@@ -699,16 +704,23 @@ impl Connection {
             return now + config.liveness_window();
         }
         let reading = self.outbox.reading();
-        match reading.last_ping {
+        let writing = reading.progress + config.liveness_window();
+        let answerable = match reading.last_ping {
             Some(ping) if ping.seq == self.pings_sent => {
                 let unread = ping.end.saturating_sub(self.read_proven);
                 ping.at + config.pong_grace() + config.time_to_read(unread).unwrap_or_default()
             }
             _ => match reading.blocked_since {
-                Some(since) => since + config.liveness_window(),
+                Some(since) => {
+                    let unread = reading.written.saturating_sub(self.read_proven);
+                    since
+                        + config.liveness_window()
+                        + config.time_to_read(unread).unwrap_or_default()
+                }
                 None => now + config.pong_grace(),
             },
-        }
+        };
+        writing.max(answerable)
     }
 
     /// A pong proves the connection alive and pushes back its presence

@@ -189,6 +189,9 @@ struct Queue {
     /// Since when the writer has been waiting for room in a full socket:
     /// the client is taking none of what we send it.
     blocked_since: Option<Instant>,
+    /// When the writer last got bytes of anything but heartbeats into the
+    /// socket: the client was reading, or its buffers had room.
+    progress: Instant,
     overflowed: bool,
     /// A close frame is queued: nothing more is accepted.
     closing: bool,
@@ -208,6 +211,13 @@ pub(crate) struct PingMark {
 /// What the writer knows of the client's reading.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reading {
+    /// When the writer last got anything but heartbeats into the socket.
+    /// A client that stopped reading stops this clock within the size of
+    /// the socket buffers (after that, writes stall); a client that reads
+    /// a long backlog keeps it going.
+    pub(crate) progress: Instant,
+    /// Bytes of whole frames written into the socket so far.
+    pub(crate) written: u64,
     /// The last ping written.
     pub(crate) last_ping: Option<PingMark>,
     /// Since when a full socket has kept the writer waiting.
@@ -226,6 +236,7 @@ impl Outbox {
                 pings_written: 0,
                 last_ping: None,
                 blocked_since: None,
+                progress: Instant::now(),
                 overflowed: false,
                 closing: false,
             }),
@@ -335,6 +346,8 @@ impl Outbox {
     pub(crate) fn reading(&self) -> Reading {
         let q = self.queue();
         Reading {
+            progress: q.progress,
+            written: q.written,
             last_ping: q.last_ping,
             blocked_since: q.blocked_since,
         }
@@ -366,12 +379,16 @@ impl Outbox {
         q.reply_bytes -= w.replies;
         q.written += (w.pushes + w.replies) as u64;
         q.blocked_since = None;
+        let now = Instant::now();
+        if w.real {
+            q.progress = now;
+        }
         if w.pinged {
             q.pings_written += 1;
             q.last_ping = Some(PingMark {
                 seq: q.pings_written,
                 end: q.written - w.after_ping as u64,
-                at: Instant::now(),
+                at: now,
             });
         }
         drop(q);
@@ -553,6 +570,8 @@ struct Written {
     pushes: usize,
     /// Bytes of whole replies.
     replies: usize,
+    /// Bytes of a frame other than a heartbeat, whole or not.
+    real: bool,
     /// A ping was completed, followed by `after_ping` bytes of whole frames.
     pinged: bool,
     after_ping: usize,
@@ -604,6 +623,7 @@ async fn write_all(
         let mut w = Written::default();
         while left > 0 {
             let Some(front) = pending.front() else { break };
+            w.real |= !matches!(front.kind, Kind::Heartbeat | Kind::Ping);
             let rest = front.bytes.len() - offset;
             if left < rest {
                 offset += left;
