@@ -253,6 +253,8 @@ mod tests {
             username: name.into(),
             status: status.into(),
             expires_at: None,
+            availability: String::new(),
+            idle_since: None,
             tab_count: 1,
             you: id == "me",
             unverified: false,
@@ -263,7 +265,6 @@ mod tests {
     fn diff(full: bool, upsert: Vec<UserRow>, remove: &[&str]) -> ListDiff {
         ListDiff {
             full,
-            count: 0,
             upsert,
             remove: remove.iter().map(|s| s.to_string()).collect(),
         }

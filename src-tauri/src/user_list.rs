@@ -1,15 +1,11 @@
-//! The rows of the user list, and what changed between two lists.
-//!
-//! The presence engine hands us the whole list whenever it changes.
-//! Rebuilding 5,000 rows every frame would cost more than the frame, so
-//! [`ListDiffer`] remembers what it last saw and yields only the rows that
-//! changed and the ids that left; [`crate::list_view`] keeps the sorted list
-//! from those.
+//! The rows of the user list: [`UserRow`] for one person, and
+//! [`RowMapper`], which turns the presence helper's diffs (who came, changed
+//! or left) into rows; [`crate::list_view`] keeps the sorted list from those.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use mesh_client::presence::User;
+use mesh_client::presence::UsersDiff;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -28,6 +24,11 @@ pub struct UserRow {
     pub status: String,
     /// When their state expires (ms since the epoch), for short-lived states.
     pub expires_at: Option<u64>,
+    /// `away`, `busy` or `dnd` as they chose it; empty when available.
+    pub availability: String,
+    /// Since when they have been idle (ms since the epoch), while their app
+    /// shows them away automatically.
+    pub idle_since: Option<u64>,
     /// How many connections (windows, tabs, devices) they have in the room.
     pub tab_count: usize,
     /// Whether this is the user running this app.
@@ -104,6 +105,10 @@ impl UserRow {
             expires_at: state
                 .and_then(|s| s.get("expiresAt"))
                 .and_then(Value::as_u64),
+            availability: text("availability"),
+            idle_since: state
+                .and_then(|s| s.get("idleSince"))
+                .and_then(Value::as_u64),
             tab_count,
             you: id == me,
             timestamp,
@@ -111,126 +116,64 @@ impl UserRow {
     }
 }
 
-/// What changed between two lists.
+/// What changed in the list, as rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListDiff {
     /// `true`: drop every row you have and take `upsert` as the whole list.
     pub full: bool,
-    /// How many users the room has after this diff.
-    pub count: usize,
     /// Rows that are new or changed.
     pub upsert: Vec<UserRow>,
     /// Ids of users who left.
     pub remove: Vec<String>,
 }
 
-/// What the window was last sent for one user: enough to tell whether a new
-/// list changed them without building their row.
-#[derive(Debug)]
-struct Shown {
-    /// The state the row was built from. States are shared (`Arc`), so an
-    /// unchanged user has the very same pointer and costs no comparison.
-    state: Option<Arc<Value>>,
-    tab_count: usize,
-    timestamp: u64,
-    /// The diff that last saw this user; an older one means they left.
-    seen: u64,
-}
-
-impl Shown {
-    fn matches(&self, user: &User) -> bool {
-        self.tab_count == user.tab_count
-            && self.timestamp == user.timestamp
-            && match (&self.state, &user.state) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
-                (None, None) => true,
-                _ => false,
-            }
-    }
-}
-
-/// Remembers the last list it saw and turns new lists into diffs.
+/// Turns the presence helper's [`UsersDiff`]s into rows for this app's user.
 ///
-/// A diff walks the list once with one hash lookup per user and builds rows
-/// only for users who changed, so a 5k-user room where ten people change
-/// costs ten rows per frame, not five thousand.
-#[derive(Debug, Default)]
-pub struct ListDiffer {
-    shown: HashMap<Arc<str>, Shown>,
-    synced: bool,
-    generation: u64,
+/// The diffs name only the users who changed, so a 5k-user room where ten
+/// people change costs ten rows per frame, not five thousand.
+#[derive(Debug)]
+pub struct RowMapper {
+    me: String,
     verified: Option<VerifiedNames>,
 }
 
-impl ListDiffer {
-    /// A differ whose first diff is a full list.
-    pub fn new() -> Self {
-        ListDiffer::default()
-    }
-
-    /// A differ for a server that attests identity: rows carry verified
-    /// names and unverified marks (see [`UserRow::new`]).
-    pub fn with_verified(verified: Option<VerifiedNames>) -> Self {
-        ListDiffer {
+impl RowMapper {
+    /// Rows for `me` (this app's user id). With `verified` (a server that
+    /// attests identity), rows carry verified names and unverified marks
+    /// (see [`UserRow::new`]).
+    pub fn new(me: &str, verified: Option<VerifiedNames>) -> Self {
+        RowMapper {
+            me: me.to_string(),
             verified,
-            ..ListDiffer::default()
         }
     }
 
-    /// Forgets what it saw, so the next diff is full.
-    pub fn reset(&mut self) {
-        self.shown.clear();
-        self.synced = false;
-    }
-
-    /// The diff from the last list to `users` (whose ids are
-    /// unique), or `None` when nothing changed. `me` is this app's user id.
-    pub fn diff(&mut self, users: &[User], me: &str) -> Option<ListDiff> {
-        let full = !self.synced;
-        self.generation += 1;
-        let generation = self.generation;
-        let mut upsert = Vec::new();
-        for user in users {
-            match self.shown.get_mut(&user.id) {
-                Some(shown) if !full && shown.matches(user) => shown.seen = generation,
-                _ => {
-                    upsert.push(UserRow::new(
-                        &user.id,
-                        user.state.as_deref(),
-                        user.tab_count,
-                        user.timestamp,
-                        me,
-                        self.verified.as_ref(),
-                    ));
-                    let shown = Shown {
-                        state: user.state.clone(),
-                        tab_count: user.tab_count,
-                        timestamp: user.timestamp,
-                        seen: generation,
-                    };
-                    self.shown.insert(user.id.clone(), shown);
-                }
-            }
-        }
-        let mut remove = Vec::new();
-        if self.shown.len() > users.len() {
-            self.shown.retain(|id, shown| {
-                let here = shown.seen == generation;
-                if !here && !full {
-                    remove.push(id.to_string());
-                }
-                here
-            });
-        }
-        self.synced = true;
-        if !full && upsert.is_empty() && remove.is_empty() {
+    /// The rows of `diff`; `None` when it changes nothing.
+    pub fn rows(&self, diff: UsersDiff) -> Option<ListDiff> {
+        let (full, users, removed) = match diff {
+            UsersDiff::Full(users) => (true, users, Vec::new()),
+            UsersDiff::Changed { upserted, removed } => (false, upserted, removed),
+        };
+        if !full && users.is_empty() && removed.is_empty() {
             return None;
         }
+        let upsert = users
+            .iter()
+            .map(|user| {
+                UserRow::new(
+                    &user.id,
+                    user.state.as_deref(),
+                    user.tab_count,
+                    user.timestamp,
+                    &self.me,
+                    self.verified.as_ref(),
+                )
+            })
+            .collect();
         Some(ListDiff {
             full,
-            count: self.shown.len(),
             upsert,
-            remove,
+            remove: removed.iter().map(|id| id.to_string()).collect(),
         })
     }
 }
@@ -238,6 +181,7 @@ impl ListDiffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_client::presence::User;
     use serde_json::json;
 
     fn user(id: &str, status: &str, tabs: usize) -> User {
@@ -305,44 +249,43 @@ mod tests {
     }
 
     #[test]
-    fn first_diff_is_full_then_only_changes_are_sent() {
-        let mut d = ListDiffer::new();
-        let first = d.diff(&[user("a", "", 1), user("b", "", 1)], "me").unwrap();
+    fn a_full_list_is_full_then_only_changes_are_sent() {
+        let m = RowMapper::new("me", None);
+        let first = m
+            .rows(UsersDiff::Full(vec![user("a", "", 1), user("b", "", 1)]))
+            .unwrap();
         assert!(first.full);
         assert_eq!(first.upsert.len(), 2);
-        assert_eq!(first.count, 2);
 
-        assert_eq!(d.diff(&[user("a", "", 1), user("b", "", 1)], "me"), None);
+        let nothing = UsersDiff::Changed {
+            upserted: vec![],
+            removed: vec![],
+        };
+        assert_eq!(m.rows(nothing), None);
 
-        let change = d
-            .diff(&[user("a", "away", 1), user("c", "", 1)], "me")
+        let change = m
+            .rows(UsersDiff::Changed {
+                upserted: vec![user("a", "away", 1), user("c", "", 1)],
+                removed: vec![Arc::from("b")],
+            })
             .unwrap();
         assert!(!change.full);
         let ids: Vec<_> = change.upsert.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(change.remove, ["b"]);
-        assert_eq!(change.count, 2);
+        assert_eq!(change.upsert[0].status, "away");
     }
 
     #[test]
-    fn a_tab_count_change_is_a_change() {
-        let mut d = ListDiffer::new();
-        d.diff(&[user("a", "", 1)], "me");
-        let more = d.diff(&[user("a", "", 2)], "me").unwrap();
-        assert_eq!(more.upsert[0].tab_count, 2);
-    }
-
-    #[test]
-    fn reset_makes_the_next_diff_full() {
-        let mut d = ListDiffer::new();
-        d.diff(&[user("a", "", 1)], "me");
-        d.reset();
-        let again = d.diff(&[user("a", "", 1)], "me").unwrap();
-        assert!(again.full);
-        assert_eq!(again.upsert.len(), 1);
-        // An empty room after a reset is still worth one (full, empty) event.
-        d.reset();
-        let empty = d.diff(&[], "me").unwrap();
+    fn rows_say_who_you_are_and_count_tabs() {
+        let m = RowMapper::new("b", None);
+        let rows = m
+            .rows(UsersDiff::Full(vec![user("a", "", 2), user("b", "", 1)]))
+            .unwrap();
+        assert_eq!(rows.upsert[0].tab_count, 2);
+        assert!(!rows.upsert[0].you && rows.upsert[1].you);
+        // An empty room is still worth one (full, empty) event.
+        let empty = m.rows(UsersDiff::Full(vec![])).unwrap();
         assert!(empty.full && empty.upsert.is_empty());
     }
 }

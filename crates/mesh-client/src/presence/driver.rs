@@ -2,10 +2,12 @@
 //! the grouping engine. It reads the room's presence stream and the
 //! client's events, resolves group keys in spawned tasks (so a slow lookup
 //! never stalls updates), publishes the sorted user list through a `watch`
-//! channel at most once per `emit_interval`, keeps your tabs in step, and
-//! republishes your saved state after a reconnect.
+//! channel and its [diffs](super::diff) to each subscriber at most once per
+//! `emit_interval`, keeps your tabs in step, and republishes your saved
+//! state after a reconnect.
 
 use super::changed_at::changed_at;
+use super::diff::{DiffSubscriber, UsersDiff};
 use super::engine::{PresenceEngine, User, UserEvent};
 use super::group_key::GroupKey;
 use super::store::StateStore;
@@ -39,6 +41,8 @@ pub(super) struct Start {
     pub own_changed_at: Arc<AtomicU64>,
     pub users_tx: watch::Sender<Vec<User>>,
     pub events_tx: broadcast::Sender<UserEvent>,
+    /// Each new [`UserDiffs`](super::UserDiffs)' sender.
+    pub subscribe: mpsc::UnboundedReceiver<mpsc::Sender<UsersDiff>>,
 }
 
 /// Starts the driver on `stream`; it runs until `stop` fires (or its sender
@@ -63,6 +67,10 @@ pub(super) fn spawn(
         own_changed_at: start.own_changed_at,
         users_tx: start.users_tx,
         events_tx: start.events_tx,
+        subscribe: start.subscribe,
+        diff_subscribers: Vec::new(),
+        full_next: false,
+        catch_up_at: None,
         resolutions_tx,
         resolutions,
         flush_at: None,
@@ -97,6 +105,13 @@ struct Driver {
     own_changed_at: Arc<AtomicU64>,
     users_tx: watch::Sender<Vec<User>>,
     events_tx: broadcast::Sender<UserEvent>,
+    subscribe: mpsc::UnboundedReceiver<mpsc::Sender<UsersDiff>>,
+    diff_subscribers: Vec<DiffSubscriber>,
+    /// The next emission sends every subscriber the full list (after a
+    /// resync, whose diff against before would be most of the room).
+    full_next: bool,
+    /// When subscribers that fell behind are tried again with a full list.
+    catch_up_at: Option<Instant>,
     resolutions_tx: mpsc::UnboundedSender<Resolution>,
     resolutions: mpsc::UnboundedReceiver<Resolution>,
     flush_at: Option<Instant>,
@@ -138,8 +153,14 @@ impl Driver {
                         self.engine.reset(std::iter::empty::<&str>(), Map::new());
                         self.keep_until = None;
                         self.flush();
-                        // Wait for the handle to go; nothing else will come.
-                        break (&mut stop).await.is_err();
+                        // Wait for the handle to go; nothing else will
+                        // come, but a new subscriber still gets the list.
+                        break loop {
+                            tokio::select! {
+                                stopped = &mut stop => break stopped.is_err(),
+                                Some(tx) = self.subscribe.recv() => self.on_subscribe(tx),
+                            }
+                        };
                     }
                 },
                 event = client_events.recv(), if client_events_open => match event {
@@ -148,7 +169,9 @@ impl Driver {
                     Err(broadcast::error::RecvError::Closed) => client_events_open = false,
                 },
                 Some(resolution) = self.resolutions.recv() => self.on_resolution(resolution),
+                Some(tx) = self.subscribe.recv() => self.on_subscribe(tx),
                 () = sleep_until_some(self.flush_at) => self.flush(),
+                () = sleep_until_some(self.catch_up_at) => self.catch_up(),
                 () = sleep_until_some(self.republish_at) => self.republish(),
                 () = sleep_until_some(self.keep_until) => {
                     self.engine.expire(now_millis());
@@ -180,9 +203,61 @@ impl Driver {
     fn flush(&mut self) {
         self.flush_at = None;
         self.last_flush = Instant::now();
-        self.users_tx.send_replace(self.engine.users());
-        for event in self.engine.take_events() {
+        let users = self.engine.users();
+        let events = self.engine.take_events();
+        self.send_diffs(&users, &events);
+        self.users_tx.send_replace(users);
+        for event in events {
             let _ = self.events_tx.send(event);
+        }
+    }
+
+    /// A new subscriber: it gets the full list at once.
+    fn on_subscribe(&mut self, tx: mpsc::Sender<UsersDiff>) {
+        self.diff_subscribers
+            .extend(DiffSubscriber::new(tx, self.engine.users()));
+    }
+
+    /// Sends each subscriber the diff of this emission (`users` is the list
+    /// now, `events` what changed since the last one); one that fell
+    /// behind, or every one after a resync, gets the full list instead.
+    fn send_diffs(&mut self, users: &[User], events: &[UserEvent]) {
+        let full = std::mem::take(&mut self.full_next);
+        if self.diff_subscribers.is_empty() {
+            return;
+        }
+        let changes = if full {
+            None
+        } else {
+            UsersDiff::from_events(&self.engine, events)
+        };
+        self.diff_subscribers.retain_mut(|subscriber| {
+            if full || subscriber.behind() {
+                subscriber.send(UsersDiff::Full(users.to_vec()))
+            } else {
+                match &changes {
+                    Some(diff) => subscriber.send(diff.clone()),
+                    None => true,
+                }
+            }
+        });
+        self.schedule_catch_up();
+    }
+
+    /// Sends the full list to the subscribers that fell behind, if they
+    /// have room for it now.
+    fn catch_up(&mut self) {
+        self.catch_up_at = None;
+        let users = self.engine.users();
+        self.diff_subscribers.retain_mut(|subscriber| {
+            !subscriber.behind() || subscriber.send(UsersDiff::Full(users.clone()))
+        });
+        self.schedule_catch_up();
+    }
+
+    fn schedule_catch_up(&mut self) {
+        if self.catch_up_at.is_none() && self.diff_subscribers.iter().any(|s| s.behind()) {
+            self.catch_up_at = Some(Instant::now() + self.options.emit_interval);
         }
     }
 
@@ -280,6 +355,7 @@ impl Driver {
             .iter()
             .filter(|id| !self.former_ids.contains(id) && Some(*id) != old_id);
         self.engine.resync(present, states, until);
+        self.full_next = true;
         self.on_new_id(new_id);
         self.schedule_expiry();
     }

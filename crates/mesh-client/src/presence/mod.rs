@@ -12,6 +12,9 @@
 //!   after a restart or reconnect, and keeps the tabs of one user in step.
 //!   The handle is in `unified`; the task that owns its engine, reads the
 //!   room and emits the user list is in `driver`.
+//! * [`UsersDiff`]: the user list as changes ([`Presence::diffs`]): the
+//!   full list first, then who came, changed or left per emission, built
+//!   from the users the engine touched (module `diff`).
 //! * [`GroupKey`]: how connections are told apart: by metadata (looked up,
 //!   cached), by your own async resolver, or by a field of the state.
 //! * [`store`]: the [`StateStore`] trait, with [`MemoryStore`] and
@@ -49,6 +52,7 @@
 //! ```
 
 mod changed_at;
+mod diff;
 mod driver;
 pub mod engine;
 mod group_key;
@@ -56,6 +60,7 @@ pub mod store;
 mod unified;
 
 pub use changed_at::{changed_at, CHANGED_AT};
+pub use diff::{UserDiffs, UsersDiff, DIFF_BUFFER};
 pub use engine::{
     Change, KeySource, Latest, PresenceEngine, StateKey, StateKeyFn, User, UserEvent,
 };

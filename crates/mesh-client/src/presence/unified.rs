@@ -7,6 +7,7 @@
 //! the client directly for publishing and to the driver only to stop it.
 
 use super::changed_at::{changed_at, stamp};
+use super::diff::{UserDiffs, UsersDiff, DIFF_BUFFER};
 use super::driver::{self, Start};
 use super::engine::{PresenceEngine, User, UserEvent};
 use super::group_key::GroupKey;
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -99,6 +100,8 @@ pub struct Presence {
     own_changed_at: Arc<AtomicU64>,
     users: watch::Receiver<Vec<User>>,
     events: broadcast::Sender<UserEvent>,
+    /// Hands the driver the sender of each new [`UserDiffs`].
+    subscribe: mpsc::UnboundedSender<mpsc::Sender<UsersDiff>>,
     stop: Option<oneshot::Sender<()>>,
     driver: Option<JoinHandle<()>>,
 }
@@ -195,6 +198,7 @@ impl Presence {
         }
 
         let (stop, stop_rx) = oneshot::channel();
+        let (subscribe, subscribe_rx) = mpsc::unbounded_channel();
         let driver = driver::spawn(
             Start {
                 client: client.clone(),
@@ -207,6 +211,7 @@ impl Presence {
                 own_changed_at: own_changed_at.clone(),
                 users_tx,
                 events_tx: events.clone(),
+                subscribe: subscribe_rx,
             },
             stream,
             stop_rx,
@@ -220,6 +225,7 @@ impl Presence {
             own_changed_at,
             users,
             events,
+            subscribe,
             stop: Some(stop),
             driver: Some(driver),
         })
@@ -254,6 +260,20 @@ impl Presence {
     /// user-list emission.
     pub fn events(&self) -> broadcast::Receiver<UserEvent> {
         self.events.subscribe()
+    }
+
+    /// The user list as diffs, as Phoenix Presence sends `presence_state`
+    /// then `presence_diff`: the full list first (and again after a
+    /// reconnect's resync, or when this subscriber fell behind), then, per
+    /// emission, the users who came or changed and the ids of those who
+    /// left. Cheaper than [`Presence::users`] for a consumer that keeps its
+    /// own copy: an emission costs the users that changed, not the room.
+    pub fn diffs(&self) -> UserDiffs {
+        let (tx, rx) = mpsc::channel(DIFF_BUFFER);
+        // When the driver has stopped, `tx` is dropped with the message and
+        // the stream ends at once.
+        let _ = self.subscribe.send(tx);
+        UserDiffs::new(rx)
     }
 
     /// Saves `state` (a JSON object), then publishes it as this
