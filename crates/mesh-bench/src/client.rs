@@ -202,7 +202,7 @@ impl Client {
         // take them for gone; so each reads a little, then gives way, as
         // clients on machines of their own would all be reading at once.
         self.events = self.events.wrapping_add(1);
-        if self.events % EVENTS_PER_TURN == 0 {
+        if self.events.is_multiple_of(EVENTS_PER_TURN) {
             tokio::task::yield_now().await;
         }
         let text = match self.early.pop_front() {
