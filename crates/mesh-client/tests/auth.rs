@@ -96,18 +96,15 @@ async fn expiry_then_refused_reconnect_stays_offline() {
     let mut events = client.events();
     // The server closes at expiry; the reconnect presents the same,
     // now expired, token and is refused: no retry loop follows.
-    assert_eq!(
-        next_event(&mut events, "disconnect").await,
-        ClientEvent::Disconnected
-    );
-    assert_eq!(
-        next_event(&mut events, "refusal").await,
-        ClientEvent::Unauthorized
-    );
-    assert_eq!(
-        next_event(&mut events, "giving up").await,
-        ClientEvent::ReconnectFailed
-    );
+    expect_events(
+        &mut events,
+        &[
+            ("disconnect", ClientEvent::Disconnected),
+            ("refusal", ClientEvent::Unauthorized),
+            ("giving up", ClientEvent::ReconnectFailed),
+        ],
+    )
+    .await;
     let mut status = client.status();
     within("offline", status.wait_for(|s| *s == Status::Offline))
         .await

@@ -244,14 +244,14 @@ async fn exhausted_attempts_end_in_reconnect_failed() {
         sub
     };
     let mut stream = stream;
-    assert_eq!(
-        next_event(&mut events, "disconnect").await,
-        ClientEvent::Disconnected
-    );
-    assert_eq!(
-        next_event(&mut events, "give up").await,
-        ClientEvent::ReconnectFailed
-    );
+    expect_events(
+        &mut events,
+        &[
+            ("disconnect", ClientEvent::Disconnected),
+            ("give up", ClientEvent::ReconnectFailed),
+        ],
+    )
+    .await;
     assert_eq!(*client.status().borrow(), Status::Offline);
     assert_eq!(
         client.request("mesh/noop", json!({})).await,

@@ -36,6 +36,17 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Asserts the client's next events (latency reports skipped), in order;
+/// each is named for the failure message.
+pub async fn expect_events(
+    events: &mut broadcast::Receiver<ClientEvent>,
+    expected: &[(&str, ClientEvent)],
+) {
+    for (what, event) in expected {
+        assert_eq!(&next_event(events, what).await, event);
+    }
+}
+
 /// Waits for the first event matching `pred`, skipping latency reports.
 pub async fn next_event(events: &mut broadcast::Receiver<ClientEvent>, what: &str) -> ClientEvent {
     within(what, async {
