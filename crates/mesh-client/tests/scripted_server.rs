@@ -6,7 +6,7 @@ mod support;
 
 use futures_util::SinkExt;
 use mesh_client::{
-    ClientError, ClientEvent, ClientOptions, ErrorCode, MeshClient, PresenceEvent, Status,
+    ClientError, ClientEvent, ClientOptions, ErrorCode, LinkLoss, MeshClient, PresenceEvent, Status,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -168,7 +168,10 @@ async fn a_request_in_flight_when_the_link_drops_fails_with_connection_lost() {
         drop(peer);
     };
     let (result, ()) = tokio::join!(client.request("mesh/noop", json!({})), vanish);
-    assert_eq!(result, Err(ClientError::ConnectionLost));
+    assert!(
+        matches!(result, Err(ClientError::ConnectionLost(LinkLoss::Reset(_)))),
+        "{result:?}"
+    );
     let mut status = client.status();
     within("offline", status.wait_for(|s| *s == Status::Offline))
         .await
