@@ -14,8 +14,9 @@ APT_PACKAGES=(
   libwebkit2gtk-4.1-dev libgtk-3-dev libayatana-appindicator3-dev
   librsvg2-dev libsoup-3.0-dev libjavascriptcoregtk-4.1-dev
   build-essential pkg-config libssl-dev file
-  # end-to-end tests in the real window
-  xvfb webkit2gtk-driver imagemagick
+  # end-to-end tests in the real window, in a private D-Bus session
+  # (dbus-run-session: how one copy of the app finds the running one)
+  xvfb webkit2gtk-driver imagemagick dbus
   # the Redis backend and its tests
   redis-server
   # the server package's test: systemd-analyze checks its unit

@@ -11,6 +11,8 @@ const COMMANDS: &[&str] = &[
     "take_notices",
     "new_window",
     "users_window",
+    "invite_link",
+    "tray_menu",
 ];
 
 fn main() {

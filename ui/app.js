@@ -25,6 +25,9 @@ const STATUS_TEXT = {
 };
 
 function showStatus(s) {
+  // Another room or server: an invite link shown is no longer this one.
+  if (s.room !== $("room-name").textContent || s.serverUrl !== showStatus.url) $("invite").hidden = true;
+  showStatus.url = s.serverUrl;
   const box = $("connection");
   box.dataset.status = s.status;
   let text = STATUS_TEXT[s.status] || s.status;
@@ -77,12 +80,24 @@ function fillSettings(s) {
   $("setting-name").value = s.displayName;
   $("setting-token").value = s.token || "";
   $("setting-user-id").textContent = s.userId;
+  $("setting-away").value = String(s.awayAfterMinutes);
+  $("setting-away-help").textContent = s.idleAvailable
+    ? "You are shown away, with the time you left, and back as soon as you return."
+    : "Not available on this desktop: it does not tell apps how long you have been idle.";
+  $("setting-tray").checked = s.closeToTray;
+  $("setting-tray-help").textContent = s.hasTray
+    ? "You stay in the room; the tray icon brings the window back."
+    : "This desktop shows no tray: closing the last window quits.";
 }
 
 async function publish() {
   const expire = $("expire").value;
   await call("publish", {
-    state: { username: $("username").value.trim(), status: $("status").value.trim() },
+    state: {
+      username: $("username").value.trim(),
+      status: $("status").value.trim(),
+      availability: $("availability").value,
+    },
     expireAfter: expire ? Number(expire) : null,
   });
 }
@@ -99,6 +114,24 @@ $("clear").addEventListener("click", () => {
 });
 
 $("new-window").addEventListener("click", () => call("new_window").catch(() => {}));
+
+// The link is shown as well as copied: where the clipboard is not ours to
+// write, it is selected for Ctrl+C.
+$("copy-invite").addEventListener("click", async () => {
+  const link = await call("invite_link").catch(() => null);
+  if (!link) return;
+  const field = $("invite-link");
+  field.value = link;
+  $("invite").hidden = false;
+  try {
+    await navigator.clipboard.writeText(link);
+    $("invite-copied").textContent = "Copied";
+  } catch {
+    field.focus();
+    field.select();
+    $("invite-copied").textContent = "Press Ctrl+C to copy";
+  }
+});
 $("error-dismiss").addEventListener("click", () => ($("error").hidden = true));
 
 $("open-settings").addEventListener("click", async () => {
@@ -114,6 +147,8 @@ $("settings-form").addEventListener("submit", async (e) => {
     room: $("setting-room").value.trim(),
     displayName: $("setting-name").value.trim(),
     token: $("setting-token").value.trim() || null,
+    closeToTray: $("setting-tray").checked,
+    awayAfterMinutes: Number($("setting-away").value || 0),
   };
   try {
     const saved = await invoke("set_settings", { settings });
@@ -130,6 +165,9 @@ async function start() {
   await listen("presence://users", (e) => list.apply(e.payload));
   await listen("mesh://status", (e) => showStatus(e.payload));
   await listen("mesh://error", (e) => showError(e.payload.message));
+  await listen("app://notice", (e) => showNotice(e.payload));
+  await listen("app://availability", (e) => ($("availability").value = e.payload));
+  await listen("app://edit-status", () => $("status").focus());
 
   // Told once: the backend hands each notice to the first window that asks.
   for (const notice of await call("take_notices")) showNotice(notice);
@@ -138,6 +176,7 @@ async function start() {
   const last = await call("read");
   $("username").value = (last && last.username) || settings.displayName;
   $("status").value = (last && last.status) || "";
+  $("availability").value = (last && last.availability) || "available";
   showStatus(await call("connect"));
 }
 

@@ -198,7 +198,7 @@ class UserList {
     el.setAttribute("role", "listitem");
     el.innerHTML =
       '<span class="avatar" aria-hidden="true"></span>' +
-      '<span class="who"><span class="name"></span><span class="you-badge">you</span>' +
+      '<span class="who"><span class="name"></span><span class="availability-badge"></span><span class="you-badge">you</span>' +
       '<span class="unverified-badge" title="The server does not vouch for this identity">unverified</span></span>' +
       '<span class="user-status"></span>' +
       '<span class="expiry"></span>' +
@@ -240,9 +240,25 @@ function fillRow(el, user, now) {
   status.classList.toggle("idle", !text);
   // No tabs: they were here before a reconnect and are kept for a grace
   // period while they come back.
+  fillAvailability(el, user);
   const tabs = user.tabCount === 0 ? "reconnecting" : user.tabCount === 1 ? "1 tab" : `${user.tabCount} tabs`;
   el.querySelector(".tabs").textContent = tabs;
   fillExpiry(el, user, now);
+}
+
+const AVAILABILITY_TEXT = { away: "away", busy: "busy", dnd: "do not disturb" };
+
+/** Away automatically (since a time), or what they chose; nothing when available. */
+function fillAvailability(el, user) {
+  const badge = el.querySelector(".availability-badge");
+  if (user.idleSince) {
+    el.dataset.availability = "away";
+    const since = new Date(user.idleSince).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    badge.textContent = `away since ${since}`;
+  } else {
+    el.dataset.availability = user.availability || "available";
+    badge.textContent = AVAILABILITY_TEXT[user.availability] || "";
+  }
 }
 
 function fillExpiry(el, user, now) {

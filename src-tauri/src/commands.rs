@@ -5,11 +5,12 @@
 use mesh_client::Token;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tauri::{AppHandle, Manager, Runtime, State, WebviewWindow};
+use tauri::{AppHandle, Runtime, State, WebviewWindow};
 
 use crate::error::AppError;
 use crate::events::StatusPayload;
 use crate::list_view::UsersWindow;
+use crate::my_state;
 use crate::settings::{validate_name, validate_status, Settings};
 use crate::state::AppState;
 
@@ -31,6 +32,15 @@ pub struct SettingsView {
     /// The token sent to the server, if any (the panel shows it masked;
     /// `Debug` hides it).
     pub token: Option<Token>,
+    /// Whether closing the last window keeps the app in the tray.
+    pub close_to_tray: bool,
+    /// Minutes without input before automatic away; 0 = off.
+    pub away_after_minutes: u32,
+    /// Whether this desktop shows the app's tray icon.
+    pub has_tray: bool,
+    /// Whether this desktop tells the app how long you have been idle
+    /// (automatic away needs it).
+    pub idle_available: bool,
 }
 
 /// What the window sends to publish: the fields a user types. The app adds
@@ -43,6 +53,9 @@ pub struct PublishInput {
     /// Your status text.
     #[serde(default)]
     pub status: String,
+    /// Available, away, busy or dnd; left out, the one you had is kept.
+    #[serde(default)]
+    pub availability: Option<String>,
 }
 
 fn view(state: &AppState, settings: Settings) -> SettingsView {
@@ -52,6 +65,10 @@ fn view(state: &AppState, settings: Settings) -> SettingsView {
         display_name: settings.display_name,
         user_id: state.user_id().to_string(),
         token: settings.token,
+        close_to_tray: settings.close_to_tray,
+        away_after_minutes: settings.away_after_minutes,
+        has_tray: state.has_tray(),
+        idle_available: state.idle_available(),
     }
 }
 
@@ -70,14 +87,7 @@ pub async fn set_settings<R: Runtime>(
 ) -> Result<SettingsView, AppError> {
     let settings = settings.validate()?;
     app_state.store().save_settings(&settings)?;
-    for label in app.webview_windows().into_keys() {
-        let app = app.clone();
-        tauri::async_runtime::spawn(async move {
-            let state = app.state::<AppState>();
-            // Errors reach the window as `mesh://error`.
-            let _ = state.connect(&app, &label, true).await;
-        });
-    }
+    crate::state::reconnect_all(&app);
     Ok(view(&app_state, settings))
 }
 
@@ -102,6 +112,11 @@ pub async fn publish<R: Runtime>(
 ) -> Result<Value, AppError> {
     let username = validate_name(&state.username)?;
     let status = validate_status(&state.status)?;
+    let availability = state
+        .availability
+        .as_deref()
+        .map(my_state::validate_availability)
+        .transpose()?;
     if let Some(ms) = expire_after {
         if ms == 0 || ms > MAX_EXPIRE_AFTER_MS {
             return Err(AppError::invalid(format!(
@@ -112,7 +127,9 @@ pub async fn publish<R: Runtime>(
     let session = app_state
         .session(window.label())
         .ok_or_else(AppError::not_connected)?;
-    let published = session.publish(&username, &status, expire_after).await?;
+    let published = session
+        .publish(&username, &status, availability, expire_after)
+        .await?;
     let mut settings = app_state.store().settings();
     if settings.display_name != username {
         settings.display_name = username;
@@ -133,7 +150,7 @@ pub async fn clear_status<R: Runtime>(
         .session(window.label())
         .ok_or_else(AppError::not_connected)?;
     let name = app_state.store().settings().display_name;
-    session.publish(&name, "", None).await
+    session.publish(&name, "", None, None).await
 }
 
 /// Your last state in the current room, as stored (`null` when none).
@@ -173,4 +190,29 @@ pub fn users_window<R: Runtime>(
 #[tauri::command]
 pub async fn new_window<R: Runtime>(app: AppHandle<R>) -> Result<String, AppError> {
     crate::open_window(&app)
+}
+
+/// The link that opens this window's room on its server in another copy of
+/// the app (`mesh-presence://join?server=…&room=…`). It carries no token.
+#[tauri::command]
+pub fn invite_link<R: Runtime>(
+    window: WebviewWindow<R>,
+    app_state: State<'_, AppState>,
+) -> Result<String, AppError> {
+    let session = app_state
+        .session(window.label())
+        .ok_or_else(AppError::not_connected)?;
+    Ok(crate::invite::link(
+        &session.target.url,
+        &session.target.room,
+    ))
+}
+
+/// Does what the tray menu item `id` does (`status-busy`, `tray-show`, ...).
+/// The tray's clicks run the same handler; this lets the page, and the
+/// end-to-end tests (a tray cannot be clicked under a virtual X server),
+/// reach it.
+#[tauri::command]
+pub async fn tray_menu<R: Runtime>(app: AppHandle<R>, id: String) -> Result<(), AppError> {
+    crate::tray::handle_menu(&app, &id).await
 }

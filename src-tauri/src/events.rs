@@ -11,6 +11,15 @@ use tauri::{AppHandle, Emitter, EventTarget, Runtime};
 pub const USERS: &str = "presence://users";
 /// The connection changed state or measured a new latency ([`StatusPayload`]).
 pub const STATUS: &str = "mesh://status";
+/// Something the user should know that is not an error (a token that was
+/// not carried to another server): a message string.
+pub const NOTICE: &str = "app://notice";
+/// Your availability was changed outside the window (the tray's menu): the
+/// new one, for the window's picker.
+pub const AVAILABILITY: &str = "app://availability";
+/// The tray's "Custom status…": the window should put the cursor in the
+/// status field.
+pub const EDIT_STATUS: &str = "app://edit-status";
 /// Something failed in the background ([`crate::error::AppError`]).
 pub const ERROR: &str = "mesh://error";
 

@@ -253,6 +253,8 @@ mod tests {
             username: name.into(),
             status: status.into(),
             expires_at: None,
+            availability: String::new(),
+            idle_since: None,
             tab_count: 1,
             you: id == "me",
             unverified: false,

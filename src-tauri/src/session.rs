@@ -12,7 +12,7 @@ use mesh_client::{ClientError, ClientEvent, ClientOptions, MeshClient, Status, T
 use serde_json::Value;
 use tauri::async_runtime::JoinHandle;
 use tauri::{AppHandle, Runtime};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 use crate::error::{lock, AppError, ErrorCode};
 use crate::events::{self, StatusPayload};
@@ -57,7 +57,14 @@ pub struct Session {
     /// Clears a short-lived status when it runs out. A std mutex: only held
     /// to swap the handle.
     expiry: Mutex<Option<JoinHandle<()>>>,
+    /// How many people are in the room (for the tray).
+    people: watch::Receiver<usize>,
+    /// Tells this session from any other the app ever had.
+    serial: u64,
 }
+
+/// The next session's [`Session::serial`].
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Session {
     /// Connects, joins the room, publishes your restored state, and starts
@@ -131,7 +138,9 @@ impl Session {
 
         let resync = Arc::new(Notify::new());
         let list = Arc::new(Mutex::new(ListView::new()));
+        let (count, people) = watch::channel(0);
         let tasks = vec![
+            tauri::async_runtime::spawn(count_people(presence.clone(), count)),
             tauri::async_runtime::spawn(forward_status(
                 app.clone(),
                 label.clone(),
@@ -157,6 +166,8 @@ impl Session {
             list,
             tasks,
             expiry: Mutex::new(None),
+            people,
+            serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         // `Presence::new` published the restored state; a short-lived one
         // still needs its timer.
@@ -179,21 +190,62 @@ impl Session {
         status_payload(&self.client, &self.target, None)
     }
 
-    /// Publishes your state, built from what the window sent.
+    /// Publishes your state, built from what the window sent; without an
+    /// `availability`, the one you had is kept.
     pub async fn publish(
         &self,
         username: &str,
         status: &str,
+        availability: Option<&str>,
         expire_after_ms: Option<u64>,
     ) -> Result<Value, AppError> {
+        let current = self.presence.read().ok().flatten();
+        let availability = availability.unwrap_or_else(|| my_state::availability(current.as_ref()));
         let state = my_state::compose(
             &self.user_id,
             username,
             status,
+            availability,
             expire_after_ms,
             mesh_protocol::now_millis(),
         );
         self.publish_state(state, expire_after_ms).await
+    }
+
+    /// Your state as published last (by any of your windows).
+    pub fn my_state(&self) -> Option<Value> {
+        self.presence.read().ok().flatten()
+    }
+
+    /// Republishes your state with field `key` set to `value` (removed for
+    /// `None`), everything else as it is, a short-lived status with the
+    /// time it has left. Nothing is sent when the field already is so.
+    pub async fn set_field(&self, key: &str, value: Option<Value>) -> Result<(), AppError> {
+        let Some(current) = self.my_state() else {
+            return Ok(());
+        };
+        if current.get(key) == value.as_ref() {
+            return Ok(());
+        }
+        let (state, expire_after) =
+            my_state::with_field(current, key, value, mesh_protocol::now_millis());
+        self.publish_state(state, expire_after).await.map(drop)
+    }
+
+    /// Closes the connection (which takes you out of the room) and waits
+    /// until it is closed.
+    pub async fn close(&self) {
+        self.client.close().await;
+    }
+
+    /// A number no other session of this app has.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// How many people the room's list holds, as it changes.
+    pub fn people(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.people.clone()
     }
 
     /// Publishes (and saves) `state`; a short-lived one gets a timer that
@@ -319,6 +371,21 @@ async fn forward_status<R: Runtime>(
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => break,
             },
+        }
+    }
+}
+
+/// Keeps `count` at the number of people in the room, at most once a
+/// second: the tray's label needs no more, and a busy room costs one
+/// length read per second.
+async fn count_people(presence: Arc<Presence>, count: watch::Sender<usize>) {
+    let mut users = presence.users();
+    loop {
+        let n = users.borrow_and_update().len();
+        count.send_if_modified(|shown| std::mem::replace(shown, n) != n);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if users.changed().await.is_err() {
+            break;
         }
     }
 }

@@ -20,6 +20,10 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_STATUS_CHARS: usize = 200;
 /// Longest token we accept, in bytes (a JWT with generous claims).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Minutes without input before you are shown away, unless changed.
+pub const DEFAULT_AWAY_AFTER_MINUTES: u32 = 10;
+/// The longest wait for automatic away we accept: a day.
+pub const MAX_AWAY_AFTER_MINUTES: u32 = 24 * 60;
 
 /// The user's settings, as stored and as shown in the settings panel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,10 +42,26 @@ pub struct Settings {
     /// Its `Debug` form hides it, so settings can be logged.
     #[serde(default)]
     pub token: Option<Token>,
+    /// Whether closing the last window keeps the app running in the tray
+    /// (where the desktop has one), still in the room.
+    #[serde(default = "default_true")]
+    pub close_to_tray: bool,
+    /// Minutes without keyboard or mouse input before you are shown away;
+    /// 0 turns automatic away off.
+    #[serde(default = "default_away_after")]
+    pub away_after_minutes: u32,
 }
 
 fn default_room() -> String {
     DEFAULT_ROOM.to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_away_after() -> u32 {
+    DEFAULT_AWAY_AFTER_MINUTES
 }
 
 impl Default for Settings {
@@ -51,6 +71,8 @@ impl Default for Settings {
             room: default_room(),
             display_name: String::new(),
             token: None,
+            close_to_tray: true,
+            away_after_minutes: DEFAULT_AWAY_AFTER_MINUTES,
         }
     }
 }
@@ -69,6 +91,11 @@ impl Settings {
             None | Some("") => None,
             Some(token) => Some(validate_token(token)?),
         };
+        if self.away_after_minutes > MAX_AWAY_AFTER_MINUTES {
+            return Err(AppError::invalid(format!(
+                "Away after: at most {MAX_AWAY_AFTER_MINUTES} minutes (0 turns it off)"
+            )));
+        }
         Ok(self)
     }
 
@@ -124,11 +151,39 @@ impl Settings {
             },
         )
         .flatten();
+        let defaults = Settings::default();
+        let close_to_tray = match fields.get("closeToTray") {
+            None | Some(Value::Null) => defaults.close_to_tray,
+            Some(Value::Bool(on)) => *on,
+            Some(other) => {
+                notices.push(format!(
+                    "The saved \"close to tray\" ({other}) is not true or false. \
+                     Instead the app keeps running in the tray; change it in Settings."
+                ));
+                defaults.close_to_tray
+            }
+        };
+        let away_after_minutes = match fields.get("awayAfterMinutes") {
+            None | Some(Value::Null) => defaults.away_after_minutes,
+            Some(value) => match value.as_u64() {
+                Some(m) if m <= u64::from(MAX_AWAY_AFTER_MINUTES) => m as u32,
+                _ => {
+                    notices.push(format!(
+                        "The saved \"away after\" ({value}) is not a number of minutes \
+                         from 0 to {MAX_AWAY_AFTER_MINUTES}. Instead it is \
+                         {DEFAULT_AWAY_AFTER_MINUTES}; change it in Settings."
+                    ));
+                    defaults.away_after_minutes
+                }
+            },
+        };
         let settings = Settings {
             server_url,
             room,
             display_name,
             token,
+            close_to_tray,
+            away_after_minutes,
         };
         (settings, notices)
     }
@@ -410,6 +465,28 @@ mod tests {
         let (s, notices) = Settings::from_stored(&serde_json::json!("garbage"));
         assert_eq!(s, Settings::default());
         assert_eq!(notices.len(), 1);
+    }
+
+    #[test]
+    fn tray_and_away_settings_default_and_are_checked() {
+        let (s, notices) = Settings::from_stored(&serde_json::json!({"room": "r"}));
+        assert!(s.close_to_tray);
+        assert_eq!(s.away_after_minutes, DEFAULT_AWAY_AFTER_MINUTES);
+        assert!(notices.is_empty());
+        let stored = serde_json::json!({"closeToTray": false, "awayAfterMinutes": 0});
+        let (s, notices) = Settings::from_stored(&stored);
+        assert!(!s.close_to_tray);
+        assert_eq!(s.away_after_minutes, 0, "0 turns it off");
+        assert!(notices.is_empty());
+        let stored = serde_json::json!({"closeToTray": "no", "awayAfterMinutes": -3, "room": "r"});
+        let (s, notices) = Settings::from_stored(&stored);
+        assert_eq!(notices.len(), 2, "{notices:?}");
+        assert_eq!((s.close_to_tray, s.room.as_str()), (true, "r"));
+        let too_long = Settings {
+            away_after_minutes: MAX_AWAY_AFTER_MINUTES + 1,
+            ..Settings::default()
+        };
+        assert!(too_long.validate().is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! one session per window.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use mesh_server::RunningServer;
@@ -11,9 +12,22 @@ use tokio::sync::OnceCell;
 use crate::embedded;
 use crate::error::{lock, AppError};
 use crate::events::{self, StatusPayload};
+use crate::invite::Invite;
 use crate::session::{Session, Target};
 use crate::settings::Settings;
 use crate::store::AppStore;
+
+/// Reconnects every window with the saved settings (they changed). Errors
+/// reach each window as `mesh://error`.
+pub fn reconnect_all<R: Runtime>(app: &AppHandle<R>) {
+    for label in app.webview_windows().into_keys() {
+        let app = app.clone();
+        tauri::async_runtime::spawn(async move {
+            let state = app.state::<AppState>();
+            let _ = state.connect(&app, &label, true).await;
+        });
+    }
+}
 
 /// Everything the commands share.
 pub struct AppState {
@@ -29,6 +43,10 @@ pub struct AppState {
     /// What the user must be told once (a damaged store file, a saved
     /// setting that could not be used), until a window takes them.
     notices: Mutex<Vec<String>>,
+    /// Whether the app has an icon in the tray.
+    has_tray: AtomicBool,
+    /// Whether the desktop tells us how long the user has been idle.
+    idle_available: AtomicBool,
 }
 
 impl AppState {
@@ -47,7 +65,48 @@ impl AppState {
             sessions: Mutex::new(HashMap::new()),
             connect_gate: tokio::sync::Mutex::new(()),
             notices: Mutex::new(notices),
+            has_tray: AtomicBool::new(false),
+            idle_available: AtomicBool::new(false),
         })
+    }
+
+    /// Records whether the app has a tray icon.
+    pub fn set_tray(&self, has_tray: bool) {
+        self.has_tray.store(has_tray, Ordering::Relaxed);
+    }
+
+    /// Whether the app has a tray icon.
+    pub fn has_tray(&self) -> bool {
+        self.has_tray.load(Ordering::Relaxed)
+    }
+
+    /// Records whether automatic away can work here.
+    pub fn set_idle_available(&self, available: bool) {
+        self.idle_available.store(available, Ordering::Relaxed);
+    }
+
+    /// Whether automatic away can work here.
+    pub fn idle_available(&self) -> bool {
+        self.idle_available.load(Ordering::Relaxed)
+    }
+
+    /// Some window's session: they all share your state (tab sync) and the
+    /// room, so any one of them can change your state or count the room.
+    pub fn any_session(&self) -> Option<Arc<Session>> {
+        self.sessions.lock().ok()?.values().next().cloned()
+    }
+
+    /// Leaves the room on every connection and waits until each is closed:
+    /// peers see you leave now, not when your connection times out.
+    pub async fn leave_all(&self) {
+        let sessions: Vec<_> = self
+            .sessions
+            .lock()
+            .map(|mut s| s.drain().map(|(_, s)| s).collect())
+            .unwrap_or_default();
+        for session in sessions {
+            session.close().await;
+        }
     }
 
     /// Adds something the next window to ask must tell the user.
@@ -58,6 +117,18 @@ impl AppState {
     /// What the user has not been told yet; each notice is handed out once.
     pub fn take_notices(&self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.notices))
+    }
+
+    /// Saves the settings `invite` asks for, checked as the settings panel
+    /// checks them; a bad invite changes nothing. Returns what the user must
+    /// be told besides (a token that was not carried to another server).
+    pub fn accept_invite(&self, invite: &Invite) -> Result<Option<String>, AppError> {
+        let saved = self.store.settings();
+        let embedded = self.embedded.get().map(RunningServer::url);
+        let (settings, notice) = invite.apply(&saved, embedded.as_deref())?;
+        self.store.save_settings(&settings)?;
+        tracing::info!(room = %settings.room, server = ?settings.server_url, "opened a room from an invite");
+        Ok(notice)
     }
 
     /// The persistent store.

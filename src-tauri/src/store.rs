@@ -427,6 +427,8 @@ mod tests {
             room: "design".into(),
             display_name: "Ada".into(),
             token: Some(Token::new("a.b.c")),
+            close_to_tray: false,
+            away_after_minutes: 5,
         };
         s.save_settings(&custom).unwrap();
         assert_eq!(s.settings(), custom);
@@ -459,6 +461,7 @@ mod tests {
             room: "design".into(),
             display_name: "Ada".into(),
             token: Some(Token::new("a.b.c")),
+            ..Settings::default()
         })
         .unwrap();
         let state = json!({"userId": id, "username": "Ada", "status": "writing", "expiresAt": 99});

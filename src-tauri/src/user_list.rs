@@ -24,6 +24,11 @@ pub struct UserRow {
     pub status: String,
     /// When their state expires (ms since the epoch), for short-lived states.
     pub expires_at: Option<u64>,
+    /// `away`, `busy` or `dnd` as they chose it; empty when available.
+    pub availability: String,
+    /// Since when they have been idle (ms since the epoch), while their app
+    /// shows them away automatically.
+    pub idle_since: Option<u64>,
     /// How many connections (windows, tabs, devices) they have in the room.
     pub tab_count: usize,
     /// Whether this is the user running this app.
@@ -99,6 +104,10 @@ impl UserRow {
             status: text("status"),
             expires_at: state
                 .and_then(|s| s.get("expiresAt"))
+                .and_then(Value::as_u64),
+            availability: text("availability"),
+            idle_since: state
+                .and_then(|s| s.get("idleSince"))
                 .and_then(Value::as_u64),
             tab_count,
             you: id == me,

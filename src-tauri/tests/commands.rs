@@ -340,6 +340,7 @@ fn saved_state_is_published_once_already_corrected() {
         room: "general".into(),
         display_name: "Ada".into(),
         token: None,
+        ..Settings::default()
     };
     store.save_settings(&settings).unwrap();
 

@@ -57,6 +57,7 @@ pub struct Driver {
     url: String,
     /// The port the app's embedded server tries first.
     pub embedded_port: u16,
+    data_dir: PathBuf,
     out: PathBuf,
 }
 
@@ -71,16 +72,13 @@ impl Driver {
         }
         let log = fs::File::create(out.join("driver.log")).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new("tauri-driver")
+        let mut command = Command::new("tauri-driver");
+        app_env(&mut command, data_dir, embedded_port);
+        let child = command
             .arg("--port")
             .arg(port.to_string())
             .arg("--native-port")
             .arg(native_port.to_string())
-            .env("XDG_DATA_HOME", data_dir.join("data"))
-            .env("XDG_CONFIG_HOME", data_dir.join("config"))
-            .env("XDG_CACHE_HOME", data_dir.join("cache"))
-            .env("MESH_PRESENCE_PORT", embedded_port.to_string())
-            .env("RUST_LOG", "info,mesh_presence_app=debug")
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .spawn()
@@ -89,6 +87,7 @@ impl Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
             embedded_port,
+            data_dir: data_dir.to_path_buf(),
             out: out.to_path_buf(),
         };
         // tauri-driver listens before the WebKitWebDriver behind it does;
@@ -105,6 +104,11 @@ impl Driver {
     /// What the app prints (its log) is appended to `app.log` in the output
     /// directory: WebKitWebDriver, which starts it, discards it.
     pub fn launch(&self) -> Result<App, String> {
+        self.launch_with(&[])
+    }
+
+    /// [`Driver::launch`] with command-line arguments for the app.
+    pub fn launch_with(&self, args: &[&str]) -> Result<App, String> {
         let binary = app_binary();
         if !binary.exists() {
             return Err(format!("app binary {} not built", binary.display()));
@@ -112,7 +116,7 @@ impl Driver {
         let launcher = self.logging_launcher(&binary)?;
         let session = Session::start(
             &self.url,
-            json!({"browserName": "wry", "tauri:options": {"application": launcher}}),
+            json!({"browserName": "wry", "tauri:options": {"application": launcher, "args": args}}),
         )
         .map_err(|e| e.to_string())?;
         let app = App {
@@ -125,6 +129,21 @@ impl Driver {
                 .map(|v| v.as_bool().unwrap_or(false).then_some(()))
         })?;
         Ok(app)
+    }
+
+    /// The file the app reads its idle time from (milliseconds, as text;
+    /// missing: not idle): tests make the app idle without waiting.
+    pub fn idle_file(&self) -> PathBuf {
+        idle_file(&self.data_dir)
+    }
+
+    /// The app binary as the desktop would start a second copy of it (say,
+    /// to open a link), with the same data directories as the driver's.
+    pub fn second_copy(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(app_binary());
+        app_env(&mut command, &self.data_dir, self.embedded_port);
+        command.args(args);
+        command
     }
 
     /// A script that runs `binary` (same process, same arguments) with its
@@ -142,6 +161,22 @@ impl Driver {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
         Ok(path)
     }
+}
+
+/// The environment an app started for a test runs in: its own data
+/// directories, its own embedded-server port, our logs.
+fn app_env(command: &mut Command, data_dir: &Path, embedded_port: u16) {
+    command
+        .env("XDG_DATA_HOME", data_dir.join("data"))
+        .env("XDG_CONFIG_HOME", data_dir.join("config"))
+        .env("XDG_CACHE_HOME", data_dir.join("cache"))
+        .env("MESH_PRESENCE_PORT", embedded_port.to_string())
+        .env("MESH_PRESENCE_IDLE_FILE", idle_file(data_dir))
+        .env("RUST_LOG", "info,mesh_presence_app=debug");
+}
+
+fn idle_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("idle-ms")
 }
 
 impl Drop for Driver {
@@ -241,6 +276,9 @@ pub struct Row {
     pub position: usize,
     /// Whether the row is marked unverified.
     pub unverified: bool,
+    /// What the row says after the name about availability ("busy",
+    /// "away since 10:42"); empty when available.
+    pub availability: String,
 }
 
 const ROWS_JS: &str =
@@ -249,9 +287,20 @@ const ROWS_JS: &str =
   status: r.querySelector('.user-status').textContent, tabs: r.querySelector('.tabs').textContent,
   you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent,
   position: Number(r.getAttribute('aria-posinset')),
-  unverified: r.classList.contains('unverified') }))";
+  unverified: r.classList.contains('unverified'),
+  availability: r.querySelector('.availability-badge').textContent }))";
 
 impl App {
+    /// Runs what the tray menu item `id` does, through the `tray_menu`
+    /// command: the same handler as the tray's (which cannot be clicked
+    /// under Xvfb, where no desktop shows a tray).
+    pub fn tray_menu(&self, id: &str) -> Result<(), String> {
+        self.js(&format!(
+            "return window.__TAURI__.core.invoke('tray_menu', {{id: {id:?}}}).then(() => true)"
+        ))
+        .map(drop)
+    }
+
     /// Runs a script in the page.
     pub fn js(&self, script: &str) -> Result<Value, String> {
         self.session
@@ -329,6 +378,7 @@ impl App {
                 expiry: r["expiry"].as_str().unwrap_or_default().into(),
                 position: r["position"].as_u64().unwrap_or_default() as usize,
                 unverified: r["unverified"].as_bool().unwrap_or(false),
+                availability: r["availability"].as_str().unwrap_or_default().into(),
             })
             .collect())
     }

@@ -61,17 +61,21 @@ impl Peer {
     }
 
     async fn join_with(url: &str, options: ClientOptions, state: Value) -> Peer {
+        Peer::join_room(url, ROOM, options, state).await
+    }
+
+    async fn join_room(url: &str, room: &str, options: ClientOptions, state: Value) -> Peer {
         let client = MeshClient::connect(url, options)
             .await
             .expect("peer connects");
         let (reply, stream) = client
-            .subscribe_presence(ROOM)
+            .subscribe_presence(room)
             .await
             .expect("peer subscribes");
-        assert!(reply.success, "room {ROOM} is tracked");
-        client.join_room(ROOM).await.expect("peer joins");
+        assert!(reply.success, "room {room} is tracked");
+        client.join_room(room).await.expect("peer joins");
         assert!(client
-            .publish_presence_state(ROOM, state, None, false)
+            .publish_presence_state(room, state, None, false)
             .await
             .expect("peer publishes"));
         let snapshot = reply.states.values().cloned().collect();
@@ -1032,3 +1036,7 @@ fn a_large_room_shows_the_right_people_after_scrolling() {
         server.shutdown().await;
     });
 }
+
+/// Opening rooms from outside, the tray's menu, automatic away.
+#[path = "app/desktop.rs"]
+mod desktop;

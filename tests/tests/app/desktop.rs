@@ -1,0 +1,264 @@
+//! What the app does from outside its window: a room opened from the
+//! command line or an invite link (in the running copy: single instance),
+//! the tray's menu, automatic away.
+
+use super::*;
+
+/// The notices the window shows.
+fn notices(app: &mesh_presence_e2e::app::App) -> Result<String, String> {
+    app.text("#notices")
+}
+
+#[test]
+fn opens_the_room_named_on_the_command_line_or_in_a_link() {
+    let out = output_dir("opens_the_room_named_on_the_command_line_or_in_a_link");
+    assert!(
+        std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
+        "run under a D-Bus session (scripts/e2e.sh does): one copy of the app finds the other through it"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let server = StandaloneServer::start(&["--addr", "127.0.0.1:0"]);
+    let url = server.url();
+
+    // A bad value: the window says why, and nothing is saved.
+    let app = driver
+        .launch_with(&["--server", "http://127.0.0.1:1", "--room", "team"])
+        .unwrap();
+    app.wait_connection("online").unwrap();
+    let notice = wait_for("a notice about the server URL", UI_TIMEOUT, || {
+        let text = notices(&app)?;
+        Ok(text.contains("ws:// or wss://").then_some(text))
+    })
+    .unwrap();
+    assert!(notice.contains("Nothing was changed"), "{notice}");
+    assert_eq!(app.text("#room-name").unwrap(), ROOM);
+    assert!(app.text("#server-url").unwrap().ends_with("(embedded)"));
+    app.screenshot("01-bad-server-refused").unwrap();
+    app.quit().unwrap();
+
+    // A good one: a peer in that room sees the app.
+    let rt = runtime();
+    let options = ClientOptions::default();
+    let bob = json!({"userId": "bob", "username": "Bob", "status": "in team"});
+    let mut bob = rt.block_on(Peer::join_room(&url, "team", options.clone(), bob));
+    let app = driver
+        .launch_with(&["--server", &url, "--room", "team"])
+        .unwrap();
+    app.wait_connection("online").unwrap();
+    assert_eq!(app.text("#room-name").unwrap(), "team");
+    assert_eq!(app.server_url().unwrap(), url);
+    let me = rt.block_on(bob.wait_state("the app in team", |s| {
+        s["userId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("user-"))
+    }));
+    app.wait_rows("Bob and me", |rows| {
+        rows.len() == 2 && rows.iter().any(|r| r.name == "Bob") && rows.iter().any(|r| r.you)
+    })
+    .unwrap();
+    app.screenshot("02-opened-from-the-command-line").unwrap();
+
+    // The invite link names this server and room, and no token.
+    app.click("#copy-invite").unwrap();
+    let link = wait_for("the invite link", UI_TIMEOUT, || {
+        let link = app.value("#invite-link")?;
+        Ok((!link.is_empty()).then_some(link))
+    })
+    .unwrap();
+    let expected = format!(
+        "mesh-presence://join?server={}&room=team",
+        url.replace(':', "%3A").replace('/', "%2F")
+    );
+    assert_eq!(link, expected);
+    app.screenshot("03-invite-link").unwrap();
+
+    // A link opened while the app runs: a second copy hands it over and
+    // exits, and the running one opens the room.
+    let carol = json!({"userId": "carol", "username": "Carol", "status": "designing"});
+    let mut carol = rt.block_on(Peer::join_room(&url, "design", options, carol));
+    let design = link.replace("room=team", "room=design");
+    let second = driver.second_copy(&[&design]).output().unwrap();
+    assert!(second.status.success(), "the second copy: {second:?}");
+    rt.block_on(carol.wait_state("the app in design", |s| s["userId"] == me["userId"]));
+    wait_for("the window in design", UI_TIMEOUT, || {
+        Ok((app.text("#room-name")? == "design").then_some(()))
+    })
+    .unwrap();
+    app.wait_rows("Carol and me", |rows| {
+        rows.len() == 2 && rows.iter().any(|r| r.name == "Carol")
+    })
+    .unwrap();
+    app.screenshot("04-link-opened-in-the-running-app").unwrap();
+
+    // And a bad link changes nothing: the window says why.
+    let bad = driver
+        .second_copy(&["mesh-presence://join?server=ws://h"])
+        .output()
+        .unwrap();
+    assert!(bad.status.success(), "{bad:?}");
+    wait_for("the error about the link", UI_TIMEOUT, || {
+        let shown = app.text("#error-text")?;
+        Ok(shown.contains("names no room").then_some(()))
+    })
+    .unwrap();
+    assert_eq!(app.text("#room-name").unwrap(), "design");
+    app.quit().unwrap();
+}
+
+/// Waits until `peer` sees connection `id` leave.
+async fn wait_leave(peer: &mut Peer, id: &str) {
+    let wait = async {
+        loop {
+            match peer.stream.recv().await {
+                Some(PresenceEvent::Update(PresenceUpdate::Leave { connection_id, .. }))
+                    if connection_id == id =>
+                {
+                    return;
+                }
+                Some(_) => {}
+                None => panic!("presence stream ended while waiting for a leave"),
+            }
+        }
+    };
+    tokio::time::timeout(UI_TIMEOUT, wait)
+        .await
+        .expect("timed out waiting for the app to leave");
+}
+
+/// The tray's menu, driven through the `tray_menu` command: the tray icon
+/// itself cannot be clicked under Xvfb (no desktop there shows a tray), so
+/// this runs the handler its clicks run.
+#[test]
+fn the_tray_menu_changes_what_a_peer_sees_and_quits_cleanly() {
+    let out = output_dir("the_tray_menu_changes_what_a_peer_sees_and_quits_cleanly");
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let server = StandaloneServer::start(&["--addr", "127.0.0.1:0"]);
+    let url = server.url();
+    let rt = runtime();
+    let bob = json!({"userId": "bob", "username": "Bob", "status": ""});
+    let mut bob = rt.block_on(Peer::join_room(&url, ROOM, ClientOptions::default(), bob));
+    let app = driver.launch_with(&["--server", &url]).unwrap();
+    app.wait_connection("online").unwrap();
+    app.fill("#status", "reviewing").unwrap();
+    app.click("#update").unwrap();
+    let mine = |s: &Value| {
+        s["userId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("user-"))
+    };
+    rt.block_on(bob.wait_state("my status", |s| mine(s) && s["status"] == "reviewing"));
+
+    for (item, availability, shown) in [
+        ("status-busy", "busy", "busy"),
+        ("status-dnd", "dnd", "do not disturb"),
+        ("status-away", "away", "away"),
+    ] {
+        app.tray_menu(item).unwrap();
+        let seen = rt.block_on(bob.wait_state(availability, |s| {
+            mine(s) && s["availability"] == availability
+        }));
+        assert_eq!(seen["status"], "reviewing", "the status text stays");
+        app.wait_rows(shown, |rows| {
+            rows.iter().any(|r| r.you && r.availability == shown)
+        })
+        .unwrap();
+        assert_eq!(app.value("#availability").unwrap(), availability);
+        if item == "status-dnd" {
+            app.screenshot("01-do-not-disturb-from-the-tray").unwrap();
+        }
+    }
+    app.tray_menu("status-available").unwrap();
+    rt.block_on(bob.wait_state("available again", |s| {
+        mine(s) && s.get("availability").is_none() && s["status"] == "reviewing"
+    }));
+    app.wait_rows("no availability word", |rows| {
+        rows.iter().any(|r| r.you && r.availability.is_empty())
+    })
+    .unwrap();
+    let err = app.tray_menu("status-asleep").unwrap_err();
+    assert!(err.contains("Availability must be one of"), "{err}");
+
+    // Quit: the app leaves the room, and is gone.
+    let connection = app
+        .js("return document.querySelector('#connection').dataset.status")
+        .unwrap();
+    assert_eq!(connection, "online");
+    let me = rt.block_on(async {
+        let states = bob.client.get_presence_state(ROOM).await.unwrap();
+        states
+            .states
+            .iter()
+            .find(|(_, s)| mine(s))
+            .map(|(id, _)| id.clone())
+            .expect("my connection")
+    });
+    // Asked for after the script has answered: the app is gone right after.
+    app.js(
+        "setTimeout(() => window.__TAURI__.core.invoke('tray_menu', {id: 'tray-quit'}), 100); \
+         return true",
+    )
+    .unwrap();
+    rt.block_on(wait_leave(&mut bob, &me));
+}
+
+/// Automatic away through its seam: the app reads its idle time from a
+/// file here (`MESH_PRESENCE_IDLE_FILE`), so a test does not wait minutes.
+#[test]
+fn automatic_away_marks_me_for_peers_and_back_keeping_what_i_chose() {
+    let out = output_dir("automatic_away_marks_me_for_peers_and_back_keeping_what_i_chose");
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    let url = app.server_url().unwrap();
+    let rt = runtime();
+    let bob = json!({"userId": "bob", "username": "Bob", "status": ""});
+    let mut bob = rt.block_on(Peer::join(&url, bob));
+
+    app.fill("#status", "deep in review").unwrap();
+    app.js("document.getElementById('availability').value = 'busy'")
+        .unwrap();
+    app.click("#update").unwrap();
+    let mine = |s: &Value| {
+        s["userId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("user-"))
+    };
+    rt.block_on(bob.wait_state("busy, by hand", |s| {
+        mine(s) && s["availability"] == "busy" && s["status"] == "deep in review"
+    }));
+
+    // Eleven minutes without input (the default is ten).
+    let went_idle = mesh_protocol::now_millis() - 11 * 60_000;
+    fs::write(driver.idle_file(), (11 * 60_000).to_string()).unwrap();
+    let away =
+        rt.block_on(bob.wait_state("the away marker", |s| mine(s) && s["idleSince"].is_u64()));
+    let since = away["idleSince"].as_u64().unwrap();
+    assert!(
+        since.abs_diff(went_idle) < 30_000,
+        "idle since {since}, went idle about {went_idle}"
+    );
+    assert_eq!(away["status"], "deep in review", "my status stays");
+    assert_eq!(away["availability"], "busy", "what I chose stays");
+    app.wait_rows("away on my row", |rows| {
+        rows.iter()
+            .any(|r| r.you && r.availability.starts_with("away since "))
+    })
+    .unwrap();
+    app.screenshot("01-away-while-idle").unwrap();
+
+    // Back: the marker goes, the rest is as I left it.
+    fs::write(driver.idle_file(), "0").unwrap();
+    let back = rt.block_on(bob.wait_state("back", |s| {
+        mine(s) && s.get("idleSince").is_none() && s["status"] == "deep in review"
+    }));
+    assert_eq!(back["availability"], "busy");
+    app.wait_rows("busy again on my row", |rows| {
+        rows.iter().any(|r| r.you && r.availability == "busy")
+    })
+    .unwrap();
+    app.screenshot("02-back").unwrap();
+    app.quit().unwrap();
+}
