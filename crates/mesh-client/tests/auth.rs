@@ -4,7 +4,7 @@
 
 mod support;
 
-use mesh_client::{ClientError, ClientEvent, ClientOptions, MeshClient, Status, Token};
+use mesh_client::{ClientError, ClientEvent, ClientOptions, MeshClient, Token};
 use mesh_server::auth::sign_hs256;
 use mesh_server::{Auth, RunningServer, Server, TrackOptions};
 use serde_json::{json, Value};
@@ -105,14 +105,7 @@ async fn expiry_then_refused_reconnect_stays_offline() {
         ],
     )
     .await;
-    let mut status = client.status();
-    within("offline", status.wait_for(|s| *s == Status::Offline))
-        .await
-        .unwrap();
-    assert_eq!(
-        client.request("mesh/noop", json!({})).await,
-        Err(ClientError::Offline)
-    );
+    assert_offline_for_good(&client).await;
     server.shutdown().await;
 }
 
