@@ -19,13 +19,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// One benchmark client.
+/// Frames a client classifies before it lets the other clients read.
+const EVENTS_PER_TURN: u32 = 32;
+
+/// One benchmark connection.
 pub struct Client {
     tx: SplitSink<Ws, Message>,
     rx: SplitStream<Ws>,
     next_id: u64,
     /// Frames read while waiting at a barrier, for `next_event`.
     early: VecDeque<Utf8Bytes>,
+    /// Frames classified by `next_event`, to give way now and then.
+    events: u32,
 }
 
 /// What the benchmark reads out of each frame; everything else is skipped.
@@ -135,6 +140,7 @@ impl Client {
             rx,
             next_id: 1,
             early: VecDeque::new(),
+            events: 0,
         };
         // Connected means: the id was assigned.
         loop {
@@ -190,6 +196,15 @@ impl Client {
 
     /// Reads one frame and classifies it; answers pings.
     pub async fn next_event(&mut self) -> Result<Event, BoxError> {
+        // Thousands of clients share a few threads here. One that drained
+        // its whole backlog in one go would leave the others unread for
+        // seconds, and a server with a short ping interval would rightly
+        // take them for gone; so each reads a little, then gives way, as
+        // clients on machines of their own would all be reading at once.
+        self.events = self.events.wrapping_add(1);
+        if self.events.is_multiple_of(EVENTS_PER_TURN) {
+            tokio::task::yield_now().await;
+        }
         let text = match self.early.pop_front() {
             Some(text) => text,
             None => self.recv_text().await?,

@@ -115,11 +115,17 @@ impl Limits {
     }
 }
 
+/// The default slowest reader: about a slow mobile link (128 kbit/s).
+pub(crate) const DEFAULT_MIN_READ_RATE: u64 = 16 * 1024;
+
 /// Everything a running server was configured with.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) ping_interval: Duration,
     pub(crate) max_missed_pongs: u32,
+    /// The slowest reading, in bytes per second, that still counts as
+    /// reading when a pong is late; 0 counts none.
+    pub(crate) min_read_rate: u64,
     pub(crate) latency_interval: Duration,
     pub(crate) metadata_from_query: bool,
     pub(crate) open_metadata: bool,
@@ -134,6 +140,7 @@ impl Default for Config {
         Config {
             ping_interval: Duration::from_secs(30),
             max_missed_pongs: 1,
+            min_read_rate: DEFAULT_MIN_READ_RATE,
             latency_interval: Duration::from_secs(5),
             metadata_from_query: false,
             open_metadata: false,
@@ -154,6 +161,21 @@ impl Config {
     /// one interval per tolerated missed pong, plus the one in flight.
     pub(crate) fn liveness_window(&self) -> Duration {
         self.ping_interval * (self.max_missed_pongs + 1)
+    }
+
+    /// How long after a ping is written its pong is due, when nothing
+    /// sent before the ping is left to read: one interval per tolerated
+    /// missed pong (at least one), so that a silent peer is gone within
+    /// [`Config::liveness_window`] of its last pong.
+    pub(crate) fn pong_grace(&self) -> Duration {
+        self.ping_interval * self.max_missed_pongs.max(1)
+    }
+
+    /// How long a reader at the slowest counted rate takes to read `bytes`
+    /// (`None` when no rate counts).
+    pub(crate) fn time_to_read(&self, bytes: u64) -> Option<Duration> {
+        (self.min_read_rate > 0)
+            .then(|| Duration::from_secs_f64(bytes as f64 / self.min_read_rate as f64))
     }
 
     /// Whether a request with these `Origin` headers may connect.

@@ -20,7 +20,7 @@ use crate::outbox::{self, Kind, Outbox, Outgoing, ReadSide};
 use crate::server::ServerHandle;
 use crate::tracking::TrackOptions;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use mesh_protocol::{command, DecodeError, ErrorCode, ErrorPayload, Frame, Strategy};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -355,8 +355,14 @@ pub(crate) struct Connection {
     /// When the connection is considered dead without a pong.
     alive_until: Instant,
     latency_sent: Option<Instant>,
-    /// Pings sent that no pong has answered yet.
+    /// Pings sent that no pong has answered yet (at most one: another
+    /// ping behind an unanswered one would only wait behind it).
     pings_unanswered: u32,
+    /// Pings sent so far.
+    pings_sent: u64,
+    /// How far into the stream the client has shown it read: the end of
+    /// the last ping it answered.
+    read_proven: u64,
     /// When this connection's presence TTLs were last pushed back.
     ttl_refreshed: Instant,
     bad_frames: Allowance,
@@ -414,6 +420,8 @@ impl Connection {
         let bad_frames = Allowance::new(limits.max_bad_frames, now);
         let control_frames = Allowance::new(limits.max_control_frames, now);
         Connection {
+            read_proven: 0,
+            pings_sent: 0,
             alive_until: now + server.shared.config.liveness_window(),
             id,
             server,
@@ -514,52 +522,78 @@ impl Connection {
                 _ = crate::server::stopped(shutdown) => return Ending::Shutdown,
                 _ = outbox.overflowed() => return Ending::SlowConsumer,
                 _ = &mut deadline => {
-                    // Still taking in what we send it? Then its pong is
-                    // late behind our own backlog to it, not missing.
-                    let progress = outbox.last_progress() + config.liveness_window();
-                    if progress <= Instant::now() {
-                        return Ending::Unresponsive;
-                    }
-                    self.alive_until = progress;
-                }
-                _ = outbox.drained(), if backlogged => {}
-                _ = &mut expiry, if self.token_expires.is_some() => return Ending::TokenExpired,
-                _ = ping.tick() => {
-                    self.pings_unanswered = self.pings_unanswered.saturating_add(1);
-                    self.heartbeat(Frame::push(command::PING, json!({})));
-                }
-                _ = latency.tick() => {
-                    self.latency_sent = Some(Instant::now());
-                    self.heartbeat(Frame::push(command::LATENCY_REQUEST, json!({})));
-                }
-                msg = stream.next(), if !backlogged => match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(ending) = self.on_text(text.as_str()).await {
+                    if self.pong_excused_until() <= Instant::now() {
+                        // Load may have kept this task from running while
+                        // the pong already waited in the socket.
+                        if let Some(ending) = self.on_ready_messages(stream).await {
                             return ending;
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        if self.bad_frames.spend(Instant::now()) {
-                            return Ending::Garbage;
-                        }
+                    let until = self.pong_excused_until();
+                    if until <= Instant::now() {
+                        return Ending::Unresponsive;
                     }
-                    Some(Ok(Message::Close(frame))) => {
-                        return Ending::PeerClosed(frame.map(|f| f.code))
+                    self.alive_until = until;
+                }
+                _ = outbox.drained(), if backlogged => {}
+                _ = &mut expiry, if self.token_expires.is_some() => return Ending::TokenExpired,
+                _ = ping.tick(), if self.pings_unanswered == 0 => {
+                    self.pings_unanswered = 1;
+                    self.pings_sent += 1;
+                    self.alive_until = Instant::now() + config.pong_grace();
+                    self.heartbeat(Kind::Ping, Frame::push(command::PING, json!({})));
+                }
+                _ = latency.tick() => {
+                    self.latency_sent = Some(Instant::now());
+                    self.heartbeat(
+                        Kind::Heartbeat,
+                        Frame::push(command::LATENCY_REQUEST, json!({})),
+                    );
+                }
+                msg = stream.next(), if !backlogged => {
+                    if let Some(ending) = self.on_message(msg).await {
+                        return ending;
                     }
-                    None => return Ending::PeerGone,
-                    // We never ping at the WebSocket level, so every ping
-                    // or pong is unasked for. tungstenite answers pings; its
-                    // pongs are pushes to the outbox, within its budget.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                        if self.control_frames.spend(Instant::now()) {
-                            return Ending::ControlFlood;
-                        }
-                    }
-                    Some(Ok(Message::Frame(_))) => {}
-                    Some(Err(e)) => return Ending::of_read_error(&e),
-                },
+                }
             }
         }
+    }
+
+    /// Handles what the socket gave; `Some` ends the connection.
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<Ending> {
+        match msg {
+            Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => self
+                .bad_frames
+                .spend(Instant::now())
+                .then_some(Ending::Garbage),
+            Some(Ok(Message::Close(frame))) => Some(Ending::PeerClosed(frame.map(|f| f.code))),
+            None => Some(Ending::PeerGone),
+            // We never ping at the WebSocket level, so every ping or pong
+            // is unasked for. tungstenite answers pings; its pongs are
+            // pushes to the outbox, within its budget.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => self
+                .control_frames
+                .spend(Instant::now())
+                .then_some(Ending::ControlFlood),
+            Some(Ok(Message::Frame(_))) => None,
+            Some(Err(e)) => Some(Ending::of_read_error(&e)),
+        }
+    }
+
+    /// Handles the frames already waiting in the socket, without waiting
+    /// for more; `Some` ends the connection.
+    async fn on_ready_messages(&mut self, stream: &mut Socket) -> Option<Ending> {
+        while !self.outbox.replies_backlogged() {
+            let msg = stream.next().now_or_never()?;
+            if let Some(ending) = self.on_message(msg).await {
+                return Some(ending);
+            }
+        }
+        None
     }
 
     async fn on_text(&mut self, text: &str) -> Option<Ending> {
@@ -600,6 +634,10 @@ impl Connection {
             command::PONG => {
                 let asked = self.pings_unanswered > 0;
                 self.pings_unanswered = self.pings_unanswered.saturating_sub(1);
+                let answered = self.outbox.reading().last_ping;
+                if let Some(ping) = answered.filter(|p| asked && p.seq == self.pings_sent) {
+                    self.read_proven = ping.end;
+                }
                 if !asked && self.control_frames.spend(Instant::now()) {
                     return Some(Ending::ControlFlood);
                 }
@@ -640,6 +678,51 @@ impl Connection {
         None
     }
 
+    /// Until when a missing pong is excused.
+    ///
+    /// A pong can only come after the client has read everything we sent
+    /// before its ping, so a late one is not always a missing one:
+    /// * While our writer keeps getting frames into the socket, the client
+    ///   is reading (or its buffers have room).
+    /// * While the ping still waits in our outbox, a writer that is merely
+    ///   behind is behind on this server's account. The client is at fault
+    ///   once a full socket has kept the writer waiting for a liveness
+    ///   window, plus the time the slowest counted reader needs for what
+    ///   sits in the socket buffers (everything written since its last
+    ///   pong, at most): the kernel tells the writer of room only in large
+    ///   steps, so a slow reader can look stalled for a while.
+    /// * Once the ping is in the socket, what came before it may still sit
+    ///   in socket buffers, where its reading cannot be watched: the pong
+    ///   is due a grace period after the ping was written, plus the time
+    ///   the slowest counted reader needs for what it had not yet shown
+    ///   it read.
+    fn pong_excused_until(&self) -> Instant {
+        let config = &self.server.shared.config;
+        let now = Instant::now();
+        if self.pings_unanswered == 0 {
+            // Nothing is owed; the next ping sets the next deadline.
+            return now + config.liveness_window();
+        }
+        let reading = self.outbox.reading();
+        let writing = reading.progress + config.liveness_window();
+        let answerable = match reading.last_ping {
+            Some(ping) if ping.seq == self.pings_sent => {
+                let unread = ping.end.saturating_sub(self.read_proven);
+                ping.at + config.pong_grace() + config.time_to_read(unread).unwrap_or_default()
+            }
+            _ => match reading.blocked_since {
+                Some(since) => {
+                    let unread = reading.written.saturating_sub(self.read_proven);
+                    since
+                        + config.liveness_window()
+                        + config.time_to_read(unread).unwrap_or_default()
+                }
+                None => now + config.pong_grace(),
+            },
+        };
+        writing.max(answerable)
+    }
+
     /// A pong proves the connection alive and pushes back its presence
     /// TTLs. The TTLs are pushed back at most once per half of the shortest
     /// one, however often pongs come: each refresh is a backend write per
@@ -676,9 +759,8 @@ impl Connection {
     }
 
     /// Queues a ping or latency probe.
-    fn heartbeat(&self, frame: Frame) {
-        self.outbox
-            .push(Outgoing::text(Kind::Heartbeat, &frame.encode()));
+    fn heartbeat(&self, kind: Kind, frame: Frame) {
+        self.outbox.push(Outgoing::text(kind, &frame.encode()));
     }
 
     /// Queues a reply to one of this connection's requests.

@@ -64,6 +64,11 @@ struct Args {
     /// Consecutive missed pongs tolerated before a connection is closed.
     #[arg(long, env = "MESH_MAX_MISSED_PONGS", default_value_t = 1)]
     max_missed_pongs: u32,
+    /// Slowest reading (bytes/s) still counted as reading: a pong may be
+    /// late by the time this rate needs to read what was sent before its
+    /// ping; 0 = never late.
+    #[arg(long, env = "MESH_MIN_READ_RATE", default_value_t = 16384)]
+    min_read_rate: u64,
     /// Latency measurement interval.
     #[arg(long, env = "MESH_LATENCY_INTERVAL", default_value = "5s", value_parser = parse_interval)]
     latency_interval: Duration,
@@ -327,6 +332,7 @@ fn configure(args: &Args) -> Result<ServerBuilder, Box<dyn std::error::Error>> {
         .addr(args.addr)
         .ping_interval(args.ping_interval)
         .max_missed_pongs(args.max_missed_pongs)
+        .min_read_rate(args.min_read_rate)
         .latency_interval(args.latency_interval)
         .metadata_from_query(args.metadata_from_query)
         .open_metadata(args.open_metadata)

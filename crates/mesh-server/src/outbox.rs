@@ -44,9 +44,12 @@ const MAX_SLICES: usize = 256;
 pub(crate) enum Kind {
     /// Pushed by the server; bounded.
     Push,
-    /// A ping, a latency probe, or the WebSocket layer's own pong: bounded
-    /// like pushes, but writing one does not show that the client reads.
+    /// A latency probe or the WebSocket layer's own pong: bounded like
+    /// pushes.
     Heartbeat,
+    /// A ping: a heartbeat whose place in the stream is recorded once it
+    /// is written (see [`Outbox::last_ping`]).
+    Ping,
     /// The answer to one of the connection's requests.
     Reply,
     /// The close frame: the last thing written.
@@ -177,12 +180,48 @@ struct Queue {
     push_bytes: usize,
     /// Bytes of replies queued or being written.
     reply_bytes: usize,
+    /// Bytes of whole frames written into the socket so far.
+    written: u64,
+    /// Pings written so far.
+    pings_written: u64,
+    /// The last ping written.
+    last_ping: Option<PingMark>,
+    /// Since when the writer has been waiting for room in a full socket:
+    /// the client is taking none of what we send it.
+    blocked_since: Option<Instant>,
     /// When the writer last got bytes of anything but heartbeats into the
     /// socket: the client was reading, or its buffers had room.
     progress: Instant,
     overflowed: bool,
     /// A close frame is queued: nothing more is accepted.
     closing: bool,
+}
+
+/// Where in the stream a ping ended, and when it was written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PingMark {
+    /// Which ping: 1 for the first written.
+    pub(crate) seq: u64,
+    /// Bytes written up to and including the ping: its pong shows the
+    /// client has read this far.
+    pub(crate) end: u64,
+    pub(crate) at: Instant,
+}
+
+/// What the writer knows of the client's reading.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading {
+    /// When the writer last got anything but heartbeats into the socket.
+    /// A client that stopped reading stops this clock within the size of
+    /// the socket buffers (after that, writes stall); a client that reads
+    /// a long backlog keeps it going.
+    pub(crate) progress: Instant,
+    /// Bytes of whole frames written into the socket so far.
+    pub(crate) written: u64,
+    /// The last ping written.
+    pub(crate) last_ping: Option<PingMark>,
+    /// Since when a full socket has kept the writer waiting.
+    pub(crate) blocked_since: Option<Instant>,
 }
 
 impl Outbox {
@@ -193,6 +232,10 @@ impl Outbox {
                 items: VecDeque::new(),
                 push_bytes: 0,
                 reply_bytes: 0,
+                written: 0,
+                pings_written: 0,
+                last_ping: None,
+                blocked_since: None,
                 progress: Instant::now(),
                 overflowed: false,
                 closing: false,
@@ -228,7 +271,7 @@ impl Outbox {
             return false;
         }
         match kind {
-            Kind::Push | Kind::Heartbeat => {
+            Kind::Push | Kind::Heartbeat | Kind::Ping => {
                 if q.push_bytes + len > self.0.limit {
                     q.overflowed = true;
                     self.0.overflow.notify_one();
@@ -297,14 +340,22 @@ impl Outbox {
         self.0.drained.notified().await;
     }
 
-    /// When the writer last got anything but heartbeats into the socket.
-    ///
-    /// A client that stopped reading stops this clock within the size of
-    /// the socket buffers (after that, writes stall); a client that reads
-    /// a long backlog slowly keeps it going, even while our ping to it is
-    /// stuck behind that backlog.
-    pub(crate) fn last_progress(&self) -> Instant {
-        self.queue().progress
+    /// What the writer knows of the client's reading. A writer that is
+    /// behind without being blocked is behind on its own account (this
+    /// server is busy), which says nothing about the client.
+    pub(crate) fn reading(&self) -> Reading {
+        let q = self.queue();
+        Reading {
+            progress: q.progress,
+            written: q.written,
+            last_ping: q.last_ping,
+            blocked_since: q.blocked_since,
+        }
+    }
+
+    /// The writer found the socket full.
+    fn blocked(&self) {
+        self.queue().blocked_since.get_or_insert_with(Instant::now);
     }
 
     /// Everything queued, once there is something; the queue left behind
@@ -321,14 +372,24 @@ impl Outbox {
         }
     }
 
-    /// The writer got `pushes` and `replies` bytes of whole frames into the
-    /// socket, and bytes of frames other than heartbeats if `real`.
-    fn wrote(&self, pushes: usize, replies: usize, real: bool) {
+    /// The writer got `w` into the socket.
+    fn wrote(&self, w: Written) {
         let mut q = self.queue();
-        q.push_bytes -= pushes;
-        q.reply_bytes -= replies;
-        if real {
-            q.progress = Instant::now();
+        q.push_bytes -= w.pushes;
+        q.reply_bytes -= w.replies;
+        q.written += (w.pushes + w.replies) as u64;
+        q.blocked_since = None;
+        let now = Instant::now();
+        if w.real {
+            q.progress = now;
+        }
+        if w.pinged {
+            q.pings_written += 1;
+            q.last_ping = Some(PingMark {
+                seq: q.pings_written,
+                end: q.written - w.after_ping as u64,
+                at: now,
+            });
         }
         drop(q);
         self.0.drained.notify_one();
@@ -502,6 +563,20 @@ impl<'a> Frames<'a> {
     }
 }
 
+/// What one write got into the socket.
+#[derive(Default)]
+struct Written {
+    /// Bytes of whole push and heartbeat frames.
+    pushes: usize,
+    /// Bytes of whole replies.
+    replies: usize,
+    /// Bytes of a frame other than a heartbeat, whole or not.
+    real: bool,
+    /// A ping was completed, followed by `after_ping` bytes of whole frames.
+    pinged: bool,
+    after_ping: usize,
+}
+
 /// Writes every frame of `batch` (up to and including a close frame),
 /// reporting progress to `outbox` after each write.
 async fn write_all(
@@ -525,15 +600,30 @@ async fn write_all(
                 .enumerate()
                 .map(|(i, s)| IoSlice::new(if i == 0 { &s.bytes[offset..] } else { &s.bytes }))
                 .collect();
-            socket.write_vectored(&slices).await?
+            // Tried first, so that a full socket is told apart from a
+            // writer that is merely late.
+            loop {
+                match socket.try_write_vectored(&slices) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        outbox.blocked();
+                        socket.writable().await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         };
+        // A write that never waits spends no budget by itself; this keeps
+        // a long batch from holding its thread.
+        tokio::task::consume_budget().await;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        let (mut left, mut pushes, mut replies, mut real) = (written, 0, 0, false);
+        let mut left = written;
+        let mut w = Written::default();
         while left > 0 {
             let Some(front) = pending.front() else { break };
-            real |= front.kind != Kind::Heartbeat;
+            w.real |= !matches!(front.kind, Kind::Heartbeat | Kind::Ping);
             let rest = front.bytes.len() - offset;
             if left < rest {
                 offset += left;
@@ -544,13 +634,24 @@ async fn write_all(
             let done = pending.pop_front().expect("front exists");
             if let Some(len) = done.frame_end {
                 match done.kind {
-                    Kind::Push | Kind::Heartbeat => pushes += len,
-                    Kind::Reply => replies += len,
+                    Kind::Push | Kind::Heartbeat => {
+                        w.pushes += len;
+                        w.after_ping += len;
+                    }
+                    Kind::Ping => {
+                        w.pushes += len;
+                        w.pinged = true;
+                        w.after_ping = 0;
+                    }
+                    Kind::Reply => {
+                        w.replies += len;
+                        w.after_ping += len;
+                    }
                     Kind::Close => return Ok(()),
                 }
             }
         }
-        outbox.wrote(pushes, replies, real);
+        outbox.wrote(w);
     }
 }
 

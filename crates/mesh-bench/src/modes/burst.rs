@@ -11,7 +11,7 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Barrier;
+use tokio::sync::{mpsc, Barrier};
 
 /// Per-client results of the burst.
 #[derive(Default)]
@@ -36,6 +36,17 @@ pub struct BurstReport {
     duplicates: u64,
 }
 
+/// Waits at `barrier` with the clients, unless one of them fails first.
+async fn phase(
+    barrier: &Barrier,
+    failed: &mut mpsc::UnboundedReceiver<String>,
+) -> Result<(), String> {
+    tokio::select! {
+        _ = barrier.wait() => Ok(()),
+        Some(e) = failed.recv() => Err(e),
+    }
+}
+
 /// Burst mode: N clients join, then each publishes K states at once.
 pub async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
     let n = args.clients;
@@ -49,72 +60,98 @@ pub async fn burst(args: &Args) -> Result<BurstReport, BoxError> {
     );
 
     let barrier = Arc::new(Barrier::new(n + 1));
+    // A client that fails never reaches the next barrier: it says so here,
+    // and the run stops with its error instead of waiting for it forever.
+    let (failed_tx, mut failed) = mpsc::unbounded_channel::<String>();
     let epoch = Instant::now();
     let room = args.room.clone();
     let mut tasks = Vec::with_capacity(n);
     for (index, mut client) in clients.into_iter().enumerate() {
         let barrier = barrier.clone();
         let room = room.clone();
+        let failed_tx = failed_tx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut tally = Tally::default();
-            client
-                .request(command::SUBSCRIBE_PRESENCE, json!({ "roomName": room }))
-                .await?;
-            client.wait_reading(&barrier).await?; // everyone subscribed
-            client.wait_reading(&barrier).await?; // join phase starts
-            client
-                .send_request(command::JOIN_ROOM, json!({ "roomName": room }))
-                .await?;
-            let (mut joins, mut replied) = (0, false);
-            while joins < n || !replied {
-                match client.next_event().await? {
-                    Event::Join => joins += 1,
-                    Event::Reply => replied = true,
-                    _ => {}
-                }
-            }
-            tally.joins_done = Some(Instant::now());
-            client.wait_reading(&barrier).await?; // joins done
-            client.wait_reading(&barrier).await?; // burst starts
-            for s in 0..k {
-                let state = json!({ "c": index, "s": s, "t": micros_since(epoch) });
+            let result = async {
+                let mut tally = Tally::default();
                 client
-                    .send_request(
-                        command::PUBLISH_PRESENCE_STATE,
-                        json!({ "roomName": room, "state": state }),
-                    )
+                    .request(command::SUBSCRIBE_PRESENCE, json!({ "roomName": room }))
                     .await?;
-            }
-            let mut seen = HashSet::with_capacity(n * k);
-            let (mut replies, expected) = (0, (n * k) as u64);
-            while tally.states < expected || replies < k {
-                match client.next_event().await? {
-                    Event::State(state) => {
-                        let now = micros_since(epoch);
-                        if !seen.insert((state.c, state.s)) {
-                            tally.duplicates += 1;
-                            continue;
-                        }
-                        tally.states += 1;
-                        tally.latencies_us.push(now.saturating_sub(state.t));
-                        tally.last_state = Some(Instant::now());
+                client.wait_reading(&barrier).await?; // everyone subscribed
+                client.wait_reading(&barrier).await?; // join phase starts
+                client
+                    .send_request(command::JOIN_ROOM, json!({ "roomName": room }))
+                    .await?;
+                let (mut joins, mut replied) = (0, false);
+                while joins < n || !replied {
+                    match client.next_event().await? {
+                        Event::Join => joins += 1,
+                        Event::Reply => replied = true,
+                        _ => {}
                     }
-                    Event::Reply => replies += 1,
-                    _ => {}
                 }
+                tally.joins_done = Some(Instant::now());
+                client.wait_reading(&barrier).await?; // joins done
+                client.wait_reading(&barrier).await?; // burst starts
+                for s in 0..k {
+                    let state = json!({ "c": index, "s": s, "t": micros_since(epoch) });
+                    client
+                        .send_request(
+                            command::PUBLISH_PRESENCE_STATE,
+                            json!({ "roomName": room, "state": state }),
+                        )
+                        .await?;
+                }
+                let mut seen = HashSet::with_capacity(n * k);
+                let (mut replies, expected) = (0, (n * k) as u64);
+                while tally.states < expected || replies < k {
+                    match client.next_event().await? {
+                        Event::State(state) => {
+                            let now = micros_since(epoch);
+                            if !seen.insert((state.c, state.s)) {
+                                tally.duplicates += 1;
+                                continue;
+                            }
+                            tally.states += 1;
+                            tally.latencies_us.push(now.saturating_sub(state.t));
+                            tally.last_state = Some(Instant::now());
+                        }
+                        Event::Reply => replies += 1,
+                        _ => {}
+                    }
+                }
+                // Done, but still reading (and answering pings) until
+                // everyone is: the server would rightly close a client
+                // that stopped.
+                client.wait_reading(&barrier).await?;
+                Ok::<_, BoxError>((tally, client))
             }
-            Ok::<_, BoxError>((tally, client))
+            .await;
+            if let Err(e) = &result {
+                let _ = failed_tx.send(format!("client {index}: {e}"));
+            }
+            result
         }));
     }
-    barrier.wait().await;
-    let join_start = Instant::now();
-    barrier.wait().await;
-    barrier.wait().await;
-    let join_time = join_start.elapsed();
-    report_rss(args);
-    let cpu_before = args.server_pid.and_then(cpu_time);
-    let burst_start = Instant::now();
-    barrier.wait().await;
+    let phases = async {
+        phase(&barrier, &mut failed).await?;
+        let join_start = Instant::now();
+        phase(&barrier, &mut failed).await?;
+        phase(&barrier, &mut failed).await?;
+        let join_time = join_start.elapsed();
+        report_rss(args);
+        let cpu_before = args.server_pid.and_then(cpu_time);
+        let burst_start = Instant::now();
+        phase(&barrier, &mut failed).await?;
+        phase(&barrier, &mut failed).await?; // everyone has every state
+        Ok::<_, String>((join_time, cpu_before, burst_start))
+    };
+    let (join_time, cpu_before, burst_start) = match phases.await {
+        Ok(figures) => figures,
+        Err(e) => {
+            tasks.iter().for_each(|t| t.abort());
+            return Err(e.into());
+        }
+    };
 
     let mut tallies = Vec::with_capacity(n);
     let mut clients = Vec::with_capacity(n);

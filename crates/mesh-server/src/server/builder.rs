@@ -101,6 +101,17 @@ impl ServerBuilder {
         self
     }
 
+    /// The slowest reading, in bytes per second, that still counts as
+    /// reading (default 16 KiB/s). A pong can only come after the client
+    /// has read everything sent before its ping; when that was already in
+    /// the socket's buffers, where the server cannot watch it drain, the
+    /// pong may be late by the time this rate needs to read it. 0 allows
+    /// no lateness: a pong is due one liveness window after its ping.
+    pub fn min_read_rate(mut self, bytes_per_second: u64) -> Self {
+        self.config.min_read_rate = bytes_per_second;
+        self
+    }
+
     /// How often the server measures each connection's round trip
     /// (default 5 s).
     pub fn latency_interval(mut self, interval: Duration) -> Self {
