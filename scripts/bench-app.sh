@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --profile desktop -p mesh-presence-app
 cargo build --release -p mesh-server
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-export MESH_PRESENCE_APP="$PWD/$TARGET_DIR/desktop/mesh-presence"
-export MESH_SERVER_BIN="$PWD/$TARGET_DIR/release/mesh-server"
+# Absolute, whether CARGO_TARGET_DIR is relative (to here) or absolute.
+TARGET_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+export MESH_PRESENCE_APP="$TARGET_DIR/desktop/mesh-presence"
+export MESH_SERVER_BIN="$TARGET_DIR/release/mesh-server"
 xvfb-run -a -s "-screen 0 1280x800x24" \
   cargo run --release -p mesh-presence-e2e --features e2e --bin app-bench

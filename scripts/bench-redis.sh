@@ -55,20 +55,27 @@ cleanup; pids=()
 echo "== redis cluster (three nodes): two instances, 200 clients each"
 CDIR=$(mktemp -d)
 CPORTS=()
-for i in 0 1 2; do
+CNODES=()
+for _ in 0 1 2; do
+  # Below Linux's ephemeral range, with the cluster bus port (+ 10000) free
+  # too, and never one handed out already: the nodes start in the
+  # background, so a port picked a moment ago may not listen yet.
   while :; do
     p=$((20000 + RANDOM % 2700))
+    case "$TAKEN" in *" $p "* | *" $((p + 10000)) "*) continue ;; esac
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && continue
     (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null && continue
+    TAKEN="$TAKEN$p $((p + 10000)) "
     break
   done
   mkdir -p "$CDIR/$p"
   (cd "$CDIR/$p" && exec redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
     --save '' --appendonly no --daemonize no >/dev/null) & pids+=($!)
   CPORTS+=("$p")
+  CNODES+=("127.0.0.1:$p")
 done
 for p in "${CPORTS[@]}"; do wait_port "$p"; done
-redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CPORTS[@]}") --cluster-replicas 0 --cluster-yes >/dev/null
+redis-cli --cluster create "${CNODES[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
 for p in "${CPORTS[@]}"; do
   until redis-cli -p "$p" cluster info | grep -q cluster_state:ok; do sleep 0.05; done
 done

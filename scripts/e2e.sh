@@ -9,15 +9,16 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 for tool in xvfb-run dbus-run-session tauri-driver WebKitWebDriver; do
-  command -v "$tool" >/dev/null || { echo "e2e: $tool is missing (scripts/.ci/run installs it)" >&2; exit 1; }
+  command -v "$tool" >/dev/null || { echo "e2e: $tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 
 echo "== build the app (debug, assets embedded) and the standalone server"
 cargo build -p mesh-presence-app
 cargo build -p mesh-server --bin mesh-server
-TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-export MESH_PRESENCE_APP="$PWD/$TARGET_DIR/debug/mesh-presence"
-export MESH_SERVER_BIN="$PWD/$TARGET_DIR/debug/mesh-server"
+# Absolute, whether CARGO_TARGET_DIR is relative (to here) or absolute.
+TARGET_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+export MESH_PRESENCE_APP="$TARGET_DIR/debug/mesh-presence"
+export MESH_SERVER_BIN="$TARGET_DIR/debug/mesh-server"
 
 echo "== lint and run the end-to-end tests"
 cargo clippy -p mesh-presence-e2e --all-targets --features e2e -- -D warnings

@@ -21,6 +21,8 @@ APT_PACKAGES=(
   redis-server
   # the server package's test: systemd-analyze checks its unit
   systemd
+  # `npm test` lints every script
+  shellcheck
 )
 
 missing=()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's one test command (`npm test`): formatting, lints, every test
+# The project's one test command (`npm test`): formatting, lints (shellcheck
+# on every script too), every test
 # in the workspace (with a private redis-server for the Redis backend), the
 # server package, then the end-to-end tests of the app in its real window.
 # CI runs exactly this.
@@ -13,6 +14,10 @@ RESULTS=$(mktemp)
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
+echo "== shellcheck"
+# Every script of the project: the ones npm and CI run, and the benchmarks.
+shellcheck scripts/*.sh .ci/run
+
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
@@ -23,7 +28,7 @@ REDIS_PID=
 CLUSTER_PIDS=()
 CLUSTER_DIR=$(mktemp -d)
 trap '[ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null; for p in "${CLUSTER_PIDS[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$RESULTS" "$CLUSTER_DIR"' EXIT
-for attempt in $(seq 20); do
+for _ in $(seq 20); do
   REDIS_PORT=$((20000 + RANDOM % 40000))
   # Taken already? Try another.
   (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && continue
@@ -54,7 +59,7 @@ free_pair() {
   done
 }
 CLUSTER_PORTS=()
-for i in 0 1 2; do
+for _ in 0 1 2; do
   p=$(free_pair)
   mkdir -p "$CLUSTER_DIR/$p"
   (cd "$CLUSTER_DIR/$p" && exec redis-server --port "$p" --bind 127.0.0.1 --cluster-enabled yes \
@@ -65,8 +70,9 @@ done
 for p in "${CLUSTER_PORTS[@]}"; do
   for _ in $(seq 200); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
 done
-redis-cli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") \
-  --cluster-replicas 0 --cluster-yes >/dev/null
+CLUSTER_NODES=()
+for p in "${CLUSTER_PORTS[@]}"; do CLUSTER_NODES+=("127.0.0.1:$p"); done
+redis-cli --cluster create "${CLUSTER_NODES[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
 for p in "${CLUSTER_PORTS[@]}"; do
   for _ in $(seq 400); do
     redis-cli -p "$p" cluster info 2>/dev/null | grep -q cluster_state:ok && break

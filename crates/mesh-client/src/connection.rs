@@ -8,7 +8,7 @@
 //! the requests that were queued while offline.
 
 use crate::backoff::backoff_delay;
-use crate::error::ClientError;
+use crate::error::{ClientError, LinkLoss};
 use crate::events::{ClientEvent, PresenceEvent, Status};
 use crate::incoming::{self, Incoming};
 use crate::metadata_cache::MetadataCache;
@@ -128,8 +128,8 @@ async fn send_push(ws: &mut Ws, name: &str) -> Result<(), WsError> {
 
 /// Why serving a connection stopped.
 enum Exit {
-    /// The link is gone; reconnect if allowed.
-    Lost,
+    /// The link is gone (and how); reconnect if allowed.
+    Lost(LinkLoss),
     /// Close for good: asked by `close()` (with its ack) or because every
     /// handle was dropped (`None`).
     Close(Option<oneshot::Sender<()>>),
@@ -194,9 +194,9 @@ impl Connection {
                     self.finish(ClientError::Closed, ack);
                     return;
                 }
-                Exit::Lost => {
+                Exit::Lost(how) => {
                     drop(ws);
-                    self.on_lost();
+                    self.on_lost(how);
                     if !self.options.reconnect {
                         return self.stay_offline().await;
                     }
@@ -217,8 +217,8 @@ impl Connection {
     async fn serve(&mut self, ws: &mut Ws) -> Exit {
         // Requests queued while offline go first, exactly once.
         while let Some(out) = self.offline.pop_front() {
-            if self.send(ws, out).await.is_err() {
-                return Exit::Lost;
+            if let Err(e) = self.send(ws, out).await {
+                return Exit::Lost(LinkLoss::Reset(e.to_string()));
             }
         }
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
@@ -234,27 +234,30 @@ impl Connection {
                     Some(Ok(Message::Text(text))) => {
                         if let Err(e) = self.on_text(ws, text.as_str()).await {
                             warn!(error = %e, "write failed");
-                            return Exit::Lost;
+                            return Exit::Lost(LinkLoss::Reset(e.to_string()));
                         }
                     }
                     Some(Ok(Message::Close(frame))) => {
                         info!(?frame, "server closed the connection");
-                        return Exit::Lost;
+                        let (code, reason) = frame
+                            .map(|f| (u16::from(f.code), f.reason.to_string()))
+                            .unwrap_or((1005, String::new()));
+                        return Exit::Lost(LinkLoss::Closed { code, reason });
                     }
                     // Binary frames are not part of the protocol; WebSocket
                     // pings are answered by tungstenite itself.
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         warn!(error = %e, "connection failed");
-                        return Exit::Lost;
+                        return Exit::Lost(LinkLoss::Reset(e.to_string()));
                     }
-                    None => return Exit::Lost,
+                    None => return Exit::Lost(LinkLoss::Reset("the stream ended".into())),
                 },
                 command = self.commands.recv() => match command {
                     Some(Command::Request(out)) => {
                         if let Err(e) = self.send(ws, out).await {
                             warn!(error = %e, "write failed");
-                            return Exit::Lost;
+                            return Exit::Lost(LinkLoss::Reset(e.to_string()));
                         }
                     }
                     Some(Command::Close(ack)) => return Exit::Close(Some(ack)),
@@ -264,7 +267,7 @@ impl Connection {
                     let dead_at = self.last_ping + dead_after;
                     if dead_at <= Instant::now() {
                         warn!("no ping from the server in time; the link is dead");
-                        return Exit::Lost;
+                        return Exit::Lost(LinkLoss::Silent);
                     }
                     dead_link.as_mut().reset(dead_at);
                 }
@@ -397,11 +400,11 @@ impl Connection {
         let _ = pending.reply.send(result);
     }
 
-    /// Forgets the old connection.
-    fn on_lost(&mut self) {
+    /// Forgets the old connection; the requests in flight fail with `how`.
+    fn on_lost(&mut self, how: LinkLoss) {
         *lock(&self.shared.connection_id) = None;
         lock(&self.shared.metadata).clear();
-        self.requests.fail_all(ClientError::ConnectionLost);
+        self.requests.fail_all(ClientError::ConnectionLost(how));
         let _ = self.events.send(ClientEvent::Disconnected);
     }
 

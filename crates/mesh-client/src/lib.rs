@@ -56,7 +56,7 @@ pub mod presence;
 mod requests;
 
 pub use client::MeshClient;
-pub use error::ClientError;
+pub use error::{ClientError, LinkLoss};
 pub use events::{ClientEvent, PresenceEvent, PresenceStream, Status};
 pub use mesh_protocol::payload::{
     JoinRoomReply, Member, PresenceStateReply, SubscribePresenceReply,

@@ -104,6 +104,7 @@ impl RequestTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::LinkLoss;
     use serde_json::json;
 
     fn pending(command: &str) -> (Pending, oneshot::Receiver<Result<Value, ClientError>>) {
@@ -154,10 +155,10 @@ mod tests {
         drop(rx_gone);
         table.purge_abandoned();
         assert_eq!(table.len(), 1);
-        table.fail_all(ClientError::ConnectionLost);
+        table.fail_all(ClientError::ConnectionLost(LinkLoss::Silent));
         assert_eq!(
             rx_kept.try_recv().unwrap(),
-            Err(ClientError::ConnectionLost)
+            Err(ClientError::ConnectionLost(LinkLoss::Silent))
         );
         assert_eq!(table.len(), 0);
     }

@@ -438,14 +438,14 @@ async fn reconnect_failed_when_the_server_stays_down() {
     let client = MeshClient::connect(&server.url(), options).await.unwrap();
     let mut events = client.events();
     server.shutdown().await;
-    assert_eq!(
-        next_event(&mut events, "disconnect").await,
-        ClientEvent::Disconnected
-    );
-    assert_eq!(
-        next_event(&mut events, "give up").await,
-        ClientEvent::ReconnectFailed
-    );
+    expect_events(
+        &mut events,
+        &[
+            ("disconnect", ClientEvent::Disconnected),
+            ("give up", ClientEvent::ReconnectFailed),
+        ],
+    )
+    .await;
     assert_eq!(*client.status().borrow(), Status::Offline);
     assert_eq!(
         client.join_room("lobby").await.unwrap_err(),

@@ -4,7 +4,7 @@
 
 mod support;
 
-use mesh_client::{ClientError, ClientEvent, ClientOptions, MeshClient, Status, Token};
+use mesh_client::{ClientError, ClientEvent, ClientOptions, MeshClient, Token};
 use mesh_server::auth::sign_hs256;
 use mesh_server::{Auth, RunningServer, Server, TrackOptions};
 use serde_json::{json, Value};
@@ -96,26 +96,16 @@ async fn expiry_then_refused_reconnect_stays_offline() {
     let mut events = client.events();
     // The server closes at expiry; the reconnect presents the same,
     // now expired, token and is refused: no retry loop follows.
-    assert_eq!(
-        next_event(&mut events, "disconnect").await,
-        ClientEvent::Disconnected
-    );
-    assert_eq!(
-        next_event(&mut events, "refusal").await,
-        ClientEvent::Unauthorized
-    );
-    assert_eq!(
-        next_event(&mut events, "giving up").await,
-        ClientEvent::ReconnectFailed
-    );
-    let mut status = client.status();
-    within("offline", status.wait_for(|s| *s == Status::Offline))
-        .await
-        .unwrap();
-    assert_eq!(
-        client.request("mesh/noop", json!({})).await,
-        Err(ClientError::Offline)
-    );
+    expect_events(
+        &mut events,
+        &[
+            ("disconnect", ClientEvent::Disconnected),
+            ("refusal", ClientEvent::Unauthorized),
+            ("giving up", ClientEvent::ReconnectFailed),
+        ],
+    )
+    .await;
+    assert_offline_for_good(&client).await;
     server.shutdown().await;
 }
 

@@ -253,3 +253,142 @@ async fn watch_survives_a_server_restart() {
     assert_eq!(reconnected["type"], "reconnected", "{reconnected}");
     assert!(reconnected["connectionId"].is_string());
 }
+
+#[tokio::test]
+async fn publish_publishes_again_after_a_reconnect() {
+    let server = start_server().await;
+    let (addr, url) = (server.local_addr(), server.url());
+    let mut publish = Running::spawn(&["publish", "lobby", r#"{"status":"busy"}"#, "--url", &url]);
+    let first = publish.line().await;
+    assert!(first.starts_with("published in lobby as "), "{first}");
+    // The server restarts empty: the state is gone with the connection.
+    server.shutdown().await;
+    let _server = start_server_at(addr).await;
+    let again = publish.line().await;
+    assert!(
+        again.starts_with("reconnected as ") && again.ends_with(": published in lobby again"),
+        "{again}"
+    );
+    let watcher = MeshClient::connect(&url, fast_options()).await.unwrap();
+    let snapshot = watcher.get_presence_state("lobby").await.unwrap();
+    let states: Vec<&Value> = snapshot.states.values().collect();
+    assert_eq!(states, [&json!({"status": "busy"})]);
+}
+
+impl Running {
+    /// The next block `watch --users` prints: its header line and one line
+    /// per person.
+    async fn users_block(&mut self) -> (String, Vec<String>) {
+        let header = self.line().await;
+        let count: usize = header
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a users header: {header}"));
+        let mut people = Vec::with_capacity(count);
+        for _ in 0..count {
+            people.push(self.line().await);
+        }
+        (header, people)
+    }
+}
+
+/// A connection of `user` in the lobby, with `state` if any.
+async fn tab(url: &str, state: Option<Value>) -> MeshClient {
+    let client = MeshClient::connect(url, fast_options()).await.unwrap();
+    client.join_room("lobby").await.unwrap();
+    if let Some(state) = state {
+        assert!(client
+            .publish_presence_state("lobby", state, None, false)
+            .await
+            .unwrap());
+    }
+    client
+}
+
+#[tokio::test]
+async fn watch_users_prints_one_line_per_person_with_tabs() {
+    let server = start_server().await;
+    let url = server.url();
+    let mut watch = Running::spawn(&["watch", "lobby", "--users", "--url", &url]);
+    assert_eq!(
+        watch.users_block().await,
+        ("lobby: 0 people".into(), vec![])
+    );
+    let ada = json!({"userId": "ada", "status": "busy"});
+    let _tabs = [
+        tab(&url, Some(ada.clone())).await,
+        tab(&url, Some(ada)).await,
+        tab(&url, Some(json!({"userId": "bob"}))).await,
+    ];
+    let expected = (
+        "lobby: 2 people".to_string(),
+        vec![
+            r#"  ada  2 tabs  state={"status":"busy","userId":"ada"}"#.to_string(),
+            r#"  bob  1 tab  state={"userId":"bob"}"#.to_string(),
+        ],
+    );
+    // Printed again on every change; the last one is the whole room.
+    loop {
+        let block = watch.users_block().await;
+        if block == expected {
+            break;
+        }
+        assert!(block.1.len() <= 2, "{block:?}");
+    }
+}
+
+#[tokio::test]
+async fn watch_users_groups_by_metadata() {
+    let server = start_server().await;
+    let url = server.url();
+    let mut watch = Running::spawn(&[
+        "watch",
+        "lobby",
+        "--users",
+        "--group-by",
+        "meta.userId",
+        "--json",
+        "--url",
+        &url,
+    ]);
+    assert_eq!(watch.json_line().await["users"], json!([]));
+    // No state at all: the server's metadata says who they are.
+    let _tabs = [
+        tab(&format!("{url}/?userId=cy"), None).await,
+        tab(&format!("{url}/?userId=cy"), None).await,
+    ];
+    loop {
+        let line = watch.json_line().await;
+        assert_eq!(line["type"], "users", "{line}");
+        let users = line["users"].as_array().unwrap();
+        if users.len() == 1 && users[0]["tabCount"] == 2 {
+            assert_eq!(users[0]["id"], "cy");
+            break;
+        }
+    }
+    let (ok, _, stderr) = run(&["watch", "lobby", "--users", "--group-by", "userId"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("state.FIELD or meta.FIELD"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_lost_connection_says_how_it_was_lost() {
+    // Over four times its frame limit the server closes the socket with
+    // 1009 instead of answering.
+    let server = Server::builder()
+        .addr("127.0.0.1:0".parse().unwrap())
+        .max_frame_bytes(1024)
+        .bind()
+        .await
+        .unwrap();
+    let payload = json!({ "blob": "x".repeat(10 * 1024) }).to_string();
+    let (ok, _, stderr) = run(&["request", "mesh/noop", &payload, "--url", &server.url()]).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "connection lost before the reply arrived: closed by the server with code 1009 (frame too large)"
+        ),
+        "{stderr}"
+    );
+}

@@ -401,12 +401,9 @@ async fn failing_resolver_shows_connection_alone_then_retry_groups_it() {
             }
         })
     };
-    let client = connect_as(&server.url(), "ivy").await;
-    let my_id = client.connection_id().unwrap();
-    let presence = Presence::with_options(
-        client,
-        ROOM,
-        KEY,
+    let (client, presence) = tab_with(
+        &server,
+        "ivy",
         key,
         Arc::new(MemoryStore::new()),
         PresenceOptions {
@@ -414,8 +411,8 @@ async fn failing_resolver_shows_connection_alone_then_retry_groups_it() {
             ..options()
         },
     )
-    .await
-    .unwrap();
+    .await;
+    let my_id = client.connection_id().unwrap();
     let mut users = presence.users();
     wait_users(&mut users, "alone under its connection id", |u| {
         u.len() == 1 && *u[0].id == *my_id
@@ -434,12 +431,9 @@ async fn resolver_that_never_answers_times_out_to_standing_alone() {
     let key = GroupKey::resolver(|_ids: Vec<String>| async {
         std::future::pending::<Result<HashMap<String, Option<String>>, String>>().await
     });
-    let client = connect_as(&server.url(), "jo").await;
-    let my_id = client.connection_id().unwrap();
-    let presence = Presence::with_options(
-        client,
-        ROOM,
-        KEY,
+    let (client, presence) = tab_with(
+        &server,
+        "jo",
         key,
         Arc::new(MemoryStore::new()),
         PresenceOptions {
@@ -447,8 +441,8 @@ async fn resolver_that_never_answers_times_out_to_standing_alone() {
             ..options()
         },
     )
-    .await
-    .unwrap();
+    .await;
+    let my_id = client.connection_id().unwrap();
     assert!(presence.users().borrow().is_empty(), "held while resolving");
     let mut users = presence.users();
     wait_users(&mut users, "standing alone after the timeout", |u| {

@@ -6,11 +6,12 @@ mod support;
 
 use futures_util::SinkExt;
 use mesh_client::{
-    ClientError, ClientEvent, ClientOptions, ErrorCode, MeshClient, PresenceEvent, Status,
+    ClientError, ClientEvent, ClientOptions, ErrorCode, LinkLoss, MeshClient, PresenceEvent, Status,
 };
 use serde_json::json;
 use std::time::Duration;
 use support::*;
+use tokio::sync::broadcast;
 
 /// Connects a client to `server`, assigning `id` on the server side.
 async fn connect(
@@ -25,6 +26,21 @@ async fn connect(
         peer
     });
     (client.expect("connect"), peer)
+}
+
+/// A client whose first connection ("first") vanished without a close
+/// frame; it saw the disconnect. Returns it with its events.
+async fn connected_then_dropped(
+    server: &mut ScriptedServer,
+) -> (MeshClient, broadcast::Receiver<ClientEvent>) {
+    let (client, peer) = connect(server, "first", fast_options()).await;
+    let mut events = client.events();
+    drop(peer);
+    assert_eq!(
+        next_event(&mut events, "disconnect").await,
+        ClientEvent::Disconnected
+    );
+    (client, events)
 }
 
 #[tokio::test]
@@ -168,28 +184,18 @@ async fn a_request_in_flight_when_the_link_drops_fails_with_connection_lost() {
         drop(peer);
     };
     let (result, ()) = tokio::join!(client.request("mesh/noop", json!({})), vanish);
-    assert_eq!(result, Err(ClientError::ConnectionLost));
-    let mut status = client.status();
-    within("offline", status.wait_for(|s| *s == Status::Offline))
-        .await
-        .unwrap();
-    assert_eq!(
-        client.request("mesh/noop", json!({})).await,
-        Err(ClientError::Offline)
+    assert!(
+        matches!(result, Err(ClientError::ConnectionLost(LinkLoss::Reset(_)))),
+        "{result:?}"
     );
+    assert_offline_for_good(&client).await;
     assert_eq!(client.connection_id(), None);
 }
 
 #[tokio::test]
 async fn a_close_without_close_frame_triggers_a_reconnect() {
     let mut server = ScriptedServer::start().await;
-    let (client, peer) = connect(&mut server, "first", fast_options()).await;
-    let mut events = client.events();
-    drop(peer);
-    assert_eq!(
-        next_event(&mut events, "disconnect").await,
-        ClientEvent::Disconnected
-    );
+    let (client, mut events) = connected_then_dropped(&mut server).await;
     let mut second = server.next_peer().await;
     second.assign("second").await;
     assert_eq!(
@@ -244,14 +250,14 @@ async fn exhausted_attempts_end_in_reconnect_failed() {
         sub
     };
     let mut stream = stream;
-    assert_eq!(
-        next_event(&mut events, "disconnect").await,
-        ClientEvent::Disconnected
-    );
-    assert_eq!(
-        next_event(&mut events, "give up").await,
-        ClientEvent::ReconnectFailed
-    );
+    expect_events(
+        &mut events,
+        &[
+            ("disconnect", ClientEvent::Disconnected),
+            ("give up", ClientEvent::ReconnectFailed),
+        ],
+    )
+    .await;
     assert_eq!(*client.status().borrow(), Status::Offline);
     assert_eq!(
         client.request("mesh/noop", json!({})).await,
@@ -339,13 +345,7 @@ async fn restore_order_then_queued_requests_exactly_once() {
 #[tokio::test]
 async fn a_request_that_times_out_while_offline_is_never_sent() {
     let mut server = ScriptedServer::start().await;
-    let (client, first) = connect(&mut server, "first", fast_options()).await;
-    let mut events = client.events();
-    drop(first);
-    assert_eq!(
-        next_event(&mut events, "disconnect").await,
-        ClientEvent::Disconnected
-    );
+    let (client, mut events) = connected_then_dropped(&mut server).await;
     // The next connection is accepted but gets its id only later.
     let mut second = server.next_peer().await;
     let short = Duration::from_millis(300);

@@ -1,4 +1,6 @@
-//! The Mesh wire protocol, as plain data: no sockets, no clocks.
+//! The Mesh wire protocol, as plain data: no sockets, and no clock but
+//! [`now_millis`], which stamps a timestamp for whoever builds a frame;
+//! decoding and encoding never read the time.
 //!
 //! Every frame on a Mesh WebSocket is one JSON object,
 //! `{"id": <int, optional>, "command": "<name>", "payload": <any>}`.

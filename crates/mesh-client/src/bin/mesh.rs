@@ -4,6 +4,7 @@
 //! ```text
 //! mesh watch lobby                 live members and states
 //! mesh watch lobby --json          one JSON object per line
+//! mesh watch lobby --users         one line per person, with their tabs
 //! mesh publish lobby '{"status":"away"}' --expire-after 10000
 //! mesh meta get CONNECTION_ID --room lobby
 //! mesh meta set '{"username":"Alice"}' --strategy merge
@@ -12,6 +13,7 @@
 //! ```
 
 use clap::{Parser, Subcommand, ValueEnum};
+use mesh_client::presence::{GroupKey, KeySource, PresenceEngine, User};
 use mesh_client::{
     ClientError, ClientEvent, ClientOptions, MeshClient, PresenceEvent, PresenceUpdate, Strategy,
     Token,
@@ -19,6 +21,8 @@ use mesh_client::{
 use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 #[derive(Parser)]
 #[command(
@@ -57,9 +61,21 @@ enum Cmd {
         /// Also join the room (you then appear as a member).
         #[arg(long)]
         join: bool,
+        /// Show people instead of connections: one line per person with
+        /// their latest state and how many tabs they have open, printed
+        /// again whenever it changes.
+        #[arg(long)]
+        users: bool,
+        /// With `--users`: what tells connections of one person apart,
+        /// `state.FIELD` (a field of the presence state) or `meta.FIELD`
+        /// (a field of the connection's metadata).
+        #[arg(long, value_parser = parse_group_by, default_value = "state.userId", requires = "users")]
+        group_by: GroupBy,
     },
     /// Join a room and publish a presence state; stays connected (the state
-    /// lives as long as the connection) until interrupted or expired.
+    /// lives as long as the connection) until interrupted or expired. After
+    /// a reconnect (a new connection holds no state) it publishes the
+    /// state again, and says so.
     Publish {
         /// The room.
         room: String,
@@ -133,6 +149,23 @@ impl From<StrategyArg> for Strategy {
     }
 }
 
+/// Where `--users` reads a connection's group key.
+#[derive(Clone, Debug)]
+enum GroupBy {
+    State(String),
+    Meta(String),
+}
+
+fn parse_group_by(arg: &str) -> Result<GroupBy, String> {
+    match arg.split_once('.') {
+        Some(("state", field)) if !field.is_empty() => Ok(GroupBy::State(field.to_string())),
+        Some(("meta" | "metadata", field)) if !field.is_empty() => {
+            Ok(GroupBy::Meta(field.to_string()))
+        }
+        _ => Err("expected state.FIELD or meta.FIELD, e.g. state.userId".into()),
+    }
+}
+
 /// What can go wrong in a command.
 #[derive(Debug, thiserror::Error)]
 enum CliError {
@@ -172,7 +205,19 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     };
     let client = MeshClient::connect(&cli.url, options).await?;
     let result = match cli.command {
-        Cmd::Watch { room, json, join } => watch(&client, &room, json, join).await,
+        Cmd::Watch {
+            room,
+            json,
+            join,
+            users,
+            group_by,
+        } => {
+            if users {
+                watch_users(&client, &room, json, join, group_by).await
+            } else {
+                watch(&client, &room, json, join).await
+            }
+        }
         Cmd::Publish {
             room,
             state,
@@ -198,16 +243,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 async fn watch(client: &MeshClient, room: &str, json: bool, join: bool) -> Result<(), CliError> {
-    if join {
-        client.join_room(room).await?;
-    }
-    let mut events = client.events();
-    let (snapshot, mut stream) = client.subscribe_presence(room).await?;
-    if !snapshot.success {
-        return Err(CliError::Refused(format!(
-            "cannot watch {room:?}: the room is not tracked or access was refused"
-        )));
-    }
+    let (mut events, snapshot, mut stream) = start_watching(client, room, join).await?;
     if json {
         let line = json!({"type": "snapshot", "roomName": room, "present": snapshot.present, "states": snapshot.states});
         println!("{line}");
@@ -234,6 +270,123 @@ async fn watch(client: &MeshClient, room: &str, json: bool, join: bool) -> Resul
             Ok(event) = events.recv() => print_lifecycle(&event, json),
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
+    }
+}
+
+/// Joins `room` if asked, then subscribes to its presence; the client's
+/// events are subscribed to first, so that none is missed.
+async fn start_watching(
+    client: &MeshClient,
+    room: &str,
+    join: bool,
+) -> Result<
+    (
+        broadcast::Receiver<ClientEvent>,
+        mesh_client::SubscribePresenceReply,
+        mesh_client::PresenceStream,
+    ),
+    CliError,
+> {
+    if join {
+        client.join_room(room).await?;
+    }
+    let events = client.events();
+    let (snapshot, stream) = client.subscribe_presence(room).await?;
+    if !snapshot.success {
+        return Err(CliError::Refused(format!(
+            "cannot watch {room:?}: the room is not tracked or access was refused"
+        )));
+    }
+    Ok((events, snapshot, stream))
+}
+
+/// `watch --users`: the room's people, grouped by the presence engine the
+/// library's `Presence` uses, printed whole whenever they change.
+async fn watch_users(
+    client: &MeshClient,
+    room: &str,
+    json: bool,
+    join: bool,
+    group_by: GroupBy,
+) -> Result<(), CliError> {
+    let (mut events, mut snapshot, mut stream) = start_watching(client, room, join).await?;
+    // Keys from metadata are looked up through the client (the subscribe
+    // reply carries the members' metadata); keys from states are read by
+    // the engine itself.
+    let (source, key_of) = match &group_by {
+        GroupBy::State(field) => (KeySource::state_field(field), None),
+        GroupBy::Meta(field) => match GroupKey::metadata_field(field) {
+            GroupKey::Metadata(key_of) => (KeySource::Resolved, Some(key_of)),
+            _ => unreachable!("metadata_field keys by metadata"),
+        },
+    };
+    let mut engine = PresenceEngine::new(source);
+    let present = snapshot.present.iter().map(|m| m.id.as_str());
+    engine.reset(present, std::mem::take(&mut snapshot.states));
+    if let Some(key_of) = &key_of {
+        for member in snapshot.present.iter().filter(|m| !m.metadata.is_null()) {
+            engine.resolve(&member.id, key_of(&member.metadata));
+        }
+    }
+    resolve_keys(client, &mut engine, key_of.as_ref()).await;
+    engine.take_dirty();
+    print_users(room, &engine.users(), json);
+    loop {
+        tokio::select! {
+            biased;
+            event = stream.recv() => match event {
+                Some(PresenceEvent::Update(update)) => engine.apply(update),
+                Some(PresenceEvent::Resync { present, states, .. }) => engine.reset(present.iter(), states),
+                None => return Err(CliError::Refused("the subscription ended".into())),
+            },
+            Ok(event) = events.recv() => print_lifecycle(&event, json),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        resolve_keys(client, &mut engine, key_of.as_ref()).await;
+        if engine.take_dirty() {
+            print_users(room, &engine.users(), json);
+        }
+    }
+}
+
+/// Looks up the group keys the engine is missing. A connection whose
+/// metadata cannot be read stands alone under its own id.
+async fn resolve_keys(
+    client: &MeshClient,
+    engine: &mut PresenceEngine,
+    key_of: Option<&mesh_client::presence::MetadataKeyFn>,
+) {
+    let unresolved = engine.take_unresolved();
+    let Some(key_of) = key_of else {
+        return;
+    };
+    for id in unresolved {
+        let key = match client.get_connection_metadata(&id).await {
+            Ok(Value::Null) | Err(_) => None,
+            Ok(metadata) => key_of(&metadata),
+        };
+        engine.resolve(&id, key);
+    }
+}
+
+fn print_users(room: &str, users: &[User], json: bool) {
+    if json {
+        println!(
+            "{}",
+            json!({"type": "users", "roomName": room, "users": users})
+        );
+        return;
+    }
+    let people = if users.len() == 1 { "person" } else { "people" };
+    println!("{room}: {} {people}", users.len());
+    for user in users {
+        let tabs = match user.tab_count {
+            0 => "reconnecting".to_string(),
+            1 => "1 tab".to_string(),
+            n => format!("{n} tabs"),
+        };
+        let state = user.state.as_deref().cloned().unwrap_or(Value::Null);
+        println!("  {}  {tabs}  state={state}", user.id);
     }
 }
 
@@ -324,9 +477,10 @@ async fn publish(
     if !state.is_object() {
         return Err(CliError::Refused("the state must be a JSON object".into()));
     }
+    let mut events = client.events();
     client.join_room(room).await?;
     if !client
-        .publish_presence_state(room, state, expire_after, silent)
+        .publish_presence_state(room, state.clone(), expire_after, silent)
         .await?
     {
         return Err(CliError::Refused(format!(
@@ -340,18 +494,47 @@ async fn publish(
     if no_wait {
         return Ok(());
     }
-    match expire_after {
-        Some(ms) => {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        None => {
-            let _ = tokio::signal::ctrl_c().await;
+    let until = expire_after.map(|ms| Instant::now() + Duration::from_millis(ms));
+    loop {
+        tokio::select! {
+            _ = sleep_until_some(until) => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            event = events.recv() => match event {
+                // The client rejoined the room; the new connection holds
+                // no state until we publish it again, for what is left of
+                // its expiry.
+                Ok(ClientEvent::Reconnected { id }) => {
+                    let left = until.map(|at| at.saturating_duration_since(Instant::now()));
+                    if left.is_some_and(|left| left.is_zero()) {
+                        return Ok(());
+                    }
+                    let left = left.map(|left| left.as_millis().max(1) as u64);
+                    match client.publish_presence_state(room, state.clone(), left, silent).await {
+                        Ok(true) => println!("reconnected as {id}: published in {room} again"),
+                        Ok(false) => eprintln!("mesh: reconnected as {id}, but the server did not store the state"),
+                        Err(e) => eprintln!("mesh: reconnected as {id}, but publishing again failed: {e}"),
+                    }
+                }
+                Ok(ClientEvent::Disconnected) => eprintln!("[disconnected; reconnecting]"),
+                Ok(ClientEvent::ReconnectFailed) => {
+                    return Err(CliError::Refused("the connection is lost and reconnecting gave up".into()));
+                }
+                Ok(ClientEvent::Unauthorized) => {
+                    return Err(CliError::Refused("the server refused the token on reconnect".into()));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
         }
     }
-    Ok(())
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn meta(client: &MeshClient, action: MetaCmd) -> Result<(), CliError> {

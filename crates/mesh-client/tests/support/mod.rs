@@ -5,7 +5,7 @@ pub mod proxy;
 pub mod room;
 
 use futures_util::{SinkExt, StreamExt};
-use mesh_client::{ClientEvent, ClientOptions};
+use mesh_client::{ClientError, ClientEvent, ClientOptions, MeshClient, Status};
 use mesh_protocol::Frame;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -34,6 +34,30 @@ pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     tokio::time::timeout(WAIT, fut)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Asserts the client went offline for good: its status says so, and a
+/// request fails at once with [`ClientError::Offline`].
+pub async fn assert_offline_for_good(client: &MeshClient) {
+    let mut status = client.status();
+    within("offline", status.wait_for(|s| *s == Status::Offline))
+        .await
+        .unwrap();
+    assert_eq!(
+        client.request("mesh/noop", json!({})).await,
+        Err(ClientError::Offline)
+    );
+}
+
+/// Asserts the client's next events (latency reports skipped), in order;
+/// each is named for the failure message.
+pub async fn expect_events(
+    events: &mut broadcast::Receiver<ClientEvent>,
+    expected: &[(&str, ClientEvent)],
+) {
+    for (what, event) in expected {
+        assert_eq!(&next_event(events, what).await, event);
+    }
 }
 
 /// Waits for the first event matching `pred`, skipping latency reports.
