@@ -438,15 +438,7 @@ async fn reconnect_failed_when_the_server_stays_down() {
     let client = MeshClient::connect(&server.url(), options).await.unwrap();
     let mut events = client.events();
     server.shutdown().await;
-    expect_events(
-        &mut events,
-        &[
-            ("disconnect", ClientEvent::Disconnected),
-            ("give up", ClientEvent::ReconnectFailed),
-        ],
-    )
-    .await;
-    assert_eq!(*client.status().borrow(), Status::Offline);
+    expect_gave_up(&mut events, &client).await;
     assert_eq!(
         client.join_room("lobby").await.unwrap_err(),
         ClientError::Offline

@@ -90,7 +90,9 @@ async fn token_in_the_header_and_typed_refusals() {
 #[tokio::test]
 async fn expiry_then_refused_reconnect_stays_offline() {
     let server = start_server_at("127.0.0.1:0".parse().unwrap(), Arc::default()).await;
-    let client = MeshClient::connect(&server.url(), with_token(token("ada", now() + 1)))
+    // Whole seconds: `now() + 2` leaves between one and two seconds, so
+    // that even a slow connect happens before the expiry.
+    let client = MeshClient::connect(&server.url(), with_token(token("ada", now() + 2)))
         .await
         .unwrap();
     let mut events = client.events();

@@ -3,28 +3,13 @@
 mod support;
 
 use mesh_client::{MeshClient, PresenceEvent, PresenceUpdate};
-use mesh_server::{RunningServer, Server, TrackOptions};
+use mesh_server::Server;
 use serde_json::{json, Value};
 use std::process::Stdio;
-use std::time::Duration;
+use support::room::{start_server, start_server_at};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-
-async fn start_server() -> RunningServer {
-    start_server_at("127.0.0.1:0".parse().unwrap()).await
-}
-
-async fn start_server_at(addr: std::net::SocketAddr) -> RunningServer {
-    Server::builder()
-        .addr(addr)
-        .ping_interval(Duration::from_secs(1))
-        .track_presence("lobby", TrackOptions::default())
-        .metadata_from_query(true)
-        .bind()
-        .await
-        .unwrap()
-}
 
 fn mesh(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh"));

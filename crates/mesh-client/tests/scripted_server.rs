@@ -6,12 +6,51 @@ mod support;
 
 use futures_util::SinkExt;
 use mesh_client::{
-    ClientError, ClientEvent, ClientOptions, ErrorCode, LinkLoss, MeshClient, PresenceEvent, Status,
+    ClientError, ClientEvent, ClientOptions, ErrorCode, LinkLoss, MeshClient, PresenceEvent,
+    PresenceStream, Status, SubscribePresenceReply,
 };
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
 use tokio::sync::broadcast;
+
+/// Subscribes `client` to the presence of `lobby`, `peer` answering that
+/// `present` are there.
+async fn subscribe_lobby(
+    client: &MeshClient,
+    peer: &mut Peer,
+    present: Value,
+) -> (SubscribePresenceReply, PresenceStream) {
+    let reply = json!({"success": true, "present": present, "states": {}});
+    let (subscribed, _) = tokio::join!(client.subscribe_presence("lobby"), peer.answer(reply));
+    subscribed.unwrap()
+}
+
+/// The client's next connection to `server` is assigned `id`, and the
+/// client says it reconnected as `id`; the server side of it.
+async fn reconnected_as(
+    server: &mut ScriptedServer,
+    events: &mut broadcast::Receiver<ClientEvent>,
+    id: &str,
+) -> Peer {
+    let mut peer = server.next_peer().await;
+    peer.assign(id).await;
+    assert_eq!(
+        next_event(events, "reconnect").await,
+        ClientEvent::Reconnected { id: id.into() }
+    );
+    peer
+}
+
+/// Options under which a link without a ping for `ping_timeout` (one
+/// missed ping) is dead.
+fn dead_link_after(ping_timeout: Duration) -> ClientOptions {
+    ClientOptions {
+        ping_timeout,
+        max_missed_pings: 1,
+        ..fast_options()
+    }
+}
 
 /// Connects a client to `server`, assigning `id` on the server side.
 async fn connect(
@@ -86,15 +125,9 @@ async fn a_server_that_never_answers_yields_etimeout() {
 async fn error_payloads_become_typed_errors() {
     let mut server = ScriptedServer::start().await;
     let (client, mut peer) = connect(&mut server, "a", fast_options()).await;
-    let answer = async {
-        let request = peer.recv_request().await;
-        peer.reply(
-            &request,
-            json!({"error": "Command \"nope\" not found", "code": "ENOTFOUND", "name": "CommandError"}),
-        )
-        .await;
-    };
-    let (result, ()) = tokio::join!(client.request("nope", json!({})), answer);
+    let error =
+        json!({"error": "Command \"nope\" not found", "code": "ENOTFOUND", "name": "CommandError"});
+    let (result, _) = tokio::join!(client.request("nope", json!({})), peer.answer(error));
     match result.unwrap_err() {
         ClientError::Server(payload) => {
             assert_eq!(payload.code, ErrorCode::NotFound);
@@ -108,11 +141,7 @@ async fn error_payloads_become_typed_errors() {
 async fn replies_of_the_wrong_shape_are_protocol_errors() {
     let mut server = ScriptedServer::start().await;
     let (client, mut peer) = connect(&mut server, "a", fast_options()).await;
-    let answer = async {
-        let request = peer.recv_request().await;
-        peer.reply(&request, json!("surprise")).await;
-    };
-    let (result, ()) = tokio::join!(client.join_room("lobby"), answer);
+    let (result, _) = tokio::join!(client.join_room("lobby"), peer.answer(json!("surprise")));
     assert!(
         matches!(result, Err(ClientError::Protocol(_))),
         "{result:?}"
@@ -196,14 +225,7 @@ async fn a_request_in_flight_when_the_link_drops_fails_with_connection_lost() {
 async fn a_close_without_close_frame_triggers_a_reconnect() {
     let mut server = ScriptedServer::start().await;
     let (client, mut events) = connected_then_dropped(&mut server).await;
-    let mut second = server.next_peer().await;
-    second.assign("second").await;
-    assert_eq!(
-        next_event(&mut events, "reconnect").await,
-        ClientEvent::Reconnected {
-            id: "second".into()
-        }
-    );
+    reconnected_as(&mut server, &mut events, "second").await;
     assert_eq!(client.connection_id().as_deref(), Some("second"));
     assert_eq!(*client.status().borrow(), Status::Online);
 }
@@ -211,11 +233,7 @@ async fn a_close_without_close_frame_triggers_a_reconnect() {
 #[tokio::test]
 async fn missing_pings_count_as_a_dead_link() {
     let mut server = ScriptedServer::start().await;
-    let options = ClientOptions {
-        ping_timeout: Duration::from_millis(150),
-        max_missed_pings: 1,
-        ..fast_options()
-    };
+    let options = dead_link_after(Duration::from_millis(150));
     let (client, _silent_peer) = connect(&mut server, "first", options).await;
     let mut events = client.events();
     // The peer stays open but never pings: the client must give up on it.
@@ -223,14 +241,7 @@ async fn missing_pings_count_as_a_dead_link() {
         next_event(&mut events, "disconnect").await,
         ClientEvent::Disconnected
     );
-    let mut second = server.next_peer().await;
-    second.assign("second").await;
-    assert_eq!(
-        next_event(&mut events, "reconnect").await,
-        ClientEvent::Reconnected {
-            id: "second".into()
-        }
-    );
+    reconnected_as(&mut server, &mut events, "second").await;
 }
 
 #[tokio::test]
@@ -250,15 +261,7 @@ async fn exhausted_attempts_end_in_reconnect_failed() {
         sub
     };
     let mut stream = stream;
-    expect_events(
-        &mut events,
-        &[
-            ("disconnect", ClientEvent::Disconnected),
-            ("give up", ClientEvent::ReconnectFailed),
-        ],
-    )
-    .await;
-    assert_eq!(*client.status().borrow(), Status::Offline);
+    expect_gave_up(&mut events, &client).await;
     assert_eq!(
         client.request("mesh/noop", json!({})).await,
         Err(ClientError::Offline)
@@ -332,13 +335,11 @@ async fn restore_order_then_queued_requests_exactly_once() {
         other => panic!("expected a resync, got {other:?}"),
     }
     // Nothing was sent twice: the next frame is this fresh request.
-    let answer = async {
-        let request = second.recv_request().await;
-        second.reply(&request, json!("fresh")).await;
-        request.payload
-    };
-    let (fresh, payload) = tokio::join!(client.request("mesh/noop", json!({"n": 2})), answer);
-    assert_eq!(payload, json!({"n": 2}));
+    let (fresh, request) = tokio::join!(
+        client.request("mesh/noop", json!({"n": 2})),
+        second.answer(json!("fresh"))
+    );
+    assert_eq!(request.payload, json!({"n": 2}));
     assert_eq!(fresh, Ok(json!("fresh")));
 }
 
@@ -360,13 +361,11 @@ async fn a_request_that_times_out_while_offline_is_never_sent() {
             id: "second".into()
         }
     );
-    let answer = async {
-        let request = second.recv_request().await;
-        second.reply(&request, json!(true)).await;
-        request.payload
-    };
-    let (fresh, payload) =
-        tokio::join!(client.request("mesh/noop", json!({"fresh": true})), answer);
+    let (fresh, request) = tokio::join!(
+        client.request("mesh/noop", json!({"fresh": true})),
+        second.answer(json!(true))
+    );
+    let payload = request.payload;
     assert_eq!(fresh, Ok(json!(true)));
     assert_eq!(
         payload,
@@ -379,13 +378,8 @@ async fn a_request_that_times_out_while_offline_is_never_sent() {
 async fn presence_updates_arrive_once_and_in_order() {
     let mut server = ScriptedServer::start().await;
     let (client, mut peer) = connect(&mut server, "a", fast_options()).await;
-    let answer = async {
-        let request = peer.recv_request().await;
-        peer.reply(&request, json!({"success": true, "present": [{"id": "a", "metadata": {"userId": "u1"}}], "states": {}}))
-            .await;
-    };
-    let (subscribed, ()) = tokio::join!(client.subscribe_presence("lobby"), answer);
-    let (reply, mut stream) = subscribed.unwrap();
+    let present = json!([{"id": "a", "metadata": {"userId": "u1"}}]);
+    let (reply, mut stream) = subscribe_lobby(&client, &mut peer, present).await;
     assert_eq!(reply.present[0].metadata, json!({"userId": "u1"}));
     let join = json!({"type": "join", "connectionId": "b", "roomName": "lobby", "timestamp": 1});
     let state = json!({"type": "state", "connectionId": "b", "roomName": "lobby", "state": {"s": "away"}, "timestamp": 2});
@@ -425,16 +419,7 @@ async fn presence_updates_arrive_once_and_in_order() {
 async fn close_fails_pending_requests_and_ends_streams() {
     let mut server = ScriptedServer::start().await;
     let (client, mut peer) = connect(&mut server, "a", fast_options()).await;
-    let answer = async {
-        let request = peer.recv_request().await;
-        peer.reply(
-            &request,
-            json!({"success": true, "present": [], "states": {}}),
-        )
-        .await;
-    };
-    let (subscribed, ()) = tokio::join!(client.subscribe_presence("lobby"), answer);
-    let (_, mut stream) = subscribed.unwrap();
+    let (_, mut stream) = subscribe_lobby(&client, &mut peer, json!([])).await;
     // A request the peer never answers is pending when we close.
     let pending = tokio::spawn({
         let client = client.clone();
@@ -494,14 +479,12 @@ async fn concurrent_metadata_lookups_share_one_request() {
         client.get_connection_metadata("x").await,
         Ok(json!({"userId": "u"}))
     );
-    let answer = async {
-        let request = peer.recv_request().await;
-        peer.reply(&request, json!(true)).await;
-        request.command
-    };
-    let (noop, command) = tokio::join!(client.request("mesh/noop", json!({})), answer);
+    let (noop, request) = tokio::join!(
+        client.request("mesh/noop", json!({})),
+        peer.answer(json!(true))
+    );
     assert_eq!(noop, Ok(json!(true)));
-    assert_eq!(command, "mesh/noop");
+    assert_eq!(request.command, "mesh/noop");
 }
 
 #[tokio::test]
@@ -522,11 +505,7 @@ async fn wss_urls_are_supported() {
 #[tokio::test]
 async fn regular_pings_keep_the_link_past_the_dead_link_window() {
     let mut server = ScriptedServer::start().await;
-    let options = ClientOptions {
-        ping_timeout: Duration::from_millis(500),
-        max_missed_pings: 1,
-        ..fast_options()
-    };
+    let options = dead_link_after(Duration::from_millis(500));
     let (client, mut peer) = connect(&mut server, "a", options).await;
     let mut events = client.events();
     // 2.5 s of pings every 100 ms: well past the 1 s dead-link window. The

@@ -60,6 +60,20 @@ pub async fn expect_events(
     }
 }
 
+/// Asserts the client lost its connection and gave up reconnecting: its
+/// next events are a disconnect and a give-up, and it is offline now.
+pub async fn expect_gave_up(events: &mut broadcast::Receiver<ClientEvent>, client: &MeshClient) {
+    expect_events(
+        events,
+        &[
+            ("disconnect", ClientEvent::Disconnected),
+            ("give up", ClientEvent::ReconnectFailed),
+        ],
+    )
+    .await;
+    assert_eq!(*client.status().borrow(), Status::Offline);
+}
+
 /// Waits for the first event matching `pred`, skipping latency reports.
 pub async fn next_event(events: &mut broadcast::Receiver<ClientEvent>, what: &str) -> ClientEvent {
     within(what, async {
@@ -158,6 +172,13 @@ impl Peer {
             }
         })
         .await
+    }
+
+    /// Answers the next request with `payload`; the request.
+    pub async fn answer(&mut self, payload: Value) -> Frame {
+        let request = self.recv_request().await;
+        self.reply(&request, payload).await;
+        request
     }
 
     /// Answers `request` with `payload`.
