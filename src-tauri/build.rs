@@ -14,6 +14,7 @@ const COMMANDS: &[&str] = &[
     "invite_link",
     "tray_menu",
     "clear_last_seen",
+    "set_starred",
 ];
 
 fn main() {

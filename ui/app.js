@@ -15,6 +15,8 @@ list.onCount = (n) => {
   $("count").textContent = String(n);
   $("empty").hidden = n > 0;
 };
+// The row changes when the backend says so (a `presence://users` event).
+list.onStar = (row) => call("set_starred", { userId: row.id, starred: !row.starred }).catch(() => {});
 setInterval(() => list.tick(), 1000);
 
 const STATUS_TEXT = {
@@ -120,6 +122,11 @@ function fillSettings(s) {
   $("setting-away-help").textContent = s.idleAvailable
     ? "You are shown away, with the time you left, and back as soon as you return."
     : "Not available on this desktop: it does not tell apps how long you have been idle.";
+  $("setting-notify").checked = s.notifyStarred;
+  $("setting-notify").disabled = !!s.notificationsUnavailable;
+  $("setting-notify-help").textContent =
+    s.notificationsUnavailable ||
+    "Star someone with the star before their name. Not while you are Do not disturb, and at most once a minute per person.";
   $("setting-tray").checked = s.closeToTray;
   $("setting-tray-help").textContent = s.hasTray
     ? "You stay in the room; the tray icon brings the window back."
@@ -186,6 +193,7 @@ $("settings-form").addEventListener("submit", async (e) => {
     token: $("setting-token").value.trim() || null,
     closeToTray: $("setting-tray").checked,
     awayAfterMinutes: Number($("setting-away").value || 0),
+    notifyStarred: $("setting-notify").checked,
   };
   try {
     const saved = await invoke("set_settings", { settings });

@@ -46,6 +46,11 @@ class UserList {
     this.frameRequested = false;
     this.firstShown = false;
     this.onCount = () => {};
+    this.onStar = () => {}; // (row) => the star on `row` was clicked
+    container.addEventListener("click", (e) => {
+      const el = e.target.closest(".star") && e.target.closest(".user-row");
+      if (el && el.row) this.onStar(el.row);
+    });
     container.addEventListener("scroll", () => this.schedule(), { passive: true });
     window.addEventListener("resize", () => this.schedule());
   }
@@ -198,7 +203,7 @@ class UserList {
     el.setAttribute("role", "listitem");
     el.innerHTML =
       '<span class="avatar" aria-hidden="true"></span>' +
-      '<span class="who"><span class="name"></span><span class="availability-badge"></span><span class="you-badge">you</span>' +
+      '<span class="who"><button class="star" type="button"></button><span class="name"></span><span class="availability-badge"></span><span class="you-badge">you</span>' +
       '<span class="unverified-badge" title="The server does not vouch for this identity">unverified</span></span>' +
       '<span class="user-status"></span>' +
       '<span class="expiry"></span>' +
@@ -230,6 +235,7 @@ function fillRow(el, user, now) {
   const nameEl = el.querySelector(".name");
   nameEl.textContent = name;
   nameEl.title = name;
+  fillStar(el, user, name);
   // A short-lived status that ran out is gone, even before its owner's app
   // publishes the cleared state (or if that app is no longer running).
   const text = user.expiresAt && user.expiresAt <= now ? "" : user.status;
@@ -244,6 +250,19 @@ function fillRow(el, user, now) {
   const tabs = user.tabCount === 0 ? "reconnecting" : user.tabCount === 1 ? "1 tab" : `${user.tabCount} tabs`;
   el.querySelector(".tabs").textContent = tabs;
   fillExpiry(el, user, now);
+}
+
+/** The star toggle: none on your own row; the backend says who is starred. */
+function fillStar(el, user, name) {
+  const star = el.querySelector(".star");
+  star.hidden = !!user.you;
+  star.textContent = user.starred ? "\u2605" : "\u2606";
+  star.setAttribute("aria-pressed", String(!!user.starred));
+  star.setAttribute("aria-label", `Star ${name}`);
+  star.title = user.starred
+    ? "Starred: you are notified when they come online. Click to unstar."
+    : "Star: be notified when they come online";
+  el.classList.toggle("starred", !!user.starred);
 }
 
 const AVAILABILITY_TEXT = { away: "away", busy: "busy", dnd: "do not disturb" };

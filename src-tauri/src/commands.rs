@@ -41,6 +41,10 @@ pub struct SettingsView {
     /// Whether this desktop tells the app how long you have been idle
     /// (automatic away needs it).
     pub idle_available: bool,
+    /// Whether a notification says when someone you starred comes online.
+    pub notify_starred: bool,
+    /// Why this desktop cannot show notifications, when it cannot.
+    pub notifications_unavailable: Option<String>,
 }
 
 /// What the window sends to publish: the fields a user types. The app adds
@@ -69,6 +73,8 @@ fn view(state: &AppState, settings: Settings) -> SettingsView {
         away_after_minutes: settings.away_after_minutes,
         has_tray: state.has_tray(),
         idle_available: state.idle_available(),
+        notify_starred: settings.notify_starred,
+        notifications_unavailable: state.notifier().unavailable(),
     }
 }
 
@@ -215,6 +221,18 @@ pub fn invite_link<R: Runtime>(
 #[tauri::command]
 pub async fn tray_menu<R: Runtime>(app: AppHandle<R>, id: String) -> Result<(), AppError> {
     crate::tray::handle_menu(&app, &id).await
+}
+
+/// Stars (or unstars) user `userId`: their row shows it in every window,
+/// a restart remembers it, and you are notified when they come online.
+#[tauri::command]
+pub fn set_starred<R: Runtime>(
+    app: AppHandle<R>,
+    app_state: State<'_, AppState>,
+    user_id: String,
+    starred: bool,
+) -> Result<(), AppError> {
+    app_state.set_starred(&app, &user_id, starred)
 }
 
 /// Forgets who left lately, in every window's room and in the store.

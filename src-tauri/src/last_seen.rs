@@ -154,6 +154,7 @@ mod tests {
             idle_since: None,
             tab_count: 1,
             you,
+            starred: false,
             timestamp: 0,
             unverified: false,
         }

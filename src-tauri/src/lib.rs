@@ -10,6 +10,8 @@
 //!   one JSON file that is replaced atomically and never lost to damage;
 //!   [`my_state`] builds the state we publish.
 //! * [`last_seen`]: who left the room lately, kept across restarts.
+//! * [`stars`]: the people you starred; [`notify`]: a desktop notification
+//!   when one of them comes online.
 //! * [`user_list`]: the list's rows, built from the presence helper's diffs;
 //!   [`list_view`] keeps it sorted and gives the page only the rows it shows.
 //! * [`invite`]: a room opened from the command line or an invite link;
@@ -29,9 +31,11 @@ pub mod invite;
 pub mod last_seen;
 pub mod list_view;
 pub mod my_state;
+pub mod notify;
 pub mod rendering;
 pub mod session;
 pub mod settings;
+pub mod stars;
 pub mod state;
 pub mod store;
 pub mod tray;
@@ -85,7 +89,8 @@ pub fn run() {
                 Err(e) => open_invite(app, Err(e)),
             }
         }))
-        .plugin(tauri_plugin_deep_link::init());
+        .plugin(tauri_plugin_deep_link::init())
+        .plugin(tauri_plugin_notification::init());
     let result = builder(result)
         .setup(move |app| {
             let (store, recovery) = store::open_file(&app.path().app_data_dir()?.join(STORE_FILE))?;
@@ -121,6 +126,7 @@ pub fn run() {
             app.set_menu(menu(app.handle())?)?;
             let state = app.state::<AppState>();
             state.set_tray(tray::install(app.handle()));
+            state.notifier().set_sink(notify::system_sink(app.handle()));
             match idle::system_source() {
                 Ok(source) => {
                     state.set_idle_available(true);
@@ -158,6 +164,7 @@ pub fn builder<R: Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
             commands::invite_link,
             commands::tray_menu,
             commands::clear_last_seen,
+            commands::set_starred,
         ])
         .on_menu_event(|app, event| {
             if event.id() == NEW_WINDOW_MENU_ID {

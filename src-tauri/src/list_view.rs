@@ -105,6 +105,25 @@ impl SortedList {
         Some(&self.rows[i].row)
     }
 
+    /// Marks the row of user `id` starred or not, in place (a star does not
+    /// move a row). Returns whether the row changed.
+    pub fn set_starred(&mut self, id: &str, starred: bool) -> bool {
+        let Some(key) = self.keys.get(id) else {
+            return false;
+        };
+        let Ok(i) = self.rows.binary_search_by(|e| e.key.cmp(key)) else {
+            return false;
+        };
+        let entry = &mut self.rows[i];
+        if entry.row.starred == starred || entry.row.you {
+            return false;
+        }
+        let mut row = UserRow::clone(&entry.row);
+        row.starred = starred;
+        entry.row = Arc::new(row);
+        true
+    }
+
     /// Applies a diff. A changed row that keeps its place is replaced where
     /// it is; rows that come, go or move are merged in with one pass over
     /// the list and a sort that finds it already nearly in order.
@@ -188,6 +207,16 @@ impl ListView {
         self.version = next_version();
     }
 
+    /// Marks user `id`'s row starred or not (see [`SortedList::set_starred`]);
+    /// returns what the page must be told, if anything.
+    pub fn set_starred(&mut self, id: &str, starred: bool) -> Option<UsersWindow> {
+        if !self.list.set_starred(id, starred) {
+            return None;
+        }
+        self.version = next_version();
+        self.event()
+    }
+
     /// What the page must be told since it was last sent something: the
     /// count, when that changed, and its window's rows, when any of them
     /// changed (a row is shared with the list, so an unchanged one is the
@@ -264,6 +293,7 @@ mod tests {
             idle_since: None,
             tab_count: 1,
             you: id == "me",
+            starred: false,
             unverified: false,
             timestamp: 0,
         }
@@ -394,6 +424,42 @@ mod tests {
         let past = view.request(20, 30).unwrap();
         assert_eq!((past.count, past.start), (10, 10));
         assert_eq!(past.rows, Some(vec![]));
+    }
+
+    #[test]
+    fn a_star_changes_the_row_in_place_and_the_page_sees_it_in_its_window() {
+        let mut view = ListView::new();
+        view.apply(diff(true, room(100), &[]));
+        view.apply(diff(false, vec![row("me", "Me", "")], &[]));
+        view.request(0, 10).unwrap();
+        let before: Vec<String> = view
+            .list()
+            .rows(0..100)
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+
+        let e = view.set_starred("u0003", true).expect("in the window");
+        let rows = e.rows.unwrap();
+        assert!(rows.iter().find(|r| r.id == "u0003").unwrap().starred);
+        assert_eq!(rows.iter().filter(|r| r.starred).count(), 1);
+        let after: Vec<String> = view
+            .list()
+            .rows(0..100)
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
+        assert_eq!(before, after, "no row moved");
+        assert_eq!(view.set_starred("u0003", true), None, "already starred");
+
+        // Out of the page's sight: the list changes, the page is told nothing.
+        assert_eq!(view.set_starred("u0050", true), None);
+        assert!(view.list().get("u0050").unwrap().starred);
+        // Not here, or you: nothing.
+        assert_eq!(view.set_starred("nobody", true), None);
+        assert_eq!(view.set_starred("me", true), None);
+        assert!(!view.list().get("me").unwrap().starred);
+        assert!(view.set_starred("u0003", false).is_some());
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::events::{self, StatusPayload};
 use crate::last_seen::LastSeen;
 use crate::list_view::{ListView, UsersWindow};
 use crate::my_state;
+use crate::notify;
+use crate::stars::Stars;
 use crate::store::{state_key, AppStore};
 use crate::user_list::{RowMapper, VerifiedNames};
 
@@ -78,6 +80,7 @@ impl Session {
         target: Target,
         store: AppStore,
         user_id: String,
+        stars: Arc<Stars>,
     ) -> Result<Session, AppError> {
         let connecting = StatusPayload {
             status: "connecting",
@@ -159,7 +162,7 @@ impl Session {
                 app,
                 label,
                 presence.clone(),
-                RowMapper::new(&user_id, verified),
+                RowMapper::new(&user_id, verified, stars),
                 list.clone(),
                 resync.clone(),
                 last_seen.clone(),
@@ -192,6 +195,11 @@ impl Session {
     /// Rows `start..end` of the list, which become the page's window.
     pub fn users_window(&self, start: usize, end: usize) -> Result<UsersWindow, AppError> {
         lock(&self.list).request(start, end)
+    }
+
+    /// Marks user `id`'s row starred or not; what the page must be told.
+    pub fn set_starred(&self, id: &str, starred: bool) -> Option<UsersWindow> {
+        lock(&self.list).set_starred(id, starred)
     }
 
     /// The connection's status right now.
@@ -422,6 +430,7 @@ async fn forward_users<R: Runtime>(
     // Last seen goes to the page with the first list, and when it changes.
     let mut departed = true;
     loop {
+        let mut arrived = Vec::new();
         let (event, departures) = {
             let mut list = lock(&list);
             let mut last_seen = lock(&last_seen);
@@ -430,6 +439,7 @@ async fn forward_users<R: Runtime>(
                 if let Some(diff) = rows.rows(diff) {
                     let now = mesh_protocol::now_millis();
                     departed |= last_seen.observe(&list, &diff, now);
+                    arrived.extend(notify::arrivals(&list, &diff));
                     list.apply(diff);
                 }
             }
@@ -442,6 +452,7 @@ async fn forward_users<R: Runtime>(
         if let Some(departures) = departures {
             events::emit(&app, &label, events::LAST_SEEN, departures);
         }
+        notify::announce(&app, &presence, arrived);
         tokio::time::sleep(FRAME).await;
         tokio::select! {
             diff = diffs.recv() => match diff {

@@ -50,6 +50,11 @@ pub struct Settings {
     /// 0 turns automatic away off.
     #[serde(default = "default_away_after")]
     pub away_after_minutes: u32,
+    /// Whether a desktop notification says when someone you starred comes
+    /// online. On by default: starring someone is already the choice to
+    /// hear about them, and no one else is ever announced.
+    #[serde(default = "default_true")]
+    pub notify_starred: bool,
 }
 
 fn default_room() -> String {
@@ -73,6 +78,7 @@ impl Default for Settings {
             token: None,
             close_to_tray: true,
             away_after_minutes: DEFAULT_AWAY_AFTER_MINUTES,
+            notify_starred: true,
         }
     }
 }
@@ -152,17 +158,22 @@ impl Settings {
         )
         .flatten();
         let defaults = Settings::default();
-        let close_to_tray = match fields.get("closeToTray") {
-            None | Some(Value::Null) => defaults.close_to_tray,
-            Some(Value::Bool(on)) => *on,
-            Some(other) => {
-                notices.push(format!(
-                    "The saved \"close to tray\" ({other}) is not true or false. \
-                     Instead the app keeps running in the tray; change it in Settings."
-                ));
-                defaults.close_to_tray
-            }
-        };
+        let close_to_tray = stored_switch(
+            fields,
+            "closeToTray",
+            "close to tray",
+            defaults.close_to_tray,
+            "the app keeps running in the tray",
+            &mut notices,
+        );
+        let notify_starred = stored_switch(
+            fields,
+            "notifyStarred",
+            "notify when a starred person comes online",
+            defaults.notify_starred,
+            "you are notified",
+            &mut notices,
+        );
         let away_after_minutes = match fields.get("awayAfterMinutes") {
             None | Some(Value::Null) => defaults.away_after_minutes,
             Some(value) => match value.as_u64() {
@@ -184,8 +195,33 @@ impl Settings {
             token,
             close_to_tray,
             away_after_minutes,
+            notify_starred,
         };
         (settings, notices)
+    }
+}
+
+/// The stored on/off field `key`: missing (or `null`), `default`; not true
+/// or false, `default` too, and a notice saying what `fallback` happens
+/// instead.
+fn stored_switch(
+    fields: &Map<String, Value>,
+    key: &str,
+    label: &str,
+    default: bool,
+    fallback: &str,
+    notices: &mut Vec<String>,
+) -> bool {
+    match fields.get(key) {
+        None | Some(Value::Null) => default,
+        Some(Value::Bool(on)) => *on,
+        Some(other) => {
+            notices.push(format!(
+                "The saved \"{label}\" ({other}) is not true or false. \
+                 Instead {fallback}; change it in Settings."
+            ));
+            default
+        }
     }
 }
 
@@ -468,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn tray_and_away_settings_default_and_are_checked() {
+    fn tray_away_and_notify_settings_default_and_are_checked() {
         let (s, notices) = Settings::from_stored(&serde_json::json!({"room": "r"}));
         assert!(s.close_to_tray);
         assert_eq!(s.away_after_minutes, DEFAULT_AWAY_AFTER_MINUTES);
@@ -482,6 +518,16 @@ mod tests {
         let (s, notices) = Settings::from_stored(&stored);
         assert_eq!(notices.len(), 2, "{notices:?}");
         assert_eq!((s.close_to_tray, s.room.as_str()), (true, "r"));
+        // Notifications for starred people: on unless turned off.
+        assert!(s.notify_starred);
+        let (s, _) = Settings::from_stored(&serde_json::json!({"notifyStarred": false}));
+        assert!(!s.notify_starred);
+        let (s, notices) = Settings::from_stored(&serde_json::json!({"notifyStarred": 1}));
+        assert!(s.notify_starred);
+        assert!(
+            notices[0].contains("notify when a starred person"),
+            "{notices:?}"
+        );
         let too_long = Settings {
             away_after_minutes: MAX_AWAY_AFTER_MINUTES + 1,
             ..Settings::default()

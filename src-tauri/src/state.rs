@@ -13,8 +13,10 @@ use crate::embedded;
 use crate::error::{lock, AppError};
 use crate::events::{self, StatusPayload};
 use crate::invite::Invite;
+use crate::notify::Notifier;
 use crate::session::{Session, Target};
 use crate::settings::Settings;
+use crate::stars::Stars;
 use crate::store::AppStore;
 
 /// Reconnects every window with the saved settings (they changed). Errors
@@ -47,6 +49,10 @@ pub struct AppState {
     has_tray: AtomicBool,
     /// Whether the desktop tells us how long the user has been idle.
     idle_available: AtomicBool,
+    /// Whom you starred; every window's rows are marked from it.
+    stars: Arc<Stars>,
+    /// Notifications about them, shared by the windows.
+    notifier: Notifier,
 }
 
 impl AppState {
@@ -57,6 +63,7 @@ impl AppState {
     pub fn new(store: AppStore, embedded_port: u16) -> Result<Self, AppError> {
         let user_id = store.user_id()?;
         let (_, notices) = store.checked_settings();
+        let stars = Arc::new(Stars::load(&store));
         Ok(AppState {
             store,
             user_id,
@@ -67,7 +74,40 @@ impl AppState {
             notices: Mutex::new(notices),
             has_tray: AtomicBool::new(false),
             idle_available: AtomicBool::new(false),
+            stars,
+            notifier: Notifier::default(),
         })
+    }
+
+    /// Whom you starred.
+    pub fn stars(&self) -> &Stars {
+        &self.stars
+    }
+
+    /// Where notifications about starred people go.
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// Stars or unstars user `id` (saved at once; see [`Stars::set`]), and
+    /// redraws their row in every window that shows it.
+    pub fn set_starred<R: Runtime>(
+        &self,
+        app: &AppHandle<R>,
+        id: &str,
+        starred: bool,
+    ) -> Result<(), AppError> {
+        self.stars.set(&self.store, &self.user_id, id, starred)?;
+        let sessions: Vec<_> = lock(&self.sessions)
+            .iter()
+            .map(|(label, session)| (label.clone(), session.clone()))
+            .collect();
+        for (label, session) in sessions {
+            if let Some(update) = session.set_starred(id, starred) {
+                events::emit(app, &label, events::USERS, update);
+            }
+        }
+        Ok(())
     }
 
     /// Records whether the app has a tray icon.
@@ -228,6 +268,7 @@ impl AppState {
             target,
             self.store.clone(),
             self.user_id.clone(),
+            self.stars.clone(),
         )
         .await?;
         let status = session.status();

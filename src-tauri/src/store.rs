@@ -429,6 +429,7 @@ mod tests {
             token: Some(Token::new("a.b.c")),
             close_to_tray: false,
             away_after_minutes: 5,
+            notify_starred: false,
         };
         s.save_settings(&custom).unwrap();
         assert_eq!(s.settings(), custom);

@@ -69,19 +69,30 @@ pub fn desktop_has_tray() -> bool {
 }
 
 fn status_notifier_host() -> bool {
+    session_bus_offers("org.kde.StatusNotifierWatcher", false)
+}
+
+/// Whether a service owns `name` on the session bus now, or, with
+/// `activatable`, the bus would start one on the first call (as it does
+/// for most desktops' notification service). No session bus: `false`.
+pub fn session_bus_offers(name: &str, activatable: bool) -> bool {
     let Ok(bus) = zbus::blocking::Connection::session() else {
         return false;
     };
-    bus.call_method(
-        Some("org.freedesktop.DBus"),
-        "/org/freedesktop/DBus",
-        Some("org.freedesktop.DBus"),
-        "NameHasOwner",
-        &("org.kde.StatusNotifierWatcher",),
-    )
-    .and_then(|reply| reply.body().deserialize::<bool>())
-    .unwrap_or(false)
+    let owned = bus
+        .call_method(DBUS, DBUS_PATH, DBUS, "NameHasOwner", &(name,))
+        .and_then(|reply| reply.body().deserialize::<bool>())
+        .unwrap_or(false);
+    owned
+        || activatable
+            && bus
+                .call_method(DBUS, DBUS_PATH, DBUS, "ListActivatableNames", &())
+                .and_then(|reply| reply.body().deserialize::<Vec<String>>())
+                .is_ok_and(|names| names.iter().any(|n| n == name))
 }
+
+const DBUS: Option<&str> = Some("org.freedesktop.DBus");
+const DBUS_PATH: &str = "/org/freedesktop/DBus";
 
 #[cfg(target_os = "linux")]
 fn xembed_tray() -> bool {

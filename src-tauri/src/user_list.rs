@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::lock;
+use crate::stars::Stars;
 
 /// One person in the list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,6 +34,9 @@ pub struct UserRow {
     pub tab_count: usize,
     /// Whether this is the user running this app.
     pub you: bool,
+    /// Whether you starred them (never on your own row; see
+    /// [`crate::stars`]).
+    pub starred: bool,
     /// When their state last changed (ms since the epoch). Not sent: the
     /// page does not show it, and every byte of a row is sent again each
     /// time the page scrolls to it.
@@ -111,6 +115,7 @@ impl UserRow {
                 .and_then(Value::as_u64),
             tab_count,
             you: id == me,
+            starred: false,
             timestamp,
         }
     }
@@ -135,16 +140,18 @@ pub struct ListDiff {
 pub struct RowMapper {
     me: String,
     verified: Option<VerifiedNames>,
+    stars: Arc<Stars>,
 }
 
 impl RowMapper {
     /// Rows for `me` (this app's user id). With `verified` (a server that
     /// attests identity), rows carry verified names and unverified marks
-    /// (see [`UserRow::new`]).
-    pub fn new(me: &str, verified: Option<VerifiedNames>) -> Self {
+    /// (see [`UserRow::new`]). Rows of people in `stars` are marked.
+    pub fn new(me: &str, verified: Option<VerifiedNames>, stars: Arc<Stars>) -> Self {
         RowMapper {
             me: me.to_string(),
             verified,
+            stars,
         }
     }
 
@@ -157,17 +164,21 @@ impl RowMapper {
         if !full && users.is_empty() && removed.is_empty() {
             return None;
         }
+        // One read lock for the diff, one lookup per row.
+        let stars = self.stars.read();
         let upsert = users
             .iter()
             .map(|user| {
-                UserRow::new(
+                let mut row = UserRow::new(
                     &user.id,
                     user.state.as_deref(),
                     user.tab_count,
                     user.timestamp,
                     &self.me,
                     self.verified.as_ref(),
-                )
+                );
+                row.starred = !row.you && stars.contains(row.id.as_str());
+                row
             })
             .collect();
         Some(ListDiff {
@@ -250,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_full_list_is_full_then_only_changes_are_sent() {
-        let m = RowMapper::new("me", None);
+        let m = RowMapper::new("me", None, Arc::default());
         let first = m
             .rows(UsersDiff::Full(vec![user("a", "", 1), user("b", "", 1)]))
             .unwrap();
@@ -278,7 +289,7 @@ mod tests {
 
     #[test]
     fn rows_say_who_you_are_and_count_tabs() {
-        let m = RowMapper::new("b", None);
+        let m = RowMapper::new("b", None, Arc::default());
         let rows = m
             .rows(UsersDiff::Full(vec![user("a", "", 2), user("b", "", 1)]))
             .unwrap();
@@ -287,5 +298,31 @@ mod tests {
         // An empty room is still worth one (full, empty) event.
         let empty = m.rows(UsersDiff::Full(vec![])).unwrap();
         assert!(empty.full && empty.upsert.is_empty());
+    }
+
+    #[test]
+    fn rows_of_starred_people_are_marked_but_never_yours() {
+        let store = crate::store::AppStore::new(Arc::new(crate::store::MemoryKeyValue::default()));
+        let stars = Arc::new(Stars::load(&store));
+        stars.set(&store, "me", "a", true).unwrap();
+        let m = RowMapper::new("me", None, stars.clone());
+        let rows = m
+            .rows(UsersDiff::Full(vec![
+                user("a", "", 1),
+                user("b", "", 1),
+                user("me", "", 1),
+            ]))
+            .unwrap();
+        let starred: Vec<bool> = rows.upsert.iter().map(|r| r.starred).collect();
+        assert_eq!(starred, [true, false, false]);
+        // A star given later marks the rows built after it.
+        stars.set(&store, "me", "b", true).unwrap();
+        let later = m
+            .rows(UsersDiff::Changed {
+                upserted: vec![user("b", "back", 1)],
+                removed: vec![],
+            })
+            .unwrap();
+        assert!(later.upsert[0].starred);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use mesh_client::{ClientEvent, ClientOptions, MeshClient, PresenceEvent, PresenceUpdate};
 use mesh_presence_app::events;
+use mesh_presence_app::notify::{Notification, Sink};
 use mesh_presence_app::settings::Settings;
 use mesh_presence_app::state::AppState;
 use mesh_presence_app::store::{AppStore, KeyValue, MemoryKeyValue};
@@ -776,4 +777,122 @@ fn the_page_gets_a_window_of_the_sorted_list_and_news_of_it() {
         }
         server.shutdown().await;
     });
+}
+
+/// A notification sink that hands what it is given to the test.
+struct Recorder(std::sync::Mutex<std::sync::mpsc::Sender<Notification>>);
+
+impl Sink for Recorder {
+    fn show(&self, notification: &Notification) -> Result<(), String> {
+        let _ = self.0.lock().unwrap().send(notification.clone());
+        Ok(())
+    }
+}
+
+/// A peer in `general` of the server at `url`.
+async fn peer(url: &str, id: &str, name: &str) -> MeshClient {
+    let peer = MeshClient::connect(url, ClientOptions::default())
+        .await
+        .unwrap();
+    peer.join_room("general").await.unwrap();
+    let state = json!({"userId": id, "username": name, "status": "back"});
+    assert!(peer
+        .publish_presence_state("general", state, None, false)
+        .await
+        .unwrap());
+    peer
+}
+
+#[test]
+fn a_star_marks_the_row_is_saved_and_announces_the_person_once_when_back() {
+    let kv = Arc::new(MemoryKeyValue::default());
+    let h = Harness::with_store(free_port(), kv.clone());
+    let (shown_tx, shown) = std::sync::mpsc::channel();
+    h.window
+        .state::<AppState>()
+        .notifier()
+        .set_sink(Ok(Box::new(Recorder(shown_tx.into()))));
+    let server = h.server();
+    let url = server.url();
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.window.listen(events::USERS, move |event| {
+        let _ = tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
+    });
+    h.use_server(&url);
+    let bob = h.rt.block_on(peer(&url, "bob", "Bob"));
+    let rows = wait_rows(&rx, |rows| rows.contains_key("bob"));
+    assert_eq!(rows["bob"]["starred"], false);
+    let me = rows.values().find(|r| r["you"] == true).unwrap()["id"].clone();
+
+    // Bad input: a clear error, nothing saved.
+    let long = "x".repeat(257);
+    for (user_id, says) in [
+        ("", "is needed"),
+        (long.as_str(), "at most 256 bytes"),
+        (me.as_str().unwrap(), "cannot star yourself"),
+    ] {
+        let err = h
+            .invoke("set_starred", json!({"userId": user_id, "starred": true}))
+            .unwrap_err();
+        assert_eq!(err["code"], "EINVALID", "{err}");
+        assert!(err["message"].as_str().unwrap().contains(says), "{err}");
+    }
+    let err = h
+        .invoke("set_starred", json!({"userId": "bob"}))
+        .unwrap_err();
+    assert!(err.to_string().contains("starred"), "{err}");
+    assert_eq!(kv.get("starred"), None);
+
+    // Starred: the row says so, and the store keeps it.
+    h.invoke("set_starred", json!({"userId": "bob", "starred": true}))
+        .unwrap();
+    wait_rows(&rx, |rows| {
+        rows.get("bob").is_some_and(|b| b["starred"] == true)
+    });
+    assert_eq!(kv.get("starred"), Some(json!(["bob"])));
+    assert!(
+        shown.try_recv().is_err(),
+        "starring someone present is not news"
+    );
+
+    // Bob leaves and comes back: one notification. Carol, unstarred, comes
+    // too: none for her.
+    h.rt.block_on(bob.close());
+    wait_rows(&rx, |rows| !rows.contains_key("bob"));
+    let (bob, carol) = h.rt.block_on(async {
+        (
+            peer(&url, "bob", "Bob").await,
+            peer(&url, "carol", "Carol").await,
+        )
+    });
+    let n = shown.recv_timeout(WAIT).expect("a notification");
+    assert_eq!(n.user_id, "bob");
+    assert_eq!(n.title, "Bob is online in general");
+    assert_eq!(n.body, "back");
+
+    // Back again within the minute: nothing more. Carol, starred now,
+    // leaves and comes back: she is announced, and the only one.
+    h.invoke("set_starred", json!({"userId": "carol", "starred": true}))
+        .unwrap();
+    h.rt.block_on(async {
+        bob.close().await;
+        carol.close().await;
+    });
+    wait_rows(&rx, |rows| rows.len() == 1);
+    let _back = h.rt.block_on(async {
+        let bob = peer(&url, "bob", "Bob").await;
+        (bob, peer(&url, "carol", "Carol").await)
+    });
+    let n = shown.recv_timeout(WAIT).expect("Carol's notification");
+    assert_eq!(n.user_id, "carol", "Bob was announced a moment ago");
+    let rows = wait_rows(&rx, |rows| rows.len() == 3);
+    assert_eq!(rows["bob"]["starred"], true);
+    assert!(shown.try_recv().is_err());
+
+    // Unstarred: the row says so at once.
+    h.invoke("set_starred", json!({"userId": "bob", "starred": false}))
+        .unwrap();
+    wait_rows(&rx, |rows| rows["bob"]["starred"] == false);
+    assert_eq!(kv.get("starred"), Some(json!(["carol"])));
+    h.rt.block_on(server.shutdown());
 }
