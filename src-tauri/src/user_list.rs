@@ -177,7 +177,7 @@ impl RowMapper {
                     &self.me,
                     self.verified.as_ref(),
                 );
-                row.starred = !row.you && stars.contains(row.id.as_str());
+                row.starred = !stars.is_empty() && !row.you && stars.contains(row.id.as_str());
                 row
             })
             .collect();

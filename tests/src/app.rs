@@ -137,6 +137,12 @@ impl Driver {
         idle_file(&self.data_dir)
     }
 
+    /// The file the app appends its desktop notifications to, one JSON
+    /// line each, instead of showing them: tests read what it announced.
+    pub fn notify_log(&self) -> PathBuf {
+        notify_log(&self.data_dir)
+    }
+
     /// The app binary as the desktop would start a second copy of it (say,
     /// to open a link), with the same data directories as the driver's.
     pub fn second_copy(&self, args: &[&str]) -> Command {
@@ -172,11 +178,16 @@ fn app_env(command: &mut Command, data_dir: &Path, embedded_port: u16) {
         .env("XDG_CACHE_HOME", data_dir.join("cache"))
         .env("MESH_PRESENCE_PORT", embedded_port.to_string())
         .env("MESH_PRESENCE_IDLE_FILE", idle_file(data_dir))
+        .env("MESH_PRESENCE_NOTIFY_LOG", notify_log(data_dir))
         .env("RUST_LOG", "info,mesh_presence_app=debug");
 }
 
 fn idle_file(data_dir: &Path) -> PathBuf {
     data_dir.join("idle-ms")
+}
+
+fn notify_log(data_dir: &Path) -> PathBuf {
+    data_dir.join("notifications.jsonl")
 }
 
 impl Drop for Driver {
@@ -279,6 +290,8 @@ pub struct Row {
     /// What the row says after the name about availability ("busy",
     /// "away since 10:42"); empty when available.
     pub availability: String,
+    /// Whether the row shows a filled star.
+    pub starred: bool,
 }
 
 const ROWS_JS: &str =
@@ -288,7 +301,8 @@ const ROWS_JS: &str =
   you: r.classList.contains('you'), expiry: r.querySelector('.expiry').textContent,
   position: Number(r.getAttribute('aria-posinset')),
   unverified: r.classList.contains('unverified'),
-  availability: r.querySelector('.availability-badge').textContent }))";
+  availability: r.querySelector('.availability-badge').textContent,
+  starred: r.querySelector('.star').getAttribute('aria-pressed') === 'true' }))";
 
 impl App {
     /// Runs what the tray menu item `id` does, through the `tray_menu`
@@ -379,6 +393,7 @@ impl App {
                 position: r["position"].as_u64().unwrap_or_default() as usize,
                 unverified: r["unverified"].as_bool().unwrap_or(false),
                 availability: r["availability"].as_str().unwrap_or_default().into(),
+                starred: r["starred"].as_bool().unwrap_or(false),
             })
             .collect())
     }

@@ -1,6 +1,7 @@
 //! What the app does from outside its window: a room opened from the
 //! command line or an invite link (in the running copy: single instance),
-//! the tray's menu, automatic away, last seen.
+//! the tray's menu, automatic away, last seen, notifications about the
+//! people you starred.
 
 use super::*;
 
@@ -328,5 +329,131 @@ fn who_left_stays_under_last_seen_across_a_restart_until_cleared() {
         Ok(last_seen(&app)?.is_empty().then_some(()))
     })
     .unwrap();
+    app.quit().unwrap();
+}
+
+/// The notifications the app announced, through their seam: each is a JSON
+/// line in a file (`MESH_PRESENCE_NOTIFY_LOG`) instead of on the desktop.
+fn notifications(driver: &Driver) -> Vec<Value> {
+    fs::read_to_string(driver.notify_log())
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+/// Waits until the app has announced someone named `name`, and returns
+/// every notification so far.
+fn wait_notification(driver: &Driver, name: &str) -> Vec<Value> {
+    wait_for(&format!("a notification about {name}"), UI_TIMEOUT, || {
+        let all = notifications(driver);
+        let found = all
+            .iter()
+            .any(|n| n["title"] == format!("{name} is online in {ROOM}"));
+        Ok(found.then_some(all))
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_starred_peer_who_comes_back_is_announced_once_and_stays_starred() {
+    let out = output_dir("a_starred_peer_who_comes_back_is_announced_once_and_stays_starred");
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start(data.path(), &out).unwrap();
+    let server = StandaloneServer::start(&["--addr", "127.0.0.1:0"]);
+    let url = server.url();
+    let rt = runtime();
+    let bob = json!({"userId": "bob", "username": "Bob", "status": "reviewing"});
+    let carol = json!({"userId": "carol", "username": "Carol", "status": "here"});
+    let bob_peer = rt.block_on(Peer::join(&url, bob.clone()));
+    let carol_peer = rt.block_on(Peer::join(&url, carol.clone()));
+    let app = driver.launch_with(&["--server", &url]).unwrap();
+    app.wait_connection("online").unwrap();
+    app.wait_rows("Bob and Carol", |rows| rows.len() == 3)
+        .unwrap();
+
+    // A star on every row but mine; a click stars Bob, then Carol.
+    let stars = app
+        .js(
+            "return Array.from(document.querySelectorAll('.user-row:not([hidden])'))
+               .map(r => ({id: r.dataset.userId, star: !r.querySelector('.star').hidden}))",
+        )
+        .unwrap();
+    for row in stars.as_array().unwrap() {
+        let mine = !["bob", "carol"].contains(&row["id"].as_str().unwrap());
+        assert_eq!(row["star"], !mine, "{stars}");
+    }
+    app.click(r#".user-row[data-user-id="bob"] .star"#).unwrap();
+    app.wait_rows("Bob starred", |rows| {
+        rows.iter().any(|r| r.name == "Bob" && r.starred)
+            && rows.iter().all(|r| r.name == "Bob" || !r.starred)
+    })
+    .unwrap();
+    app.click(r#".user-row[data-user-id="carol"] .star"#)
+        .unwrap();
+    app.wait_rows("Carol starred", |rows| {
+        rows.iter().any(|r| r.name == "Carol" && r.starred)
+    })
+    .unwrap();
+    app.screenshot("01-bob-and-carol-starred").unwrap();
+
+    // A restart remembers the stars, and its first list announces no one.
+    app.quit().unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    app.wait_rows("the stars after a restart", |rows| {
+        rows.len() == 3 && rows.iter().filter(|r| r.starred).count() == 2
+    })
+    .unwrap();
+
+    // Two windows: two connections see whoever comes.
+    app.click("#new-window").unwrap();
+    app.wait_rows("me with 2 tabs", |rows| {
+        rows.iter().any(|r| r.you && r.tabs == "2 tabs")
+    })
+    .unwrap();
+
+    // Bob leaves (under last seen) and comes back: one notification.
+    rt.block_on(bob_peer.client.close());
+    app.wait_rows("Bob gone", |rows| rows.len() == 2).unwrap();
+    let bob_peer = rt.block_on(Peer::join(&url, bob.clone()));
+    let shown = wait_notification(&driver, "Bob");
+    assert_eq!(shown[0]["userId"], "bob");
+    assert_eq!(shown[0]["body"], "reviewing");
+    app.switch_to_other_window().unwrap();
+    app.wait_rows("Bob back in the second window", |rows| {
+        rows.iter().any(|r| r.name == "Bob" && r.starred)
+    })
+    .unwrap();
+    app.switch_to_other_window().unwrap();
+
+    // He flaps: gone and back again within the minute, nothing more.
+    rt.block_on(bob_peer.client.close());
+    app.wait_rows("Bob gone again", |rows| rows.len() == 2)
+        .unwrap();
+    let _bob_peer = rt.block_on(Peer::join(&url, bob));
+    app.wait_rows("Bob back again", |rows| rows.len() == 3)
+        .unwrap();
+
+    // Carol, after him, leaves and comes back: her notification is the
+    // next and last line, so nothing about Bob was left on its way.
+    rt.block_on(carol_peer.client.close());
+    app.wait_rows("Carol gone", |rows| rows.len() == 2).unwrap();
+    let _carol_peer = rt.block_on(Peer::join(&url, carol));
+    let shown = wait_notification(&driver, "Carol");
+    let titles: Vec<&str> = shown.iter().map(|n| n["title"].as_str().unwrap()).collect();
+    assert_eq!(
+        titles,
+        [
+            format!("Bob is online in {ROOM}"),
+            format!("Carol is online in {ROOM}")
+        ],
+        "one per person coming online, not one per window or per flap"
+    );
+    app.wait_rows("both still starred", |rows| {
+        rows.len() == 3 && rows.iter().filter(|r| r.starred).count() == 2
+    })
+    .unwrap();
+    app.screenshot("02-announced-once-still-starred").unwrap();
     app.quit().unwrap();
 }
