@@ -681,7 +681,14 @@ fn the_page_gets_a_window_of_the_sorted_list_and_news_of_it() {
     h.window.listen(events::USERS, move |event| {
         let _ = tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
     });
-    let next_event = || rx.recv_timeout(WAIT).expect("a users event");
+    // On a timeout, say what the list holds: a missing row and a stalled
+    // list fail differently.
+    let next_event = || {
+        rx.recv_timeout(WAIT).unwrap_or_else(|e| {
+            let window = h.invoke("users_window", json!({"start": 0, "end": 40}));
+            panic!("no users event ({e}); the list now: {window:?}")
+        })
+    };
 
     // Thirty peers join, last name first; the list sorts them (me first).
     let peers: Vec<MeshClient> = h.rt.block_on(async {
@@ -776,4 +783,69 @@ fn the_page_gets_a_window_of_the_sorted_list_and_news_of_it() {
         }
         server.shutdown().await;
     });
+}
+
+#[test]
+fn last_seen_reaches_the_page_at_most_once_a_second_while_a_room_empties() {
+    let kv = Arc::new(MemoryKeyValue::default());
+    let h = Harness::with_store(free_port(), kv.clone());
+    let server = h.server();
+    h.use_server(&server.url());
+    let (tx, rx) = std::sync::mpsc::channel();
+    h.window.listen(events::LAST_SEEN, move |event| {
+        let entries = serde_json::from_str::<Value>(event.payload()).expect("json");
+        let _ = tx.send((std::time::Instant::now(), entries));
+    });
+    let (users_tx, users_rx) = std::sync::mpsc::channel();
+    h.window.listen(events::USERS, move |event| {
+        let _ = users_tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
+    });
+
+    let peers: Vec<MeshClient> = h.rt.block_on(async {
+        let mut peers = Vec::new();
+        for i in 0..40 {
+            let peer = MeshClient::connect(&server.url(), ClientOptions::default())
+                .await
+                .unwrap();
+            peer.join_room("general").await.unwrap();
+            let state = json!({"userId": format!("p{i}"), "username": format!("Peer {i:02}")});
+            peer.publish_presence_state("general", state, None, false)
+                .await
+                .unwrap();
+            peers.push(peer);
+        }
+        peers
+    });
+    while users_rx.recv_timeout(WAIT).expect("a users event")["count"] != 41 {}
+
+    // They leave one after another, each departure a frame of its own: the
+    // next leaves once the page has seen the last one go.
+    for (i, peer) in peers.into_iter().enumerate() {
+        h.rt.block_on(peer.close());
+        while users_rx.recv_timeout(WAIT).expect("a users event")["count"] != 40 - i {}
+    }
+    let mut received = Vec::new();
+    loop {
+        let (at, entries) = rx.recv_timeout(WAIT).expect("a last-seen event");
+        let n = entries.as_array().expect("a list").len();
+        received.push(at);
+        if n == 40 {
+            break;
+        }
+    }
+    // The first event went with the first list; every later one waited its
+    // turn, however many frames the departures took.
+    for pair in received.windows(2).skip(1) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(500),
+            "last seen sent {gap:?} after the one before"
+        );
+    }
+    // Nothing was lost by the pacing: everyone is in the store too.
+    let stored = kv
+        .get(&mesh_presence_app::last_seen::key("general"))
+        .expect("last seen stored");
+    assert_eq!(stored.as_array().map(Vec::len), Some(40), "{stored}");
+    h.rt.block_on(server.shutdown());
 }
