@@ -40,10 +40,18 @@ pub struct Departure {
 }
 
 /// One room's last seen, newest first, as stored.
+///
+/// Changes are written to the store by [`LastSeen::save`], which the caller
+/// paces: a room that empties changes last seen every frame, and writing
+/// the store that often cost the app more than the room itself. What is not
+/// saved yet is saved when this is dropped (the window closes, the app
+/// quits), so nothing is lost.
 pub struct LastSeen {
     store: AppStore,
     room: String,
     entries: Vec<Departure>,
+    /// Changed since it was last saved.
+    unsaved: bool,
 }
 
 impl LastSeen {
@@ -59,6 +67,7 @@ impl LastSeen {
             store,
             room: room.to_string(),
             entries,
+            unsaved: false,
         };
         last_seen.prune(now_ms);
         last_seen
@@ -66,7 +75,8 @@ impl LastSeen {
 
     /// Notes what `diff` does to `list` before it is applied: who leaves
     /// goes into last seen (never you), who is here is no longer in it.
-    /// Returns whether last seen changed (and then it is saved).
+    /// Returns whether last seen changed (it is then unsaved until
+    /// [`LastSeen::save`]).
     pub fn observe(&mut self, list: &ListView, diff: &ListDiff, now_ms: u64) -> bool {
         let before = self.entries.len();
         let mut changed = false;
@@ -97,9 +107,7 @@ impl LastSeen {
         }
         self.prune(now_ms);
         changed |= self.entries.len() != before;
-        if changed {
-            self.save();
-        }
+        self.unsaved |= changed;
         changed
     }
 
@@ -111,6 +119,7 @@ impl LastSeen {
     /// Forgets everyone (the setting's Clear).
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.unsaved = true;
         self.save();
     }
 
@@ -120,7 +129,11 @@ impl LastSeen {
         self.entries.truncate(MAX_ENTRIES);
     }
 
-    fn save(&self) {
+    /// Writes what changed since the last save to the store.
+    pub fn save(&mut self) {
+        if !std::mem::take(&mut self.unsaved) {
+            return;
+        }
         let kv = self.store.key_value();
         let result = if self.entries.is_empty() {
             kv.remove(&key(&self.room))
@@ -133,6 +146,12 @@ impl LastSeen {
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not save last seen");
         }
+    }
+}
+
+impl Drop for LastSeen {
+    fn drop(&mut self) {
+        self.save();
     }
 }
 
@@ -187,7 +206,12 @@ mod tests {
             ("BOB", "lunch", 1_000)
         );
 
-        // A restart finds him; a day later he is gone.
+        // Saved when the caller says so; a restart then finds him, and a
+        // day later he is gone.
+        assert!(LastSeen::load(store.clone(), "r", 2_000)
+            .entries()
+            .is_empty());
+        seen.save();
         assert_eq!(
             LastSeen::load(store.clone(), "r", 2_000).entries(),
             seen.entries()
@@ -200,7 +224,23 @@ mod tests {
         let back = diff(vec![row("bob", "back", false)], &[]);
         assert!(seen.observe(&list, &back, 3_000));
         assert!(seen.entries().is_empty());
+        seen.save();
         assert!(LastSeen::load(store, "r", 3_000).entries().is_empty());
+    }
+
+    #[test]
+    fn what_is_not_saved_yet_is_saved_when_dropped() {
+        let store = AppStore::new(Arc::new(MemoryKeyValue::default()));
+        let mut list = ListView::new();
+        let mut seen = LastSeen::load(store.clone(), "r", 0);
+        let came = diff(vec![row("bob", "lunch", false)], &[]);
+        seen.observe(&list, &came, 1);
+        list.apply(came);
+        assert!(seen.observe(&list, &diff(vec![], &["bob"]), 5));
+        drop(seen);
+        let after = LastSeen::load(store, "r", 6);
+        assert_eq!(after.entries().len(), 1);
+        assert_eq!(after.entries()[0].id, "bob");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tauri::async_runtime::JoinHandle;
 use tauri::{AppHandle, Runtime};
 use tokio::sync::{broadcast, watch, Notify};
+use tokio::time::Instant;
 
 use crate::error::{lock, AppError, ErrorCode};
 use crate::events::{self, StatusPayload};
@@ -27,6 +28,13 @@ use crate::user_list::{RowMapper, VerifiedNames};
 /// The shortest gap between two `presence://users` events: one frame at 60 Hz.
 /// Changes that arrive in between are merged into the next event.
 pub const FRAME: Duration = Duration::from_millis(16);
+
+/// The shortest gap between two `presence://last-seen` events and store
+/// writes of last seen. A room that empties changes last seen every frame;
+/// resending a hundred departures and rewriting the store each time cost
+/// the page and the app more than the room itself, and "left 2 min ago"
+/// needs no more than this.
+pub const LAST_SEEN_EVERY: Duration = Duration::from_secs(1);
 
 /// How long connecting to a server may take before the window shows an error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -427,10 +435,13 @@ async fn forward_users<R: Runtime>(
     // The first diff is the full list.
     let mut diffs = presence.diffs();
     let mut next = diffs.recv().await;
-    // Last seen goes to the page with the first list, and when it changes.
+    // Last seen goes to the page with the first list, and when it changed,
+    // at most once per LAST_SEEN_EVERY.
     let mut departed = true;
+    let mut last_seen_sent: Option<Instant> = None;
     loop {
         let mut arrived = Vec::new();
+        let last_seen_due = last_seen_sent.is_none_or(|at| at.elapsed() >= LAST_SEEN_EVERY);
         let (event, departures) = {
             let mut list = lock(&list);
             let mut last_seen = lock(&last_seen);
@@ -443,7 +454,10 @@ async fn forward_users<R: Runtime>(
                     list.apply(diff);
                 }
             }
-            let departures = std::mem::take(&mut departed).then(|| last_seen.entries().to_vec());
+            let departures = (departed && last_seen_due).then(|| {
+                last_seen.save();
+                last_seen.entries().to_vec()
+            });
             (list.event(), departures)
         };
         if let Some(event) = event {
@@ -451,9 +465,15 @@ async fn forward_users<R: Runtime>(
         }
         if let Some(departures) = departures {
             events::emit(&app, &label, events::LAST_SEEN, departures);
+            departed = false;
+            last_seen_sent = Some(Instant::now());
         }
         notify::announce(&app, &presence, arrived);
         tokio::time::sleep(FRAME).await;
+        // A change of last seen held back waits at most until it is due.
+        let held_until = departed
+            .then(|| last_seen_sent.map(|at| at + LAST_SEEN_EVERY))
+            .flatten();
         tokio::select! {
             diff = diffs.recv() => match diff {
                 Some(diff) => next = Some(diff),
@@ -462,7 +482,17 @@ async fn forward_users<R: Runtime>(
             () = resync.notified() => {
                 lock(&list).reset();
                 departed = true;
+                last_seen_sent = None;
             }
+            () = sleep_until_some(held_until) => {}
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when it is `None`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
