@@ -301,15 +301,10 @@ mod tests {
         UserRow {
             id: id.into(),
             username: id.to_uppercase(),
-            status: String::new(),
-            expires_at: None,
-            availability: String::new(),
-            idle_since: None,
             tab_count: 1,
             you: id == "me",
             starred,
-            timestamp: 0,
-            unverified: false,
+            ..UserRow::default()
         }
     }
 

@@ -13,7 +13,7 @@ use crate::error::lock;
 use crate::stars::Stars;
 
 /// One person in the list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserRow {
     /// The user id (the `userId` of their state, or a connection id when a

@@ -458,17 +458,21 @@ fn a_starred_peer_who_comes_back_is_announced_once_and_stays_starred() {
 
     // The setting: on, and available (the seam stands in for the desktop).
     app.click("#open-settings").unwrap();
-    let setting = app
-        .js("const s = document.getElementById('setting-notify');
+    let setting = wait_for("the settings filled in", UI_TIMEOUT, || {
+        let setting = app.js("const s = document.getElementById('setting-notify');
              return {on: s.checked, disabled: s.disabled,
-                     help: document.getElementById('setting-notify-help').textContent}")
-        .unwrap();
+                     help: document.getElementById('setting-notify-help').textContent}")?;
+        Ok((setting["help"] != "").then_some(setting))
+    })
+    .unwrap();
     assert_eq!(setting["on"], true, "{setting}");
     assert_eq!(setting["disabled"], false, "{setting}");
     assert!(
         setting["help"].as_str().unwrap().contains("Do not disturb"),
         "{setting}"
     );
+    app.js("document.getElementById('setting-notify').scrollIntoView()")
+        .unwrap();
     app.screenshot("03-settings").unwrap();
     app.click("#settings-cancel").unwrap();
     app.quit().unwrap();
