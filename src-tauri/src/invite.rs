@@ -274,4 +274,30 @@ mod tests {
         let (settings, _) = own.apply(&saved, Some("ws://127.0.0.1:3000")).unwrap();
         assert_eq!(settings.server_url, None);
     }
+
+    /// The packages' desktop entry hands the link to the app: a handler of
+    /// the scheme whose command line has no `%u` is started without it.
+    #[test]
+    fn the_packaged_desktop_entry_passes_links_to_the_app() {
+        let config: serde_json::Value =
+            serde_json::from_str(include_str!("../tauri.conf.json")).expect("tauri.conf.json");
+        assert_eq!(
+            config["plugins"]["deep-link"]["desktop"]["schemes"],
+            serde_json::json!([SCHEME])
+        );
+        for package in ["deb", "rpm"] {
+            assert_eq!(
+                config["bundle"]["linux"][package]["desktopTemplate"],
+                "linux/mesh-presence.desktop",
+                "{package}"
+            );
+        }
+        let entry = include_str!("../linux/mesh-presence.desktop");
+        let exec = entry
+            .lines()
+            .find(|l| l.starts_with("Exec="))
+            .expect("Exec");
+        assert!(exec.ends_with(" %u"), "{exec}");
+        assert!(entry.contains("MimeType={{mime_type}}"), "{entry}");
+    }
 }
