@@ -59,11 +59,24 @@ pub struct Driver {
     pub embedded_port: u16,
     data_dir: PathBuf,
     out: PathBuf,
+    seams: Seams,
 }
 
 impl Driver {
     /// Starts the driver; app data lives under `data_dir`, logs go to `out`.
+    /// The app writes its notifications to [`Driver::notify_log`].
     pub fn start(data_dir: &Path, out: &Path) -> Result<Driver, String> {
+        Driver::start_with(data_dir, out, true)
+    }
+
+    /// [`Driver::start`], but the app sends its notifications to the
+    /// desktop's notification service on the session bus, as it would for
+    /// a user.
+    pub fn start_with_desktop_notifications(data_dir: &Path, out: &Path) -> Result<Driver, String> {
+        Driver::start_with(data_dir, out, false)
+    }
+
+    fn start_with(data_dir: &Path, out: &Path, notify_log: bool) -> Result<Driver, String> {
         let port = free_port();
         let native_port = free_port();
         let embedded_port = free_port();
@@ -73,7 +86,12 @@ impl Driver {
         let log = fs::File::create(out.join("driver.log")).map_err(|e| e.to_string())?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut command = Command::new("tauri-driver");
-        app_env(&mut command, data_dir, embedded_port);
+        let seams = Seams {
+            data_dir: data_dir.to_path_buf(),
+            embedded_port,
+            notify_log,
+        };
+        seams.apply(&mut command);
         let child = command
             .arg("--port")
             .arg(port.to_string())
@@ -89,6 +107,7 @@ impl Driver {
             embedded_port,
             data_dir: data_dir.to_path_buf(),
             out: out.to_path_buf(),
+            seams,
         };
         // tauri-driver listens before the WebKitWebDriver behind it does;
         // a session can only start once both accept connections.
@@ -147,7 +166,7 @@ impl Driver {
     /// to open a link), with the same data directories as the driver's.
     pub fn second_copy(&self, args: &[&str]) -> Command {
         let mut command = Command::new(app_binary());
-        app_env(&mut command, &self.data_dir, self.embedded_port);
+        self.seams.apply(&mut command);
         command.args(args);
         command
     }
@@ -170,16 +189,32 @@ impl Driver {
 }
 
 /// The environment an app started for a test runs in: its own data
-/// directories, its own embedded-server port, our logs.
-fn app_env(command: &mut Command, data_dir: &Path, embedded_port: u16) {
-    command
-        .env("XDG_DATA_HOME", data_dir.join("data"))
-        .env("XDG_CONFIG_HOME", data_dir.join("config"))
-        .env("XDG_CACHE_HOME", data_dir.join("cache"))
-        .env("MESH_PRESENCE_PORT", embedded_port.to_string())
-        .env("MESH_PRESENCE_IDLE_FILE", idle_file(data_dir))
-        .env("MESH_PRESENCE_NOTIFY_LOG", notify_log(data_dir))
-        .env("RUST_LOG", "info,mesh_presence_app=debug");
+/// directories, its own embedded-server port, our logs, and the files it
+/// reads its idle time from and writes its notifications to.
+struct Seams {
+    data_dir: PathBuf,
+    embedded_port: u16,
+    /// Whether notifications go to [`Driver::notify_log`] (else to the
+    /// desktop).
+    notify_log: bool,
+}
+
+impl Seams {
+    fn apply(&self, command: &mut Command) {
+        let data_dir = &self.data_dir;
+        command
+            .env("XDG_DATA_HOME", data_dir.join("data"))
+            .env("XDG_CONFIG_HOME", data_dir.join("config"))
+            .env("XDG_CACHE_HOME", data_dir.join("cache"))
+            .env("MESH_PRESENCE_PORT", self.embedded_port.to_string())
+            .env("MESH_PRESENCE_IDLE_FILE", idle_file(data_dir))
+            .env("RUST_LOG", "info,mesh_presence_app=debug");
+        if self.notify_log {
+            command.env("MESH_PRESENCE_NOTIFY_LOG", notify_log(data_dir));
+        } else {
+            command.env_remove("MESH_PRESENCE_NOTIFY_LOG");
+        }
+    }
 }
 
 fn idle_file(data_dir: &Path) -> PathBuf {

@@ -457,6 +457,76 @@ fn a_starred_peer_who_comes_back_is_announced_once_and_stays_starred() {
     app.screenshot("02-announced-once-still-starred").unwrap();
 
     // The setting: on, and available (the seam stands in for the desktop).
+    let setting = notify_setting(&app);
+    assert_eq!(setting["on"], true, "{setting}");
+    assert_eq!(setting["disabled"], false, "{setting}");
+    assert!(
+        setting["help"].as_str().unwrap().contains("Do not disturb"),
+        "{setting}"
+    );
+    app.screenshot("03-settings").unwrap();
+    app.click("#settings-cancel").unwrap();
+    app.quit().unwrap();
+}
+
+/// A desktop notification service on the session bus (the freedesktop
+/// interface a desktop's notification daemon serves): it hands the test
+/// the title and body of each notification it is asked to show.
+struct NotificationService(std::sync::Mutex<std::sync::mpsc::Sender<(String, String)>>);
+
+#[zbus::interface(name = "org.freedesktop.Notifications")]
+impl NotificationService {
+    #[allow(clippy::too_many_arguments)]
+    fn notify(
+        &self,
+        _app_name: String,
+        _replaces_id: u32,
+        _app_icon: String,
+        summary: String,
+        body: String,
+        _actions: Vec<String>,
+        _hints: std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
+        _expire_timeout: i32,
+    ) -> u32 {
+        let _ = self.0.lock().unwrap().send((summary, body));
+        1
+    }
+
+    fn get_capabilities(&self) -> Vec<String> {
+        vec!["body".into(), "actions".into()]
+    }
+
+    fn get_server_information(&self) -> (String, String, String, String) {
+        (
+            "test".into(),
+            "mesh-presence".into(),
+            "1".into(),
+            "1.2".into(),
+        )
+    }
+
+    fn close_notification(&self, _id: u32) {}
+}
+
+const NOTIFICATIONS: &str = "org.freedesktop.Notifications";
+
+/// Whether the session bus has a notification service, or could start one.
+fn bus_offers_notifications(bus: &zbus::blocking::Connection) -> bool {
+    let dbus = zbus::blocking::fdo::DBusProxy::new(bus).unwrap();
+    let owned = dbus
+        .name_has_owner(NOTIFICATIONS.try_into().unwrap())
+        .unwrap();
+    owned
+        || dbus
+            .list_activatable_names()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str() == NOTIFICATIONS)
+}
+
+/// The settings panel's notification switch: whether it is on and
+/// enabled, and its help text, once the panel is filled in.
+fn notify_setting(app: &mesh_presence_e2e::app::App) -> Value {
     app.click("#open-settings").unwrap();
     let setting = wait_for("the settings filled in", UI_TIMEOUT, || {
         let setting = app.js("const s = document.getElementById('setting-notify');
@@ -465,15 +535,86 @@ fn a_starred_peer_who_comes_back_is_announced_once_and_stays_starred() {
         Ok((setting["help"] != "").then_some(setting))
     })
     .unwrap();
-    assert_eq!(setting["on"], true, "{setting}");
-    assert_eq!(setting["disabled"], false, "{setting}");
-    assert!(
-        setting["help"].as_str().unwrap().contains("Do not disturb"),
-        "{setting}"
-    );
     app.js("document.getElementById('setting-notify').scrollIntoView()")
         .unwrap();
-    app.screenshot("03-settings").unwrap();
+    setting
+}
+
+/// The real path, without the seam: the app asks the desktop's
+/// notification service (over D-Bus, through Tauri's notification plugin),
+/// and where there is none, Settings says so.
+#[test]
+fn notifications_go_to_the_desktops_service_and_without_one_settings_says_so() {
+    let out =
+        output_dir("notifications_go_to_the_desktops_service_and_without_one_settings_says_so");
+    let bus = zbus::blocking::Connection::session()
+        .expect("run under a D-Bus session (scripts/e2e.sh does)");
+    assert!(
+        !bus_offers_notifications(&bus),
+        "this test needs a session bus without a notification service (scripts/e2e.sh starts a bare one)"
+    );
+    let data = tempfile::tempdir().unwrap();
+    let driver = Driver::start_with_desktop_notifications(data.path(), &out).unwrap();
+    let server = StandaloneServer::start(&["--addr", "127.0.0.1:0"]);
+    let url = server.url();
+    let rt = runtime();
+    let bob = json!({"userId": "bob", "username": "Bob", "status": "reviewing"});
+    let bob_peer = rt.block_on(Peer::join(&url, bob.clone()));
+
+    // No service: the switch is greyed out, and says why.
+    let app = driver.launch_with(&["--server", &url]).unwrap();
+    app.wait_connection("online").unwrap();
+    let setting = notify_setting(&app);
+    assert_eq!(setting["disabled"], true, "{setting}");
+    assert_eq!(
+        setting["help"], "No notification service runs on this desktop.",
+        "{setting}"
+    );
+    app.screenshot("01-no-notification-service").unwrap();
     app.click("#settings-cancel").unwrap();
+    // Starring works all the same.
+    app.click(r#".user-row[data-user-id="bob"] .star"#).unwrap();
+    app.wait_rows("Bob starred", |rows| {
+        rows.iter().any(|r| r.name == "Bob" && r.starred)
+    })
+    .unwrap();
+    app.quit().unwrap();
+
+    // A service appears (the desktop's daemon): the app, started again,
+    // shows Bob's coming back there.
+    let (tx, shown) = std::sync::mpsc::channel();
+    let _service = zbus::blocking::connection::Builder::session()
+        .unwrap()
+        .name(NOTIFICATIONS)
+        .unwrap()
+        .serve_at(
+            "/org/freedesktop/Notifications",
+            NotificationService(tx.into()),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+    let app = driver.launch().unwrap();
+    app.wait_connection("online").unwrap();
+    let setting = notify_setting(&app);
+    assert_eq!(setting["disabled"], false, "{setting}");
+    assert_eq!(setting["on"], true, "{setting}");
+    app.click("#settings-cancel").unwrap();
+    app.wait_rows("Bob, starred", |rows| {
+        rows.iter().any(|r| r.name == "Bob" && r.starred)
+    })
+    .unwrap();
+    rt.block_on(bob_peer.client.close());
+    app.wait_rows("Bob gone", |rows| rows.len() == 1).unwrap();
+    let _bob_peer = rt.block_on(Peer::join(&url, bob));
+    let (title, body) = shown
+        .recv_timeout(UI_TIMEOUT)
+        .expect("a notification at the desktop's service");
+    assert_eq!(title, format!("Bob is online in {ROOM}"));
+    assert_eq!(body, "reviewing");
+    assert!(
+        !driver.notify_log().exists(),
+        "not written to the seam's file"
+    );
     app.quit().unwrap();
 }
