@@ -218,6 +218,18 @@ pub fn system_sink<R: Runtime>(app: &AppHandle<R>) -> Result<Box<dyn Sink>, Stri
     if !crate::tray::session_bus_offers("org.freedesktop.Notifications", true) {
         return Err("No notification service runs on this desktop.".into());
     }
+    // A click on a notification brings the app up, as the tray's Show
+    // window does (the plugin only reports clicks once a handler is set).
+    let handle = app.clone();
+    let clicked = app.notification().on_action(move |performed| {
+        if performed.action_id() == "tap" {
+            tracing::info!("notification clicked: showing a window");
+            crate::show_window(&handle);
+        }
+    });
+    if let Err(e) = clicked {
+        tracing::warn!(error = %e, "clicks on notifications will do nothing");
+    }
     Ok(Box::new(Desktop(app.clone())))
 }
 

@@ -471,8 +471,11 @@ fn a_starred_peer_who_comes_back_is_announced_once_and_stays_starred() {
 
 /// A desktop notification service on the session bus (the freedesktop
 /// interface a desktop's notification daemon serves): it hands the test
-/// the title and body of each notification it is asked to show.
-struct NotificationService(std::sync::Mutex<std::sync::mpsc::Sender<(String, String)>>);
+/// the title, body and actions of each notification it is asked to show.
+struct NotificationService(std::sync::Mutex<std::sync::mpsc::Sender<Shown>>);
+
+/// A notification's title, body and actions (key, label, key, label, ...).
+type Shown = (String, String, Vec<String>);
 
 #[zbus::interface(name = "org.freedesktop.Notifications")]
 impl NotificationService {
@@ -484,11 +487,11 @@ impl NotificationService {
         _app_icon: String,
         summary: String,
         body: String,
-        _actions: Vec<String>,
+        actions: Vec<String>,
         _hints: std::collections::HashMap<String, zbus::zvariant::OwnedValue>,
         _expire_timeout: i32,
     ) -> u32 {
-        let _ = self.0.lock().unwrap().send((summary, body));
+        let _ = self.0.lock().unwrap().send((summary, body, actions));
         1
     }
 
@@ -583,7 +586,7 @@ fn notifications_go_to_the_desktops_service_and_without_one_settings_says_so() {
     // A service appears (the desktop's daemon): the app, started again,
     // shows Bob's coming back there.
     let (tx, shown) = std::sync::mpsc::channel();
-    let _service = zbus::blocking::connection::Builder::session()
+    let service = zbus::blocking::connection::Builder::session()
         .unwrap()
         .name(NOTIFICATIONS)
         .unwrap()
@@ -607,11 +610,30 @@ fn notifications_go_to_the_desktops_service_and_without_one_settings_says_so() {
     rt.block_on(bob_peer.client.close());
     app.wait_rows("Bob gone", |rows| rows.len() == 1).unwrap();
     let _bob_peer = rt.block_on(Peer::join(&url, bob));
-    let (title, body) = shown
+    let (title, body, actions) = shown
         .recv_timeout(UI_TIMEOUT)
         .expect("a notification at the desktop's service");
     assert_eq!(title, format!("Bob is online in {ROOM}"));
     assert_eq!(body, "reviewing");
+
+    // It can be clicked (the "default" action), and a click brings the
+    // app up. (Under Xvfb a shown window looks like any other, so the app's
+    // log says it handled the click.)
+    assert!(actions.iter().any(|a| a == "default"), "{actions:?}");
+    service
+        .emit_signal(
+            None::<()>,
+            "/org/freedesktop/Notifications",
+            NOTIFICATIONS,
+            "ActionInvoked",
+            &(1u32, "default"),
+        )
+        .unwrap();
+    wait_for("the click handled", UI_TIMEOUT, || {
+        let log = fs::read_to_string(out.join("app.log")).unwrap_or_default();
+        Ok(log.contains("notification clicked").then_some(()))
+    })
+    .unwrap();
     assert!(
         !driver.notify_log().exists(),
         "not written to the seam's file"
