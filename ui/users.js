@@ -208,6 +208,15 @@ class UserList {
       '<span class="user-status"></span>' +
       '<span class="expiry"></span>' +
       '<span class="tabs"></span>';
+    // Its parts, found once rather than on every fill.
+    el.parts = {
+      avatar: el.querySelector(".avatar"),
+      name: el.querySelector(".name"),
+      badge: el.querySelector(".availability-badge"),
+      status: el.querySelector(".user-status"),
+      expiry: el.querySelector(".expiry"),
+      tabs: el.querySelector(".tabs"),
+    };
     this.container.appendChild(el);
     return el;
   }
@@ -231,24 +240,24 @@ function fillRow(el, user, now) {
   el.dataset.userId = user.id;
   el.classList.toggle("you", !!user.you);
   el.classList.toggle("unverified", !!user.unverified);
-  el.querySelector(".avatar").textContent = name.slice(0, 1).toUpperCase();
-  const nameEl = el.querySelector(".name");
-  nameEl.textContent = name;
-  nameEl.title = name;
+  const parts = el.parts;
+  setText(parts.avatar, name.slice(0, 1).toUpperCase());
+  setText(parts.name, name);
+  setTitle(parts.name, name);
   fillStar(el, user, name);
   // A short-lived status that ran out is gone, even before its owner's app
   // publishes the cleared state (or if that app is no longer running).
   const text = user.expiresAt && user.expiresAt <= now ? "" : user.status;
-  const status = el.querySelector(".user-status");
-  status.textContent = text || "idle";
+  const status = parts.status;
+  setText(status, text || "idle");
   // The whole text on hover, however much the row had to cut.
-  status.title = text || "";
+  setTitle(status, text || "");
   status.classList.toggle("idle", !text);
   // No tabs: they were here before a reconnect and are kept for a grace
   // period while they come back.
   fillAvailability(el, user);
   const tabs = user.tabCount === 0 ? "reconnecting" : user.tabCount === 1 ? "1 tab" : `${user.tabCount} tabs`;
-  el.querySelector(".tabs").textContent = tabs;
+  setText(parts.tabs, tabs);
   fillExpiry(el, user, now);
 }
 
@@ -269,25 +278,40 @@ const AVAILABILITY_TEXT = { away: "away", busy: "busy", dnd: "do not disturb" };
 
 /** Away automatically (since a time), or what they chose; nothing when available. */
 function fillAvailability(el, user) {
-  const badge = el.querySelector(".availability-badge");
+  const badge = el.parts.badge;
   if (user.idleSince) {
     el.dataset.availability = "away";
     const since = new Date(user.idleSince).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    badge.textContent = `away since ${since}`;
+    setText(badge, `away since ${since}`);
   } else {
     el.dataset.availability = user.availability || "available";
-    badge.textContent = AVAILABILITY_TEXT[user.availability] || "";
+    setText(badge, AVAILABILITY_TEXT[user.availability] || "");
   }
 }
 
 function fillExpiry(el, user, now) {
-  const expiry = el.querySelector(".expiry");
+  const expiry = el.parts.expiry;
   if (!user.expiresAt || user.expiresAt <= now) {
-    expiry.textContent = "";
+    setText(expiry, "");
     return;
   }
   const left = Math.max(0, Math.round((user.expiresAt - now) / 1000));
-  expiry.textContent = left >= 60 ? `${Math.floor(left / 60)} min ${left % 60} s left` : `${left} s left`;
+  setText(expiry, left >= 60 ? `${Math.floor(left / 60)} min ${left % 60} s left` : `${left} s left`);
+}
+
+// A row scrolled into view mostly keeps its texts ("1 tab", "idle", no
+// badge): writing only the ones that differ spares the web view a new text
+// node, and its style and layout, for each of them on every frame of a
+// scroll.
+
+/** Sets an element's text when it differs. */
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+/** Sets an element's title when it differs. */
+function setTitle(node, title) {
+  if (node.title !== title) node.title = title;
 }
 
 window.UserList = UserList;
