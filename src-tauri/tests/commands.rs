@@ -860,8 +860,8 @@ fn a_star_marks_the_row_is_saved_and_announces_the_person_once_when_back() {
     let server = h.server();
     let url = server.url();
     let (tx, rx) = std::sync::mpsc::channel();
-    h.window.listen(events::USERS, move |event| {
-        let _ = tx.send(serde_json::from_str::<Value>(event.payload()).expect("json"));
+    h.listen(events::USERS, move |payload| {
+        let _ = tx.send(serde_json::from_str::<Value>(payload).expect("json"));
     });
     h.use_server(&url);
     let bob = h.rt.block_on(peer(&url, "bob", "Bob"));
