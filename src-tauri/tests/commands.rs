@@ -733,15 +733,7 @@ fn the_page_gets_a_window_of_the_sorted_list_and_news_of_it() {
     let peers: Vec<MeshClient> = h.rt.block_on(async {
         let mut peers = Vec::new();
         for i in (0..30).rev() {
-            let peer = MeshClient::connect(&server.url(), ClientOptions::default())
-                .await
-                .unwrap();
-            peer.join_room("general").await.unwrap();
-            let state = json!({"userId": format!("p{i}"), "username": format!("Peer {i:02}")});
-            peer.publish_presence_state("general", state, None, false)
-                .await
-                .unwrap();
-            peers.push(peer);
+            peers.push(peer(&server.url(), &format!("p{i}"), &format!("Peer {i:02}")).await);
         }
         peers
     });
@@ -961,15 +953,7 @@ fn last_seen_reaches_the_page_at_most_once_a_second_while_a_room_empties() {
     let peers: Vec<MeshClient> = h.rt.block_on(async {
         let mut peers = Vec::new();
         for i in 0..40 {
-            let peer = MeshClient::connect(&server.url(), ClientOptions::default())
-                .await
-                .unwrap();
-            peer.join_room("general").await.unwrap();
-            let state = json!({"userId": format!("p{i}"), "username": format!("Peer {i:02}")});
-            peer.publish_presence_state("general", state, None, false)
-                .await
-                .unwrap();
-            peers.push(peer);
+            peers.push(peer(&server.url(), &format!("p{i}"), &format!("Peer {i:02}")).await);
         }
         peers
     });
