@@ -216,6 +216,7 @@ class UserList {
       status: el.querySelector(".user-status"),
       expiry: el.querySelector(".expiry"),
       tabs: el.querySelector(".tabs"),
+      star: el.querySelector(".star"),
     };
     this.container.appendChild(el);
     return el;
@@ -263,25 +264,32 @@ function fillRow(el, user, now) {
 
 /** The star toggle: none on your own row; the backend says who is starred. */
 function fillStar(el, user, name) {
-  const star = el.querySelector(".star");
-  star.hidden = !!user.you;
-  star.textContent = user.starred ? "\u2605" : "\u2606";
-  star.setAttribute("aria-pressed", String(!!user.starred));
-  star.setAttribute("aria-label", `Star ${name}`);
-  star.title = user.starred
-    ? "Starred: you are notified when they come online. Click to unstar."
-    : "Star: be notified when they come online";
+  const star = el.parts.star;
+  if (star.hidden !== !!user.you) star.hidden = !!user.you;
+  setText(star, user.starred ? "\u2605" : "\u2606");
+  setAttribute(star, "aria-pressed", String(!!user.starred));
+  setAttribute(star, "aria-label", `Star ${name}`);
+  setTitle(
+    star,
+    user.starred
+      ? "Starred: you are notified when they come online. Click to unstar."
+      : "Star: be notified when they come online",
+  );
   el.classList.toggle("starred", !!user.starred);
 }
 
 const AVAILABILITY_TEXT = { away: "away", busy: "busy", dnd: "do not disturb" };
 
 /** Away automatically (since a time), or what they chose; nothing when available. */
+// One formatter for every away badge: `toLocaleTimeString` sets up a new ICU
+// formatter per call, and a busy room fills rows every frame.
+const AWAY_SINCE = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+
 function fillAvailability(el, user) {
   const badge = el.parts.badge;
   if (user.idleSince) {
     el.dataset.availability = "away";
-    const since = new Date(user.idleSince).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const since = AWAY_SINCE.format(new Date(user.idleSince));
     setText(badge, `away since ${since}`);
   } else {
     el.dataset.availability = user.availability || "available";
@@ -312,6 +320,11 @@ function setText(node, text) {
 /** Sets an element's title when it differs. */
 function setTitle(node, title) {
   if (node.title !== title) node.title = title;
+}
+
+/** Sets an attribute when it differs. */
+function setAttribute(node, name, value) {
+  if (node.getAttribute(name) !== value) node.setAttribute(name, value);
 }
 
 window.UserList = UserList;
