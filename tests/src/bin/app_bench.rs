@@ -104,11 +104,17 @@ struct Rss {
     network: u64,
     /// Any other WebKit helper (a GPU process, when WebKit starts one).
     other: u64,
+    /// The web process's RSS by kind: its own heap and stacks (anonymous),
+    /// mapped files (code, fonts) and shared memory (the bitmaps it paints
+    /// into and hands to the app): what grows tells what to look at.
+    web_anon: u64,
+    web_file: u64,
+    web_shmem: u64,
 }
 
 impl Rss {
     fn read(app_binary: &str) -> Rss {
-        let procs: Vec<(u32, u32, String, u64)> = std::fs::read_dir("/proc")
+        let procs: Vec<(u32, u32, String, [u64; 4])> = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()
             .flatten()
@@ -123,7 +129,8 @@ impl Rss {
                         .map(str::to_string)
                 };
                 let ppid = field("PPid:")?.parse().ok()?;
-                let rss = field("VmRSS:").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let kb = |k: &str| field(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+                let rss = [kb("VmRSS:"), kb("RssAnon:"), kb("RssFile:"), kb("RssShmem:")];
                 let exe = std::fs::read_link(e.path().join("exe"))
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
@@ -134,7 +141,7 @@ impl Rss {
         let mut app_pids = Vec::new();
         for (pid, _, exe, kb) in &procs {
             if exe == app_binary {
-                rss.app += kb;
+                rss.app += kb[0];
                 app_pids.push(*pid);
             }
         }
@@ -143,11 +150,14 @@ impl Rss {
                 continue;
             }
             if exe.ends_with("WebKitWebProcess") {
-                rss.web += kb;
+                rss.web += kb[0];
+                rss.web_anon += kb[1];
+                rss.web_file += kb[2];
+                rss.web_shmem += kb[3];
             } else if exe.ends_with("WebKitNetworkProcess") {
-                rss.network += kb;
+                rss.network += kb[0];
             } else {
-                rss.other += kb;
+                rss.other += kb[0];
             }
         }
         rss
@@ -164,10 +174,13 @@ impl Rss {
             String::new()
         };
         println!(
-            "RSS {when}: app {:.1} MiB, WebKit helpers {:.1} MiB (web process {:.1} MiB, network process {:.1} MiB{other})",
+            "RSS {when}: app {:.1} MiB, WebKit helpers {:.1} MiB (web process {:.1} MiB [anon {:.1}, file {:.1}, shmem {:.1}], network process {:.1} MiB{other})",
             mib(self.app),
             mib(self.helpers()),
             mib(self.web),
+            mib(self.web_anon),
+            mib(self.web_file),
+            mib(self.web_shmem),
             mib(self.network),
         );
     }
