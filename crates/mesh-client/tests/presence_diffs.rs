@@ -382,6 +382,31 @@ fn shown(users: Vec<User>) -> Vec<User> {
         .collect()
 }
 
+/// Feeds one input other than a flush to `engine`; `true` for a resync,
+/// after which the driver sends the full list.
+fn feed(engine: &mut PresenceEngine, op: Op) -> bool {
+    let state = |user: u8, status: u8, at: u64| json!({"userId": format!("u{user}"), "status": status, "changedAt": at});
+    match op {
+        Op::Join(c) => engine.join(&format!("c{c}"), 0),
+        Op::Leave(c) => engine.leave(&format!("c{c}")),
+        Op::State(c, u, s, t) => engine.set_state(&format!("c{c}"), Some(state(u, s, t)), t),
+        Op::Clear(c) => engine.set_state(&format!("c{c}"), None, 0),
+        Op::LeaveKeeping(c, t) => engine.leave_keeping(&format!("c{c}"), t),
+        Op::Expire(t) => engine.expire(t),
+        Op::Resync(members, t) => {
+            let present: Vec<String> = members.iter().map(|(c, _)| format!("c{c}")).collect();
+            let mut states = serde_json::Map::new();
+            for (c, u) in &members {
+                states.insert(format!("c{c}"), state(*u, 0, 0));
+            }
+            engine.resync(present, states, t);
+            return true;
+        }
+        Op::Flush => {}
+    }
+    false
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
@@ -390,26 +415,8 @@ proptest! {
         let mut engine = PresenceEngine::new(KeySource::state_field("userId"));
         let mut copy = Copy::new();
         let mut full = false;
-        let state = |user: u8, status: u8, at: u64| {
-            json!({"userId": format!("u{user}"), "status": status, "changedAt": at})
-        };
         for op in ops.into_iter().chain([Op::Flush]) {
             match op {
-                Op::Join(c) => engine.join(&format!("c{c}"), 0),
-                Op::Leave(c) => engine.leave(&format!("c{c}")),
-                Op::State(c, u, s, t) => engine.set_state(&format!("c{c}"), Some(state(u, s, t)), t),
-                Op::Clear(c) => engine.set_state(&format!("c{c}"), None, 0),
-                Op::LeaveKeeping(c, t) => engine.leave_keeping(&format!("c{c}"), t),
-                Op::Expire(t) => engine.expire(t),
-                Op::Resync(members, t) => {
-                    let present: Vec<String> = members.iter().map(|(c, _)| format!("c{c}")).collect();
-                    let mut states = serde_json::Map::new();
-                    for (c, u) in &members {
-                        states.insert(format!("c{c}"), state(*u, 0, 0));
-                    }
-                    engine.resync(present, states, t);
-                    full = true;
-                }
                 Op::Flush => {
                     let events = engine.take_events();
                     let diff = if std::mem::take(&mut full) {
@@ -422,6 +429,7 @@ proptest! {
                     }
                     prop_assert_eq!(shown(list(&copy)), shown(engine.users()));
                 }
+                op => full |= feed(&mut engine, op),
             }
         }
     }
@@ -432,28 +440,14 @@ proptest! {
     fn the_patched_list_is_the_list(ops in proptest::collection::vec(op(), 1..60)) {
         let mut engine = PresenceEngine::new(KeySource::state_field("userId"));
         let mut patched = Vec::new();
-        let state = |user: u8, status: u8, at: u64| {
-            json!({"userId": format!("u{user}"), "status": status, "changedAt": at})
-        };
         for op in ops.into_iter().chain([Op::Flush]) {
             match op {
-                Op::Join(c) => engine.join(&format!("c{c}"), 0),
-                Op::Leave(c) => engine.leave(&format!("c{c}")),
-                Op::State(c, u, s, t) => engine.set_state(&format!("c{c}"), Some(state(u, s, t)), t),
-                Op::Clear(c) => engine.set_state(&format!("c{c}"), None, 0),
-                Op::LeaveKeeping(c, t) => engine.leave_keeping(&format!("c{c}"), t),
-                Op::Expire(t) => engine.expire(t),
-                Op::Resync(members, t) => {
-                    let present: Vec<String> = members.iter().map(|(c, _)| format!("c{c}")).collect();
-                    let mut states = serde_json::Map::new();
-                    for (c, u) in &members {
-                        states.insert(format!("c{c}"), state(*u, 0, 0));
-                    }
-                    engine.resync(present, states, t);
-                }
                 Op::Flush => {
                     engine.take_changes().apply_to_list(&mut patched);
                     prop_assert_eq!(&patched, &engine.users());
+                }
+                op => {
+                    feed(&mut engine, op);
                 }
             }
         }
