@@ -1,7 +1,9 @@
 //! Throughput of the presence grouping engine, and the same work done the
 //! way the JavaScript deduped presence handler does it (a scan of all
 //! connections per state update and a copy of the whole group map per
-//! event), for comparison.
+//! event), for comparison. And what the `Presence` driver does per
+//! emission in a changing 5,000-person room: the user list rebuilt whole
+//! (as it was) against the list patched with the engine's changes.
 //!
 //! Run: `cargo bench -p mesh-client --bench presence_engine`
 //!
@@ -11,13 +13,14 @@
 
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BatchSize, Criterion, Throughput};
-use mesh_client::presence::{KeySource, PresenceEngine};
+use mesh_client::presence::{KeySource, PresenceEngine, User, UsersDiff};
 use serde_json::{json, Map, Value};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
 use std::rc::Rc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// Connections in the room: two tabs per user.
 const CONNS: usize = 10_000;
@@ -134,6 +137,81 @@ fn engine_benches<M: Measurement>(c: &mut Criterion<M>) {
         let engine = seeded_engine(CONNS);
         b.iter(|| black_box(engine.users().len()))
     });
+    group.finish();
+}
+
+/// How an emission brings the `users()` list up to date.
+#[derive(Clone, Copy, PartialEq)]
+enum List {
+    /// Built whole from the engine and replaced (as it was).
+    Rebuilt,
+    /// Patched in place with the engine's changes.
+    Patched,
+    /// Not at all: the floor, what the diffs alone cost.
+    Untouched,
+}
+
+/// One emission of the driver's: the diff for a [`Presence::diffs`]
+/// subscriber (one copy, as sent), then the `users()` list.
+///
+/// [`Presence::diffs`]: mesh_client::presence::Presence::diffs
+fn emit(engine: &mut PresenceEngine, users: &watch::Sender<Vec<User>>, list: List) -> usize {
+    let changes = (list == List::Patched).then(|| engine.take_changes());
+    let events = engine.take_events();
+    let diff = UsersDiff::from_events(engine, &events);
+    black_box(diff.clone());
+    match (list, changes) {
+        (List::Rebuilt, _) => {
+            users.send_replace(engine.users());
+        }
+        (_, Some(changes)) => users.send_modify(|users| changes.apply_to_list(users)),
+        (_, None) => {}
+    }
+    events.len()
+}
+
+fn emission_benches<M: Measurement>(c: &mut Criterion<M>) {
+    let mut group = c.benchmark_group("emission");
+    group.measurement_time(Duration::from_secs(4));
+    // A frame's worth of a room where 1,000 people change a second (~50
+    // at one emission per 16 ms, rounded up), applied then emitted.
+    const CHANGES: usize = 50;
+    group.throughput(Throughput::Elements(CHANGES as u64));
+    for (name, list, held) in [
+        ("diffs_only_5k_users", List::Untouched, false),
+        ("rebuilt_5k_users", List::Rebuilt, false),
+        ("rebuilt_5k_users_list_held", List::Rebuilt, true),
+        ("patched_5k_users", List::Patched, false),
+        ("patched_5k_users_list_held", List::Patched, true),
+    ] {
+        let mut engine = seeded_engine(CONNS);
+        let mut first = Vec::new();
+        engine.take_changes().apply_to_list(&mut first);
+        let (users, rx) = watch::channel(first);
+        // Someone holds the list (a tray's head count), or nobody does.
+        let _held = held.then_some(rx);
+        let mut clock = 2;
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || state_stream(CONNS, CHANGES),
+                |updates| {
+                    for (conn, state) in updates {
+                        clock += 1;
+                        engine.set_state(&conn, Some(state), clock);
+                    }
+                    black_box(emit(&mut engine, &users, list))
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        if list != List::Untouched {
+            assert_eq!(
+                *users.borrow(),
+                engine.users(),
+                "{name}: the list is current"
+            );
+        }
+    }
     group.finish();
 }
 
@@ -314,11 +392,13 @@ fn main() {
             .with_measurement(ThreadCpuTime)
             .configure_from_args();
         engine_benches(&mut c);
+        emission_benches(&mut c);
         js_like_benches(&mut c);
         c.final_summary();
     } else {
         let mut c = Criterion::default().configure_from_args();
         engine_benches(&mut c);
+        emission_benches(&mut c);
         js_like_benches(&mut c);
         c.final_summary();
     }

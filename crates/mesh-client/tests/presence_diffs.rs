@@ -1,7 +1,9 @@
 //! `Presence::diffs` against our own server: the full list first, then only
 //! who came, changed or left; a full list again after a reconnect or when a
-//! subscriber falls behind. And a property test of the engine's diffs: the
-//! diffs applied in order always rebuild the engine's list.
+//! subscriber falls behind. The `users()` list, patched per emission rather
+//! than rebuilt, is current for whoever takes it whenever. And property
+//! tests of the engine: the diffs applied in order always rebuild its list,
+//! and so do its changes, field for field.
 
 mod support;
 
@@ -271,6 +273,67 @@ async fn a_subscriber_that_falls_behind_gets_the_full_list_and_memory_stays_boun
     assert_eq!(list(&copy), *users.borrow());
 }
 
+#[tokio::test]
+async fn the_user_list_is_current_for_whoever_takes_it_whenever() {
+    let server = start_server().await;
+    let key = GroupKey::metadata_field("userId");
+    let (_w, watcher) = tab(&server, "watcher", key.clone()).await;
+    let mut diffs = watcher.diffs();
+    let mut copy = Copy::new();
+    diffs_until(&mut diffs, &mut copy, "the watcher", |c| {
+        tabs(c, "watcher") == Some(1)
+    })
+    .await;
+
+    // Emissions while nobody holds the list: people come, change, go.
+    let (_a, alice) = tab(&server, "alice", key.clone()).await;
+    let (bob_client, _bob) = tab(&server, "bob", key.clone()).await;
+    for round in 0..5 {
+        alice.publish(json!({"status": round})).await.unwrap();
+        diffs_until(&mut diffs, &mut copy, "alice's status", |c| {
+            status(c, "alice") == Some(json!(round))
+        })
+        .await;
+    }
+    bob_client.close().await;
+    diffs_until(&mut diffs, &mut copy, "bob leaves", |c| {
+        !c.contains_key("bob")
+    })
+    .await;
+
+    // A receiver taken now borrows the list as it is, field for field.
+    let mut users = watcher.users();
+    assert_eq!(*users.borrow_and_update(), list(&copy));
+    assert_eq!(
+        rows(&users.borrow())
+            .into_iter()
+            .map(|(id, tabs, _)| (id, tabs))
+            .collect::<Vec<_>>(),
+        [("alice".to_string(), 1), ("watcher".to_string(), 1)]
+    );
+
+    // It wakes on the next emission, with it.
+    alice.publish(json!({"status": "held"})).await.unwrap();
+    within("the held receiver wakes", users.changed())
+        .await
+        .unwrap();
+    diffs_until(&mut diffs, &mut copy, "the held status", |c| {
+        status(c, "alice") == Some(json!("held"))
+    })
+    .await;
+    assert_eq!(*users.borrow(), list(&copy));
+
+    // Let go again: a newcomer and a change, then a fresh receiver.
+    drop(users);
+    let (_c, _carol) = tab(&server, "carol", key.clone()).await;
+    alice.publish(json!({"status": "last"})).await.unwrap();
+    diffs_until(&mut diffs, &mut copy, "carol and the last status", |c| {
+        c.contains_key("carol") && status(c, "alice") == Some(json!("last"))
+    })
+    .await;
+    assert_eq!(*watcher.users().borrow(), list(&copy));
+}
+
 /// One input to the engine, over a handful of connections and users (so
 /// that tabs of one user, moves and leaves happen often).
 #[derive(Debug, Clone)]
@@ -319,6 +382,31 @@ fn shown(users: Vec<User>) -> Vec<User> {
         .collect()
 }
 
+/// Feeds one input other than a flush to `engine`; `true` for a resync,
+/// after which the driver sends the full list.
+fn feed(engine: &mut PresenceEngine, op: Op) -> bool {
+    let state = |user: u8, status: u8, at: u64| json!({"userId": format!("u{user}"), "status": status, "changedAt": at});
+    match op {
+        Op::Join(c) => engine.join(&format!("c{c}"), 0),
+        Op::Leave(c) => engine.leave(&format!("c{c}")),
+        Op::State(c, u, s, t) => engine.set_state(&format!("c{c}"), Some(state(u, s, t)), t),
+        Op::Clear(c) => engine.set_state(&format!("c{c}"), None, 0),
+        Op::LeaveKeeping(c, t) => engine.leave_keeping(&format!("c{c}"), t),
+        Op::Expire(t) => engine.expire(t),
+        Op::Resync(members, t) => {
+            let present: Vec<String> = members.iter().map(|(c, _)| format!("c{c}")).collect();
+            let mut states = serde_json::Map::new();
+            for (c, u) in &members {
+                states.insert(format!("c{c}"), state(*u, 0, 0));
+            }
+            engine.resync(present, states, t);
+            return true;
+        }
+        Op::Flush => {}
+    }
+    false
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
@@ -327,26 +415,8 @@ proptest! {
         let mut engine = PresenceEngine::new(KeySource::state_field("userId"));
         let mut copy = Copy::new();
         let mut full = false;
-        let state = |user: u8, status: u8, at: u64| {
-            json!({"userId": format!("u{user}"), "status": status, "changedAt": at})
-        };
         for op in ops.into_iter().chain([Op::Flush]) {
             match op {
-                Op::Join(c) => engine.join(&format!("c{c}"), 0),
-                Op::Leave(c) => engine.leave(&format!("c{c}")),
-                Op::State(c, u, s, t) => engine.set_state(&format!("c{c}"), Some(state(u, s, t)), t),
-                Op::Clear(c) => engine.set_state(&format!("c{c}"), None, 0),
-                Op::LeaveKeeping(c, t) => engine.leave_keeping(&format!("c{c}"), t),
-                Op::Expire(t) => engine.expire(t),
-                Op::Resync(members, t) => {
-                    let present: Vec<String> = members.iter().map(|(c, _)| format!("c{c}")).collect();
-                    let mut states = serde_json::Map::new();
-                    for (c, u) in &members {
-                        states.insert(format!("c{c}"), state(*u, 0, 0));
-                    }
-                    engine.resync(present, states, t);
-                    full = true;
-                }
                 Op::Flush => {
                     let events = engine.take_events();
                     let diff = if std::mem::take(&mut full) {
@@ -358,6 +428,26 @@ proptest! {
                         diff.apply_to(&mut copy);
                     }
                     prop_assert_eq!(shown(list(&copy)), shown(engine.users()));
+                }
+                op => full |= feed(&mut engine, op),
+            }
+        }
+    }
+
+    /// What `Presence::users` does per emission: the list patched with the
+    /// engine's changes is its list, `representative` included.
+    #[test]
+    fn the_patched_list_is_the_list(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut engine = PresenceEngine::new(KeySource::state_field("userId"));
+        let mut patched = Vec::new();
+        for op in ops.into_iter().chain([Op::Flush]) {
+            match op {
+                Op::Flush => {
+                    engine.take_changes().apply_to_list(&mut patched);
+                    prop_assert_eq!(&patched, &engine.users());
+                }
+                op => {
+                    feed(&mut engine, op);
                 }
             }
         }

@@ -343,6 +343,9 @@ async fn watch_users(
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
         resolve_keys(client, &mut engine, key_of.as_ref()).await;
+        // The list is printed whole: the engine's record of what changed
+        // is not needed, and would grow for as long as the room is watched.
+        engine.take_events();
         if engine.take_dirty() {
             print_users(room, &engine.users(), json);
         }

@@ -49,14 +49,7 @@ impl UsersDiff {
         if events.is_empty() {
             return None;
         }
-        let mut touched: Vec<&Arc<str>> = events
-            .iter()
-            .map(|event| match event {
-                UserEvent::Joined { id }
-                | UserEvent::Left { id }
-                | UserEvent::Updated { id, .. } => id,
-            })
-            .collect();
+        let mut touched: Vec<&Arc<str>> = events.iter().map(UserEvent::id).collect();
         touched.sort_unstable();
         touched.dedup();
         let mut upserted = Vec::new();
@@ -68,6 +61,48 @@ impl UsersDiff {
             }
         }
         Some(UsersDiff::Changed { upserted, removed })
+    }
+
+    /// Applies the diff to a list sorted by id, as
+    /// [`Presence::users`](super::Presence::users) is, in place: it costs the
+    /// users it names (and one pass over the list when some come or go),
+    /// not a new list.
+    pub fn apply_to_list(self, users: &mut Vec<User>) {
+        let (upserted, removed) = match self {
+            UsersDiff::Full(list) => {
+                *users = list;
+                return;
+            }
+            UsersDiff::Changed { upserted, removed } => (upserted, removed),
+        };
+        let mut arriving = Vec::new();
+        for user in upserted {
+            match users.binary_search_by(|u| u.id.cmp(&user.id)) {
+                Ok(at) => users[at] = user,
+                Err(_) => arriving.push(user),
+            }
+        }
+        if !removed.is_empty() {
+            // Both sorted: one walk.
+            let mut gone = removed.iter().peekable();
+            users.retain(|user| {
+                while gone.next_if(|id| **id < user.id).is_some() {}
+                gone.next_if(|id| **id == user.id).is_none()
+            });
+        }
+        match arriving.len() {
+            0 => {}
+            1 => {
+                let user = arriving.remove(0);
+                let at = users.partition_point(|u| u.id < user.id);
+                users.insert(at, user);
+            }
+            // Two sorted runs: the stable sort merges them in one pass.
+            _ => {
+                users.append(&mut arriving);
+                users.sort_by(|a, b| a.id.cmp(&b.id));
+            }
+        }
     }
 
     /// Whether this diff changes nothing.

@@ -203,10 +203,13 @@ impl Driver {
     fn flush(&mut self) {
         self.flush_at = None;
         self.last_flush = Instant::now();
-        let users = self.engine.users();
+        let changes = self.engine.take_changes();
         let events = self.engine.take_events();
-        self.send_diffs(&users, &events);
-        self.users_tx.send_replace(users);
+        self.send_diffs(&events);
+        // Patched in place rather than rebuilt: in a big room an emission
+        // costs the users that changed, whoever holds the list or not.
+        self.users_tx
+            .send_modify(|users| changes.apply_to_list(users));
         for event in events {
             let _ = self.events_tx.send(event);
         }
@@ -218,10 +221,10 @@ impl Driver {
             .extend(DiffSubscriber::new(tx, self.engine.users()));
     }
 
-    /// Sends each subscriber the diff of this emission (`users` is the list
-    /// now, `events` what changed since the last one); one that fell
-    /// behind, or every one after a resync, gets the full list instead.
-    fn send_diffs(&mut self, users: &[User], events: &[UserEvent]) {
+    /// Sends each subscriber the diff of this emission (`events` is what
+    /// changed since the last one); one that fell behind, or every one
+    /// after a resync, gets the full list instead, built only then.
+    fn send_diffs(&mut self, events: &[UserEvent]) {
         let full = std::mem::take(&mut self.full_next);
         if self.diff_subscribers.is_empty() {
             return;
@@ -231,9 +234,12 @@ impl Driver {
         } else {
             UsersDiff::from_events(&self.engine, events)
         };
+        let engine = &self.engine;
+        let mut users: Option<Vec<User>> = None;
         self.diff_subscribers.retain_mut(|subscriber| {
             if full || subscriber.behind() {
-                subscriber.send(UsersDiff::Full(users.to_vec()))
+                let users = users.get_or_insert_with(|| engine.users());
+                subscriber.send(UsersDiff::Full(users.clone()))
             } else {
                 match &changes {
                     Some(diff) => subscriber.send(diff.clone()),

@@ -7,9 +7,11 @@
 //! Every input costs O(1) amortized: a connection index points each
 //! connection at its group, and groups hold their members in a set, so no
 //! update scans the room or copies the group map. The sorted user list is
-//! only built when asked for (the async `Presence` asks once per coalesced
-//! emission), from an ordered index of keys that changes only when a user
-//! appears or disappears.
+//! only built when asked for, from an ordered index of keys that changes
+//! only when a user appears or disappears; a caller that keeps one copy of
+//! the list current (as the async `Presence` does, once per coalesced
+//! emission) patches it with [`PresenceEngine::take_changes`] instead, at
+//! the cost of the users touched since, not the room.
 //!
 //! # Where keys come from
 //!
@@ -55,6 +57,7 @@
 //! it, whatever its time. [`PresenceEngine::expire`] ends the grace.
 
 use super::changed_at::changed_at;
+use super::diff::UsersDiff;
 use mesh_protocol::PresenceUpdate;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -159,6 +162,21 @@ pub enum UserEvent {
         change: Change,
     },
 }
+
+impl UserEvent {
+    /// The user it is about.
+    pub fn id(&self) -> &Arc<str> {
+        match self {
+            UserEvent::Joined { id } | UserEvent::Left { id } | UserEvent::Updated { id, .. } => id,
+        }
+    }
+}
+
+/// How many touches past the room's size [`PresenceEngine::take_changes`]
+/// keeps before it gives up on patching: then the next take is the whole
+/// list, which costs no more, and a caller that never takes changes holds
+/// a bounded record.
+const TOUCHED_SLACK: usize = 64;
 
 /// One person (group of connections), as shown in a list.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -266,6 +284,13 @@ pub struct PresenceEngine {
     /// filtered when taken).
     unresolved: Vec<Arc<str>>,
     events: Vec<UserEvent>,
+    /// Users whose row may have changed since the last
+    /// [`take_changes`](PresenceEngine::take_changes), repeats included:
+    /// every event's user, and a representative set without an event.
+    touched: Vec<Arc<str>>,
+    /// Any row may have changed (a rebuild, or more touches than users):
+    /// the next `take_changes` is the whole list.
+    touched_all: bool,
     dirty: bool,
     /// The earliest `kept_until` of any group, when one is kept.
     next_deadline: Option<u64>,
@@ -291,6 +316,9 @@ impl PresenceEngine {
             order: BTreeSet::new(),
             unresolved: Vec::new(),
             events: Vec::new(),
+            touched: Vec::new(),
+            // The first take is the whole list, so a copy can start empty.
+            touched_all: true,
             dirty: false,
             next_deadline: None,
         }
@@ -478,6 +506,9 @@ impl PresenceEngine {
         let old_groups = std::mem::take(&mut self.groups);
         self.order.clear();
         self.unresolved.clear();
+        // Its events are a diff by tabs and state only (a member swapped
+        // for another is none): copies of the list are rebuilt whole.
+        self.touch_all();
         let events_before = self.events.len();
         self.conns.reserve(old_conns.len().max(states.len()));
         for conn in present {
@@ -680,6 +711,32 @@ impl PresenceEngine {
             .collect()
     }
 
+    /// What changed in the [user list](Self::users) since the last call,
+    /// for keeping one copy of it current without rebuilding it: applying
+    /// every result in turn with [`UsersDiff::apply_to_list`] to a list
+    /// that starts empty keeps it equal to `users()`, every field included
+    /// ([`User::representative`] too, unlike [`UsersDiff::from_events`]).
+    /// Costs the users touched since the last call; the whole list on the
+    /// first call, after a [`reset`](Self::reset) or [`resync`](Self::resync),
+    /// and when more were touched than there are users.
+    pub fn take_changes(&mut self) -> UsersDiff {
+        if std::mem::take(&mut self.touched_all) {
+            self.touched.clear();
+            return UsersDiff::Full(self.users());
+        }
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        let mut upserted = Vec::with_capacity(self.touched.len());
+        let mut removed = Vec::new();
+        for id in self.touched.drain(..) {
+            match self.groups.get_key_value(&id) {
+                Some((key, group)) => upserted.push(to_user(key, group)),
+                None => removed.push(id),
+            }
+        }
+        UsersDiff::Changed { upserted, removed }
+    }
+
     /// Number of users shown.
     pub fn user_count(&self) -> usize {
         self.groups.len()
@@ -703,10 +760,29 @@ impl PresenceEngine {
     /// Records a user-level event; the same event twice in a row (a burst of
     /// states from one user) is kept once.
     fn push_event(&mut self, event: UserEvent) {
+        self.touch(event.id());
         if self.events.last() != Some(&event) {
             self.events.push(event);
         }
         self.dirty = true;
+    }
+
+    /// Records that user `key`'s row may have changed, for
+    /// [`take_changes`](Self::take_changes).
+    fn touch(&mut self, key: &Arc<str>) {
+        if self.touched_all {
+            return;
+        }
+        if self.touched.len() > self.groups.len() + TOUCHED_SLACK {
+            return self.touch_all();
+        }
+        self.touched.push(key.clone());
+    }
+
+    /// Records that any row may have changed.
+    fn touch_all(&mut self) {
+        self.touched_all = true;
+        self.touched.clear();
     }
 
     /// Puts a connection into group `key` with the state it changed at
@@ -738,6 +814,7 @@ impl PresenceEngine {
                 change: Change::Tabs,
             }
         };
+        self.touch(event.id());
         self.events.push(event);
         self.dirty = true;
     }
@@ -767,6 +844,7 @@ impl PresenceEngine {
                 change: Change::Tabs,
             }
         };
+        self.touch(key);
         self.events.push(event);
         self.dirty = true;
         carried
@@ -790,9 +868,10 @@ impl PresenceEngine {
         let was_kept = group.kept_until.take().is_some();
         if group.timestamp >= timestamp && group.state == state {
             // The same state, not newer: a duplicate delivery, or the state
-            // kept over a resync confirmed. Nothing visible changes.
+            // kept over a resync confirmed. Nothing a diff shows changes.
             if was_kept {
                 group.representative = Some(conn.clone());
+                self.touch(key);
             }
             return;
         }

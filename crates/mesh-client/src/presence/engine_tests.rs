@@ -649,9 +649,14 @@ fn a_user_back_without_a_state_keeps_theirs_until_the_grace_ends() {
     e.resync(["c2"], Map::new(), 100);
     e.resolve("c2", Some("u1".into()));
     e.take_events();
+    let mut copy = Vec::new();
+    patch(&mut e, &mut copy);
     e.set_state("c2", Some(state), 50);
     assert!(e.take_events().is_empty(), "nothing visible changed");
     assert_eq!(e.latest("u1").unwrap().sender.map(|c| &**c), Some("c2"));
+    // But a copy of the list, which shows the sender too, follows.
+    patch(&mut e, &mut copy);
+    assert_eq!(copy[0].representative.as_deref(), Some("c2"));
     e.expire(100);
     assert_eq!(status_of(&e, "u1"), Some(json!("busy")), "confirmed");
 }
@@ -675,4 +680,81 @@ fn a_plain_reset_keeps_nobody() {
     e.reset(["x"], Map::new());
     assert!(e.users().is_empty());
     assert_eq!(e.next_deadline(), None);
+}
+
+/// The engine's changes applied to `copy`; asserts it is then the list.
+fn patch(e: &mut PresenceEngine, copy: &mut Vec<User>) -> UsersDiff {
+    let changes = e.take_changes();
+    changes.clone().apply_to_list(copy);
+    assert_eq!(*copy, e.users(), "the patched copy is the list");
+    changes
+}
+
+#[test]
+fn changes_name_only_the_users_touched_and_keep_a_copy_current() {
+    let mut e = before_a_reconnect();
+    let mut copy = Vec::new();
+    assert!(
+        matches!(patch(&mut e, &mut copy), UsersDiff::Full(_)),
+        "the first take is the whole list"
+    );
+    // A burst from one user is that user once; nothing else is built.
+    for n in 0..5 {
+        e.set_state("b1", Some(json!({"userId": "bob", "n": n})), 2 + n);
+    }
+    let UsersDiff::Changed { upserted, removed } = patch(&mut e, &mut copy) else {
+        panic!("a patch, not the list");
+    };
+    assert_eq!(upserted.iter().map(|u| &*u.id).collect::<Vec<_>>(), ["bob"]);
+    assert!(removed.is_empty());
+    // People come and go, several at once or one.
+    e.set_state("c1", Some(json!({"userId": "carol"})), 10);
+    e.set_state("d1", Some(json!({"userId": "dave"})), 10);
+    e.set_state("0", Some(json!({"userId": "0-first"})), 10);
+    patch(&mut e, &mut copy);
+    e.leave("c1");
+    e.leave("a1");
+    e.set_state("e1", Some(json!({"userId": "erin"})), 11);
+    patch(&mut e, &mut copy);
+    e.leave("0");
+    e.leave("e1");
+    patch(&mut e, &mut copy);
+    assert_eq!(
+        ids(&e),
+        [
+            ("alice".to_string(), 1),
+            ("bob".to_string(), 1),
+            ("dave".to_string(), 1)
+        ]
+    );
+    assert!(e.take_changes().is_empty(), "nothing since");
+}
+
+#[test]
+fn a_resync_swapping_a_member_is_the_whole_list_again() {
+    // Same tab count, same state: the resync's events say nothing of the
+    // new member, so the copy is rebuilt.
+    let mut e = before_a_reconnect();
+    let mut copy = Vec::new();
+    patch(&mut e, &mut copy);
+    let mut states = Map::new();
+    states.insert("b2".into(), json!({"userId": "bob", "status": "away"}));
+    states.insert("a1".into(), json!({"userId": "alice", "changedAt": 10}));
+    states.insert("a2".into(), json!({"userId": "alice", "changedAt": 10}));
+    e.resync(["a1", "a2", "b2"], states, 5);
+    assert!(matches!(patch(&mut e, &mut copy), UsersDiff::Full(_)));
+    assert_eq!(&*copy[1].members, [Arc::from("b2")]);
+}
+
+#[test]
+fn a_caller_that_never_takes_changes_holds_a_bounded_record() {
+    let mut e = before_a_reconnect();
+    let mut copy = Vec::new();
+    patch(&mut e, &mut copy);
+    for n in 0..10 * TOUCHED_SLACK as u64 {
+        e.set_state("b1", Some(json!({"userId": "bob", "n": n})), 2 + n);
+        assert!(e.touched.len() <= e.user_count() + TOUCHED_SLACK + 1);
+    }
+    // Past the room's size the whole list is no dearer than a patch.
+    assert!(matches!(patch(&mut e, &mut copy), UsersDiff::Full(_)));
 }

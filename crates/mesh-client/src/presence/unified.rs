@@ -179,7 +179,10 @@ impl Presence {
         }
         engine.take_events();
         engine.take_dirty();
-        let (users_tx, users) = watch::channel(engine.users());
+        // The first take is the whole list; the driver patches it from then on.
+        let mut first = Vec::new();
+        engine.take_changes().apply_to_list(&mut first);
+        let (users_tx, users) = watch::channel(first);
         let (events, _) = broadcast::channel(256);
         let own_changed_at = Arc::new(AtomicU64::new(0));
 
