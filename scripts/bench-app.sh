@@ -7,7 +7,8 @@
 # (tests/src/bin/app_bench.rs, which also plays the 5000 users) as release.
 # USERS=N changes the room size; UPDATE_SECS=N how long it keeps changing;
 # ROOM_SERVER=embedded puts the room on the app's embedded server instead;
-# SCROLL=0 skips the scroll.
+# SCROLL=0 skips the scroll; SCROLL_PAGE_JS runs a script in the page before the
+# scroll (see tests/src/bin/app_bench.rs), to measure what a part of the list costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -8,6 +8,10 @@
 //! `MESH_SERVER_BIN` the standalone server; `USERS` sets the room size
 //! (default 5000); `ROOM_SERVER=embedded` puts the room on the app's own
 //! server instead of a standalone one; `SCROLL=0` skips the scroll.
+//! `SCROLL_PAGE_JS` is a script (a WebDriver script body, ending in a
+//! `return`) run in the page just before the scroll: it can replace a part of
+//! the list (`window.fillRow`, `list.fetchWindow`, `list.render`) or add a
+//! style, to measure what that part costs the scroll.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -464,6 +468,9 @@ async fn main() {
             &app,
             &format!("{users}-user room, scrolled top to bottom, {SCROLL_STEP_PX} px a frame"),
             async {
+                if let Ok(script) = std::env::var("SCROLL_PAGE_JS") {
+                    app.js(&script).expect("SCROLL_PAGE_JS runs in the page");
+                }
                 app.js(&SCROLL_JS.replace("STEP", &SCROLL_STEP_PX.to_string()))
                     .expect("scroll");
                 tokio::task::block_in_place(|| {
