@@ -16,7 +16,8 @@
 //!   [`list_view`] keeps it sorted and gives the page only the rows it shows.
 //! * [`invite`]: a room opened from the command line or an invite link;
 //!   [`tray`]: the tray icon and its menu; [`idle`]: automatic away.
-//! * [`rendering`]: how WebKit draws on a machine without a GPU.
+//! * [`rendering`]: how WebKit draws on a machine without a GPU;
+//!   [`js_heap`]: how much JavaScript garbage the web view keeps.
 //!
 //! The webview (`ui/`) holds no protocol logic.
 
@@ -28,6 +29,7 @@ pub mod error;
 pub mod events;
 pub mod idle;
 pub mod invite;
+pub mod js_heap;
 pub mod last_seen;
 pub mod list_view;
 pub mod my_state;
@@ -63,6 +65,7 @@ static NEXT_WINDOW: AtomicU32 = AtomicU32::new(1);
 /// Builds and runs the app until its last window closes.
 pub fn run() {
     rendering::configure();
+    js_heap::configure();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -134,7 +134,12 @@ impl Rss {
                 };
                 let ppid = field("PPid:")?.parse().ok()?;
                 let kb = |k: &str| field(k).and_then(|v| v.parse().ok()).unwrap_or(0);
-                let rss = [kb("VmRSS:"), kb("RssAnon:"), kb("RssFile:"), kb("RssShmem:")];
+                let rss = [
+                    kb("VmRSS:"),
+                    kb("RssAnon:"),
+                    kb("RssFile:"),
+                    kb("RssShmem:"),
+                ];
                 let exe = std::fs::read_link(e.path().join("exe"))
                     .map(|p| p.display().to_string())
                     .unwrap_or_default();
