@@ -139,8 +139,55 @@ fn starts_and_shows_its_user() {
     let url = app.server_url().unwrap();
     assert_eq!(url, format!("ws://127.0.0.1:{}", driver.embedded_port));
     assert!(app.text("#server-url").unwrap().ends_with("(embedded)"));
+    // The page's JavaScript heap is told to collect early (js_heap.rs): the
+    // web process must have inherited the setting from the app.
+    let envs = web_process_environments();
+    assert!(!envs.is_empty(), "the app's WebKit web process is running");
+    for env in &envs {
+        assert!(
+            env.iter().any(|v| v == "JSC_largeHeapSize=8388608"),
+            "the web process runs with the app's heap threshold: {:?}",
+            env.iter()
+                .filter(|v| v.starts_with("JSC_"))
+                .collect::<Vec<_>>()
+        );
+    }
     app.screenshot("01-started").unwrap();
     app.quit().unwrap();
+}
+
+/// The environment of every WebKit web process started by the app binary
+/// under test, read from /proc.
+fn web_process_environments() -> Vec<Vec<String>> {
+    let app = mesh_presence_e2e::app::app_binary()
+        .canonicalize()
+        .expect("app binary");
+    let exe = |pid: &str| fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let parent = |pid: &str| -> Option<String> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The field after the state, counted after the ")" that ends the name.
+        Some(
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .to_string(),
+        )
+    };
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|pid| pid.parse::<u32>().is_ok())
+        .filter(|pid| exe(pid).is_some_and(|p| p.ends_with("WebKitWebProcess")))
+        .filter(|pid| parent(pid).is_some_and(|ppid| exe(&ppid) == Some(app.clone())))
+        .filter_map(|pid| fs::read(format!("/proc/{pid}/environ")).ok())
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
