@@ -41,7 +41,11 @@ class UserList {
     this.lastTop = 0;
     this.direction = 1; // 1: scrolling down, -1: up
     this.rendered = new Map(); // id -> element currently showing that user
-    this.pool = []; // elements showing no one, ready for reuse
+    this.pool = []; // hidden elements showing no one, ready for reuse
+    // Reused by every frame rather than made anew: a fast scroll renders
+    // sixty times a second, and each would be garbage for the page's heap.
+    this.wanted = new Map(); // id -> position, of the rows in view we have
+    this.freed = []; // elements whose user left the view this frame
     this.missing = 0; // rows in view the last frame had no data for yet
     this.frameRequested = false;
     this.firstShown = false;
@@ -142,7 +146,8 @@ class UserList {
     this.ensure(first, last);
 
     // Who goes where: the rows in view that we have.
-    const wanted = new Map();
+    const wanted = this.wanted;
+    wanted.clear();
     let missing = 0;
     for (let i = first; i < last; i++) {
       const row = this.rowAt(i);
@@ -150,13 +155,15 @@ class UserList {
       else missing++;
     }
     this.missing = missing;
-    // Release elements whose user is no longer in view (or here).
+    // Elements whose user left the view take the users who came into it, in
+    // this same frame: a scroll then refills and moves elements, where
+    // hiding some and showing others would tear down and rebuild a row's
+    // boxes for each of them.
+    const freed = this.freed;
     for (const [id, el] of this.rendered) {
       if (!wanted.has(id)) {
         this.rendered.delete(id);
-        el.hidden = true;
-        el.row = null;
-        this.pool.push(el);
+        freed.push(el);
       }
     }
     const now = Date.now();
@@ -164,9 +171,9 @@ class UserList {
       const row = this.rowAt(i);
       let el = this.rendered.get(id);
       if (!el) {
-        el = this.pool.pop() || this.createRow();
+        el = freed.pop() || this.pool.pop() || this.createRow();
         this.rendered.set(id, el);
-        el.hidden = false;
+        if (el.hidden) el.hidden = false;
         el.index = -1;
       }
       if (!sameRow(el.row, row)) fillRow(el, row, now);
@@ -181,6 +188,13 @@ class UserList {
         el.setAttribute("aria-setsize", String(count));
       }
     }
+    // What no one took is hidden until a row needs it.
+    for (const el of freed) {
+      el.hidden = true;
+      el.row = null;
+      this.pool.push(el);
+    }
+    freed.length = 0;
     this.countChanged = false;
     if (!this.firstShown && wanted.size > 0) {
       // Lets tools measure start-up: process start to the first list on screen.
@@ -312,9 +326,18 @@ function fillExpiry(el, user, now) {
 // node, and its style and layout, for each of them on every frame of a
 // scroll.
 
-/** Sets an element's text when it differs. */
+/**
+ * Sets an element's text when it differs. The element keeps one text node
+ * whose data changes: replacing the node (what `textContent` does) would
+ * make a new node and new boxes for each write.
+ */
 function setText(node, text) {
-  if (node.textContent !== text) node.textContent = text;
+  const child = node.firstChild;
+  if (child && child.nodeType === Node.TEXT_NODE && !child.nextSibling) {
+    if (child.data !== text) child.data = text;
+  } else {
+    node.replaceChildren(document.createTextNode(text));
+  }
 }
 
 /** Sets an element's title when it differs. */
