@@ -220,7 +220,8 @@ $("settings-form").addEventListener("submit", async (e) => {
 });
 
 async function start() {
-  await listen("presence://users", (e) => list.apply(e.payload));
+  // A JSON string (see `emit_users` in events.rs).
+  await listen("presence://users", (e) => list.apply(JSON.parse(e.payload)));
   await listen("mesh://status", (e) => showStatus(e.payload));
   await listen("mesh://error", (e) => showError(e.payload.message));
   await listen("app://notice", (e) => showNotice(e.payload));

@@ -6,8 +6,11 @@
 use serde::Serialize;
 use tauri::{AppHandle, Emitter, EventTarget, Runtime};
 
+use crate::list_view::UsersWindow;
+
 /// The user list changed where the page can see it: its length, or a row
-/// of its window ([`crate::list_view::UsersWindow`]); at most one per frame.
+/// of its window ([`crate::list_view::UsersWindow`], as a JSON string: see
+/// [`emit_users`]); at most one per frame.
 pub const USERS: &str = "presence://users";
 /// The connection changed state or measured a new latency ([`StatusPayload`]).
 pub const STATUS: &str = "mesh://status";
@@ -72,5 +75,20 @@ pub fn emit<R: Runtime, S: Serialize + Clone>(
 ) {
     if let Err(e) = app.emit_to(EventTarget::webview_window(label), event, payload) {
         tracing::debug!(label, event, error = %e, "event not delivered");
+    }
+}
+
+/// Sends a [`USERS`] event as a JSON string, which the page parses.
+///
+/// Tauri delivers an event as a script with its payload written in it. A
+/// window of rows written as an object literal is a program of a thousand
+/// property writes that the page's JavaScript engine parses and compiles
+/// for a single run, several times a second while a room fills or empties;
+/// a string literal compiles to one constant, and `JSON.parse` builds the
+/// same rows without a compiler.
+pub fn emit_users<R: Runtime>(app: &AppHandle<R>, label: &str, window: &UsersWindow) {
+    match serde_json::to_string(window) {
+        Ok(json) => emit(app, label, USERS, json),
+        Err(e) => tracing::warn!(label, error = %e, "user list not serialized"),
     }
 }

@@ -461,7 +461,7 @@ async fn forward_users<R: Runtime>(
             (list.event(), departures)
         };
         if let Some(event) = event {
-            events::emit(&app, &label, events::USERS, event);
+            events::emit_users(&app, &label, &event);
         }
         if let Some(departures) = departures {
             events::emit(&app, &label, events::LAST_SEEN, departures);

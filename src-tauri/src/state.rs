@@ -104,7 +104,7 @@ impl AppState {
             .collect();
         for (label, session) in sessions {
             if let Some(update) = session.set_starred(id, starred) {
-                events::emit(app, &label, events::USERS, update);
+                events::emit_users(app, &label, &update);
             }
         }
         Ok(())

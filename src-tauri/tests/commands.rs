@@ -176,6 +176,13 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A `presence://users` payload: the window, sent as a JSON string (see
+/// `events::emit_users`).
+fn users_event(payload: &str) -> Value {
+    let json: String = serde_json::from_str(payload).expect("a JSON string");
+    serde_json::from_str(&json).expect("a users window")
+}
+
 #[test]
 fn settings_start_with_defaults_and_refuse_bad_urls() {
     let h = Harness::new(free_port());
@@ -647,7 +654,7 @@ fn attested_identity_groups_by_it_names_rows_and_marks_impostors() {
     let server = attesting_server(&h);
     let (tx, rx) = std::sync::mpsc::channel();
     h.listen(events::USERS, move |payload| {
-        let _ = tx.send(serde_json::from_str::<Value>(payload).expect("json"));
+        let _ = tx.send(users_event(payload));
     });
     h.use_server_with_token(&server.url(), "s-ada");
 
@@ -718,7 +725,7 @@ fn the_page_gets_a_window_of_the_sorted_list_and_news_of_it() {
     h.use_server(&server.url());
     let (tx, rx) = std::sync::mpsc::channel();
     h.listen(events::USERS, move |payload| {
-        let _ = tx.send(serde_json::from_str::<Value>(payload).expect("json"));
+        let _ = tx.send(users_event(payload));
     });
     // On a timeout, say what the list holds: a missing row and a stalled
     // list fail differently.
@@ -853,7 +860,7 @@ fn a_star_marks_the_row_is_saved_and_announces_the_person_once_when_back() {
     let url = server.url();
     let (tx, rx) = std::sync::mpsc::channel();
     h.listen(events::USERS, move |payload| {
-        let _ = tx.send(serde_json::from_str::<Value>(payload).expect("json"));
+        let _ = tx.send(users_event(payload));
     });
     h.use_server(&url);
     let bob = h.rt.block_on(peer(&url, "bob", "Bob"));
@@ -947,7 +954,7 @@ fn last_seen_reaches_the_page_at_most_once_a_second_while_a_room_empties() {
     });
     let (users_tx, users_rx) = std::sync::mpsc::channel();
     h.listen(events::USERS, move |payload| {
-        let _ = users_tx.send(serde_json::from_str::<Value>(payload).expect("json"));
+        let _ = users_tx.send(users_event(payload));
     });
 
     let peers: Vec<MeshClient> = h.rt.block_on(async {
