@@ -59,7 +59,7 @@ class UserList {
     window.addEventListener("resize", () => this.schedule());
   }
 
-  /** Takes one `presence://users` event. */
+  /** Takes one `presence://users` event, parsed. */
   apply(update) {
     this.fetchFailed = false;
     this.take(update, false);

@@ -33,8 +33,9 @@ fn next_version() -> u64 {
     VERSIONS.fetch_add(1, Ordering::Relaxed) + 1
 }
 
-/// The payload of a `presence://users` event and the reply to `users_window`:
-/// the list's length and, when present, the rows of the page's window.
+/// What a `presence://users` event brings (as a JSON string, see
+/// [`crate::events::emit_users`]) and the reply to `users_window`: the
+/// list's length and, when present, the rows of the page's window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UsersWindow {
