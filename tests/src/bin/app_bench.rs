@@ -72,6 +72,11 @@ const EMPTIED_SECS: u64 = 5;
 /// that missed its refresh.
 const REFRESH_MS: f64 = 1000.0 / 60.0;
 
+/// The most main-thread work a frame may take and leave half of a refresh
+/// to the rest of the system; frames at or over it are counted. The page's
+/// clock has 1 ms steps, so a reading of 8 is a frame of 8 ms or more.
+const WORK_BUDGET_MS: f64 = 8.0;
+
 fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
         return 0.0;
@@ -271,6 +276,8 @@ async fn frames<F: std::future::Future<Output = ()>>(app: &App, label: &str, dur
         .expect("stats");
     let gaps = numbers(&stats["frames"]);
     let late = gaps.iter().filter(|&&g| g > 1.5 * REFRESH_MS).count();
+    let work = numbers(&stats["work"]);
+    let over = work.iter().filter(|&&w| w >= WORK_BUDGET_MS).count();
     println!("{label}:");
     println!("  {}", summary("event apply (JS)", &stats["apply"]));
     println!("  {}", summary("frame render (JS)", &stats["render"]));
@@ -280,6 +287,11 @@ async fn frames<F: std::future::Future<Output = ()>>(app: &App, label: &str, dur
         "  frames that missed a 60 Hz refresh: {late} of {} ({:.1}%)",
         gaps.len(),
         100.0 * late as f64 / gaps.len().max(1) as f64
+    );
+    println!(
+        "  frames whose work took {WORK_BUDGET_MS} ms or more: {over} of {} ({:.1}%)",
+        work.len(),
+        100.0 * over as f64 / work.len().max(1) as f64
     );
     // By pid, then summed by name: a kernel worker renames itself with the
     // work it is doing, so names alone do not match across snapshots.
